@@ -1,0 +1,74 @@
+"""weights/fetch.py with fake sources: verification, atomic placement, fallback, clear failure."""
+import hashlib
+
+import pytest
+
+from weights import fetch as wf
+
+GOOD = b"pretend these are the weights"
+
+
+@pytest.fixture
+def small_model(monkeypatch):
+    monkeypatch.setattr(wf, "MODEL_BYTES", len(GOOD))
+    monkeypatch.setattr(wf, "MODEL_SHA256", hashlib.sha256(GOOD).hexdigest())
+
+
+def writes(model_bytes):
+    def source(scratch):
+        (scratch / "model.safetensors").write_bytes(model_bytes)
+        (scratch / "tokenizer.json").write_text("{}")
+        (scratch / "config.json").write_text("{}")
+    return source
+
+
+def fails(scratch):
+    (scratch / "model.safetensors").write_bytes(GOOD[:5])  # a partial download
+    raise wf.FetchError("network unreachable")
+
+
+def test_falls_back_to_the_second_source(tmp_path, monkeypatch, small_model):
+    monkeypatch.setattr(wf, "SOURCES", [("first", fails), ("second", writes(GOOD))])
+    target = wf.fetch(tmp_path / "w")
+    assert (target / "model.safetensors").read_bytes() == GOOD
+    assert wf.is_complete(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # scratch folder cleaned up
+
+
+def test_corrupt_download_never_reaches_the_target(tmp_path, monkeypatch, small_model):
+    bad = b"X" * len(GOOD)  # right size, wrong hash
+    monkeypatch.setattr(wf, "SOURCES", [("only", writes(bad))])
+    with pytest.raises(wf.FetchError, match="sha256"):
+        wf.fetch(tmp_path / "w")
+    assert not (tmp_path / "w" / "model.safetensors").exists()
+
+
+def test_all_sources_failing_says_why_and_what_to_do(tmp_path, monkeypatch, small_model):
+    monkeypatch.setattr(wf, "SOURCES", [("a", fails), ("b", writes(b"short"))])
+    with pytest.raises(wf.FetchError) as info:
+        wf.fetch(tmp_path / "w")
+    msg = str(info.value)
+    assert "network unreachable" in msg and "expected" in msg and wf.ENV_VAR in msg
+    assert not (tmp_path / "w" / "model.safetensors").exists()
+
+
+def test_rerun_after_interruption_completes(tmp_path, monkeypatch, small_model):
+    # what a killed run leaves: a half-filled scratch folder and no model in the target
+    (tmp_path / ".partial-w").mkdir()
+    (tmp_path / ".partial-w" / "model.safetensors").write_bytes(GOOD[:3])
+    monkeypatch.setattr(wf, "SOURCES", [("only", writes(GOOD))])
+    assert wf.is_complete(wf.fetch(tmp_path / "w"))
+    assert not (tmp_path / ".partial-w").exists()
+
+
+def test_complete_folder_is_not_fetched_again(tmp_path, monkeypatch, small_model):
+    monkeypatch.setattr(wf, "SOURCES", [("only", writes(GOOD))])
+    wf.fetch(tmp_path / "w")
+    monkeypatch.setattr(wf, "SOURCES", [("boom", fails)])
+    wf.fetch(tmp_path / "w")  # would raise if it tried a source
+
+
+def test_env_var_names_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv(wf.ENV_VAR, str(tmp_path / "elsewhere"))
+    assert wf.weights_dir() == tmp_path / "elsewhere"
+    assert wf.weights_dir(tmp_path / "explicit") == tmp_path / "explicit"

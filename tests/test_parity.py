@@ -1,0 +1,76 @@
+"""mpnet.py against sentence-transformers' own outputs (tests/fixtures/reference.json)."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "reference.json").read_text(encoding="utf-8"))
+SENTENCES = REFERENCE["sentences"]
+
+
+def test_fixture_covers_the_awkward_cases():
+    assert len(SENTENCES) >= 30
+    assert "" in SENTENCES and any(s.strip() == "" and s for s in SENTENCES)
+    assert sum(len(ids) == 384 for ids in REFERENCE["input_ids"]) >= 2  # truncated ones
+
+
+def test_token_ids_identical(encoder):
+    assert encoder.tokenizer.encode(SENTENCES) == REFERENCE["input_ids"]
+
+
+def test_embeddings_match_within_1e_5(encoder):
+    ours = encoder.encode(SENTENCES, batch_size=32)
+    ref = torch.tensor(REFERENCE["embeddings"], dtype=torch.float32)
+    assert ours.dtype == torch.float32 and ours.shape == ref.shape == (len(SENTENCES), 768)
+    diff = (ours - ref).abs().max(dim=1).values
+    worst = int(diff.argmax())
+    assert diff.max() <= 1e-5, f"sentence {worst} ({SENTENCES[worst][:40]!r}) differs by {diff.max():.2e}"
+
+
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_batch_size_does_not_change_results(encoder, batch_size):
+    ref = torch.tensor(REFERENCE["embeddings"], dtype=torch.float32)
+    ours = encoder.encode(SENTENCES[:12], batch_size=batch_size)
+    assert (ours - ref[:12]).abs().max() <= 1e-5
+
+
+def test_unnormalised_embedding_points_the_same_way(encoder):
+    raw = encoder.encode(SENTENCES[:5], normalize=False)
+    assert not torch.allclose(raw.norm(dim=1), torch.ones(5), atol=1e-3)  # really not normalised
+    ref = torch.tensor(REFERENCE["embeddings"][:5], dtype=torch.float32)
+    assert (F.normalize(raw, dim=1) - ref).abs().max() <= 1e-5
+
+
+def test_empty_string_gives_the_reference_embedding(encoder):
+    i = SENTENCES.index("")
+    ours = encoder.encode([""])[0]
+    assert torch.isfinite(ours).all() and abs(float(ours.norm()) - 1) < 1e-5
+    assert (ours - torch.tensor(REFERENCE["embeddings"][i])).abs().max() <= 1e-5
+
+
+def test_output_rows_follow_input_order(encoder):
+    # sorting by length inside encode() must not leak into the output order
+    picked = [SENTENCES[i] for i in (35, 0, 8, 22)]
+    ref = torch.tensor([REFERENCE["embeddings"][i] for i in (35, 0, 8, 22)])
+    assert (encoder.encode(picked) - ref).abs().max() <= 1e-5
+
+
+def test_tokenize_returns_padded_batch(encoder):
+    batch = encoder.tokenize(["Hello", "A man is playing a guitar."])
+    assert batch["input_ids"].tolist()[0] == REFERENCE["input_ids"][SENTENCES.index("Hello")] + [1] * 6
+    assert batch["attention_mask"].sum(dim=1).tolist() == [3, 9]
+
+
+@pytest.mark.parametrize("bad, error, words", [
+    ([], ValueError, "empty list"),
+    (None, TypeError, "list of strings"),
+    ("just one string", TypeError, "[sentence]"),
+    (["fine", 3], TypeError, "sentence 1 is a int"),
+    (["fine", None], TypeError, "sentence 1 is a NoneType"),
+])
+def test_bad_input_is_rejected_clearly(encoder, bad, error, words):
+    with pytest.raises(error, match=None) as info:
+        encoder.encode(bad)
+    assert words in str(info.value)
