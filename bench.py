@@ -1,0 +1,194 @@
+"""Benchmark mpnet.py: encode throughput, time to first embedding, peak memory.
+
+    python bench.py                          # fp32 and bf16 on CPU (+ CUDA when present)
+    python bench.py --compare                # + sentence-transformers on the same sentences
+    python bench.py --compare --st-model /path/to/all-mpnet-base-v2
+
+Throughput: every engine encodes the same corpus once per round, engines
+interleaved within each round, and the median round is reported, so that noise
+on a shared machine hits all engines alike. Start-up and peak memory: each
+engine runs in a fresh process (`python bench.py --child ENGINE`) that loads the
+model, embeds one sentence (time to first embedding, counted from just before
+the process is spawned), then encodes the corpus and reports its peak RSS.
+The corpus is the STS-B test sentences from the data folder when present.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mpnet import SentenceEncoder
+
+ROOT = Path(__file__).resolve().parent
+DATA_ENV = "MPNET_DATA_DIR"
+ST_HUB_ID = "sentence-transformers/all-mpnet-base-v2"
+# Multiply-adds per token in the encoder's linear layers: per layer q, k, v, o (4 x D x D) + FFN (2 x D x 4D).
+FLOPS_PER_TOKEN = 2 * 12 * (4 * 768 * 768 + 2 * 768 * 3072)
+
+
+def data_dir(path: str | None) -> Path:
+    return Path(path or os.environ.get(DATA_ENV) or ROOT.parent / "shared" / "data")
+
+
+def load_corpus(folder: Path, n: int) -> tuple[list[str], str]:
+    stsb = folder / "stsb" / "sts-test.tsv"
+    if stsb.is_file():
+        with open(stsb, encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        unique = list(dict.fromkeys(s for r in rows for s in (r["sentence1"], r["sentence2"])))
+        return unique[:n], f"first {min(n, len(unique))} unique STS-B test sentences"
+    fixture = json.loads((ROOT / "tests" / "fixtures" / "reference.json").read_text(encoding="utf-8"))
+    return fixture["sentences"], f"{len(fixture['sentences'])} parity-fixture sentences (no STS-B at {stsb})"
+
+
+def engines(compare: bool) -> list[str]:
+    names = ["ours-cpu-fp32", "ours-cpu-bf16"]
+    if torch.cuda.is_available():
+        names += ["ours-cuda-fp32", "ours-cuda-bf16"]
+    if compare:
+        names.append("st-cpu-fp32")
+    return names
+
+
+def load_engine(name: str, st_model: str):
+    """-> encode(list[str]) -> (N, 768) float32 CPU tensor."""
+    who, device, precision = name.split("-")
+    if who == "st":
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(st_model, device=device)
+        return lambda s, bs: torch.as_tensor(st.encode(s, batch_size=bs, convert_to_numpy=True))
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    enc = SentenceEncoder.from_pretrained(device=device, dtype=dtype)
+    return lambda s, bs: enc.encode(s, batch_size=bs)
+
+
+def sync(name: str) -> None:
+    if "cuda" in name:
+        torch.cuda.synchronize()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. (Not ru_maxrss: on Linux a child inherits its
+    parent's value across fork and exec, which here would be the parent's loaded models.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: KiB on most systems
+
+
+def child(name: str, args: argparse.Namespace) -> None:
+    """Run in a fresh process: load, first embedding, whole corpus, report."""
+    encode = load_engine(name, args.st_model)
+    encode(["The first sentence."], 1)
+    sync(name)
+    first = time.time()
+    corpus, _ = load_corpus(data_dir(args.data_dir), args.sentences)
+    encode(corpus, args.batch_size)
+    sync(name)
+    peak_mb = peak_rss_mb()
+    gpu_mb = torch.cuda.max_memory_allocated() / 2**20 if "cuda" in name else None
+    print(json.dumps({"first_embedding_at": first, "peak_rss_mb": peak_mb, "peak_gpu_mb": gpu_mb}))
+
+
+def fresh_process(name: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, str(ROOT / "bench.py"), "--child", name, "--sentences", str(args.sentences),
+           "--batch-size", str(args.batch_size), "--st-model", args.st_model]
+    if args.data_dir:
+        cmd += ["--data-dir", args.data_dir]
+    spawned = time.time()
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    report = json.loads(out.strip().splitlines()[-1])
+    report["startup_s"] = report.pop("first_embedding_at") - spawned
+    return report
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compare", action="store_true", help="also run sentence-transformers (if installed)")
+    parser.add_argument("--st-model", default=ST_HUB_ID, help="Hub id or local folder for --compare")
+    parser.add_argument("--sentences", type=int, default=512, help="corpus size (default 512)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5, help="throughput rounds; the median is reported")
+    parser.add_argument("--startup-runs", type=int, default=3, help="fresh processes per engine; median")
+    parser.add_argument("--data-dir", default=None, help=f"benchmark data folder (default ${DATA_ENV} or ../shared/data)")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child, args)
+
+    if args.compare:
+        try:
+            import sentence_transformers  # noqa: F401
+        except ImportError:
+            sys.exit("--compare needs sentence-transformers: pip install sentence-transformers")
+    corpus, corpus_desc = load_corpus(data_dir(args.data_dir), args.sentences)
+    names = engines(args.compare)
+    encoders = {n: load_engine(n, args.st_model) for n in names}
+    tokens = sum(len(ids) for ids in SentenceEncoder.from_pretrained().tokenizer.encode(corpus))
+    print(f"corpus: {corpus_desc}, {tokens} real tokens; batch {args.batch_size}; "
+          f"{torch.get_num_threads()} threads; torch {torch.__version__}")
+
+    times = {n: [] for n in names}
+    embeddings = {}
+    for _ in range(args.rounds):
+        for n in names:
+            start = time.perf_counter()
+            embeddings[n] = encoders[n](corpus, args.batch_size)
+            sync(n)
+            times[n].append(time.perf_counter() - start)
+    del encoders
+
+    fp32_peak = matmul_gflops(torch.float32)
+    results = {}
+    for n in names:
+        med = statistics.median(times[n])
+        starts = [fresh_process(n, args) for _ in range(args.startup_runs)]
+        results[n] = {
+            "sentences_per_s": len(corpus) / med, "tokens_per_s": tokens / med,
+            "startup_s": statistics.median(r["startup_s"] for r in starts),
+            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in starts),
+            "peak_gpu_mb": starts[0]["peak_gpu_mb"],
+            "cosine_to_fp32_min": float(torch.nn.functional.cosine_similarity(
+                embeddings[n], embeddings["ours-cpu-fp32"]).min()),
+        }
+    base = results.get("st-cpu-fp32")
+    print(f"fp32 matmul peak, 2048^3 GEMM in this run: {fp32_peak:.0f} GFLOP/s "
+          f"-> encoder limit {fp32_peak * 1e9 / FLOPS_PER_TOKEN:.0f} tokens/s")
+    print(f"{'engine':16} {'sent/s':>8} {'tok/s':>8} {'x ST':>6} {'%limit':>7} {'start s':>8} "
+          f"{'x ST':>6} {'RSS MB':>7} {'x ST':>6} {'cos>=':>8}")
+    for n, r in results.items():
+        ratio = (lambda k: f"{r[k] / base[k]:6.2f}") if base else (lambda k: f"{'-':>6}")
+        limit = f"{100 * r['tokens_per_s'] * FLOPS_PER_TOKEN / (fp32_peak * 1e9):6.0f}%" if "cpu-fp32" in n else f"{'':>7}"
+        print(f"{n:16} {r['sentences_per_s']:8.1f} {r['tokens_per_s']:8.0f} {ratio('tokens_per_s')} {limit} "
+              f"{r['startup_s']:8.2f} {ratio('startup_s')} {r['peak_rss_mb']:7.0f} {ratio('peak_rss_mb')} "
+              f"{r['cosine_to_fp32_min']:8.5f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"corpus": corpus_desc, "tokens": tokens, "fp32_matmul_gflops": fp32_peak,
+                                               "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
