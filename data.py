@@ -1,16 +1,32 @@
-"""Readers for the benchmark data in ../shared/data (never copied into this repo).
+"""Datasets, batching and the multi-task sampler.
 
-The folder is named by --data-dir, else $MPNET_DATA_DIR, else ../shared/data beside the repo.
-Each reader follows the quirks documented in that dataset's SOURCE.md.
+Two kinds of data:
+  * the embedded customer-feedback set, data/reviews.tsv (written for this project, committed):
+    each sentence carries a topic label (Task A) and a sentiment label (Task B);
+  * the real benchmarks in ../shared/data (never copied into this repo), named by --data-dir,
+    else $MPNET_DATA_DIR, else ../shared/data beside the repo. Each reader follows the quirks
+    documented in that dataset's SOURCE.md.
+
+A dataset name picks the file and the label column:
+  reviews-topic, reviews-sentiment (splits train/test)   sst2 (train/dev/test)
+  banking77 (train/test)   trec, trec-fine (train/test)   STS-B pairs: read_stsb()
 """
 from __future__ import annotations
 
 import csv
+import json
 import os
+import random
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
+
+import torch
 
 ROOT = Path(__file__).resolve().parent
 DATA_ENV = "MPNET_DATA_DIR"
+REVIEWS = ROOT / "data" / "reviews.tsv"
+IGNORE = -100  # label id of "this example has no label for this task" (cross_entropy's ignore_index)
 
 
 def data_dir(path: str | os.PathLike | None = None) -> Path:
@@ -18,6 +34,118 @@ def data_dir(path: str | os.PathLike | None = None) -> Path:
     if not folder.is_dir():
         raise FileNotFoundError(f"data folder {folder} does not exist; pass --data-dir or set ${DATA_ENV}")
     return folder
+
+
+@dataclass
+class LabelledTexts:
+    """One task's examples: texts, integer labels and the names of the labels."""
+    name: str
+    split: str
+    texts: list[str]
+    labels: list[int]
+    label_names: list[str]
+    source: str = ""  # file the texts came from: tasks read from one file share examples
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def _checked(name: str, split: str, path: Path, rows: list[tuple[int, str, str]],
+             label_names: list[str]) -> LabelledTexts:
+    """rows: (line number, text, label name). Every label must be in label_names."""
+    index = {n: i for i, n in enumerate(label_names)}
+    texts, labels = [], []
+    for line, text, label in rows:
+        if label not in index:
+            raise ValueError(f"{path}:{line}: label {label!r} is not one of the {len(label_names)} labels of "
+                             f"{name} ({', '.join(label_names[:6])}{', ...' if len(label_names) > 6 else ''})")
+        texts.append(text)
+        labels.append(index[label])
+    if not texts:
+        raise ValueError(f"{path}: no examples for {name}/{split}")
+    return LabelledTexts(name, split, texts, labels, label_names, source=f"{path}")
+
+
+def _open(path: Path):
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _split_file(path_of: dict[str, str], name: str, split: str, folder: Path) -> Path:
+    if split not in path_of:
+        raise ValueError(f"{name} has splits {', '.join(path_of)}, not {split!r}")
+    return folder / path_of[split]
+
+
+REVIEW_TOPICS = ["customer_service", "delivery", "price_value", "product_quality", "technical_issue"]
+SENTIMENTS = ["negative", "positive"]  # 0/1, as in SST-2
+
+
+def read_reviews(column: str, split: str, path: Path = REVIEWS) -> LabelledTexts:
+    if split not in ("train", "test"):
+        raise ValueError(f"reviews has splits train, test, not {split!r}")
+    names = REVIEW_TOPICS if column == "topic" else SENTIMENTS
+    with _open(path) as f:
+        rows = [(line, r["text"], r[column]) for line, r in
+                enumerate(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=2) if r["split"] == split]
+    return _checked(f"reviews-{column}", split, path, rows, names)
+
+
+def read_sst2(split: str, folder: Path) -> LabelledTexts:
+    # GLUE format: lower-cased, tokenised text with a trailing space; no quote characters.
+    path = _split_file({"train": "sst2/train.tsv", "dev": "sst2/dev.tsv", "test": "sst2/test_labeled.tsv"},
+                       "sst2", split, folder)
+    with _open(path) as f:
+        rows = [(line, r["sentence"].strip(), SENTIMENTS[int(r["label"])] if r["label"] in ("0", "1") else r["label"])
+                for line, r in enumerate(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=2)]
+    return _checked("sst2", split, path, rows, SENTIMENTS)
+
+
+def read_banking77(split: str, folder: Path) -> LabelledTexts:
+    # RFC-4180 CSV with CRLF endings and newlines inside quoted fields: csv with newline="".
+    path = _split_file({"train": "banking77/train.csv", "test": "banking77/test.csv"}, "banking77", split, folder)
+    categories = json.loads((folder / "banking77" / "categories.json").read_text(encoding="utf-8"))
+    with _open(path) as f:
+        reader = csv.DictReader(f)
+        rows = [(reader.line_num, r["text"], r["category"]) for r in reader]
+    return _checked("banking77", split, path, rows, categories)
+
+
+TREC_COARSE = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
+
+
+def read_trec(split: str, folder: Path, fine: bool = False) -> LabelledTexts:
+    path = _split_file({"train": "trec/train.tsv", "test": "trec/test.tsv"}, "trec", split, folder)
+    column = "fine_label" if fine else "coarse_label"
+    with _open(path) as f:
+        rows = [(line, r["text"], r[column])
+                for line, r in enumerate(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=2)]
+    if fine:  # the 50 fine labels are those of the training file
+        with _open(folder / "trec" / "train.tsv") as f:
+            names = sorted({r["fine_label"] for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)})
+    else:
+        names = TREC_COARSE
+    return _checked("trec-fine" if fine else "trec", split, path, rows, names)
+
+
+DATASETS = {
+    "reviews-topic": lambda split, folder: read_reviews("topic", split),
+    "reviews-sentiment": lambda split, folder: read_reviews("sentiment", split),
+    "sst2": read_sst2,
+    "banking77": read_banking77,
+    "trec": read_trec,
+    "trec-fine": lambda split, folder: read_trec(split, folder, fine=True),
+}
+EVAL_SPLIT = {"reviews-topic": "test", "reviews-sentiment": "test", "sst2": "dev",
+              "banking77": "test", "trec": "test", "trec-fine": "test"}
+
+
+def load(name: str, split: str, folder: str | os.PathLike | None = None) -> LabelledTexts:
+    """A dataset by short name (see DATASETS) and split."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return DATASETS[name](split, None if name.startswith("reviews") else data_dir(folder))
 
 
 def read_stsb(split: str, folder: str | os.PathLike | None = None) -> list[tuple[str, str, float]]:
@@ -39,3 +167,80 @@ def read_stsb(split: str, folder: str | os.PathLike | None = None) -> list[tuple
     if not pairs:
         raise ValueError(f"{path} holds no rows")
     return pairs
+
+
+# ----------------------------------------------------------------------------- multi-task batching
+@dataclass
+class Pool:
+    """Examples that batches are drawn from: texts with a label per task, IGNORE where a task has none."""
+    texts: list[str]
+    labels: dict[str, list[int]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def make_pools(tasks: dict[str, LabelledTexts]) -> list[Pool]:
+    """One pool per source file. Tasks read from the same file and split (reviews-topic and
+    reviews-sentiment) share one pool whose examples carry both labels."""
+    by_source: dict[tuple[str, str], Pool] = {}
+    for task, ds in tasks.items():
+        key = (ds.source, ds.split)
+        pool = by_source.setdefault(key, Pool(list(ds.texts)))
+        if pool.texts != ds.texts:
+            raise ValueError(f"{ds.name} and another task read {ds.source} but see different texts")
+        pool.labels[task] = list(ds.labels)
+    for pool in by_source.values():
+        for task in tasks:
+            pool.labels.setdefault(task, [IGNORE] * len(pool))
+    return list(by_source.values())
+
+
+def collate(tokenizer, pool: Pool, rows: list[int]) -> dict[str, torch.Tensor]:
+    """Tokenise and pad a batch to its own longest sentence; labels per task (IGNORE = no label)."""
+    batch = tokenizer.pad(tokenizer.encode([pool.texts[i] for i in rows]))
+    batch["labels"] = {task: torch.tensor([labels[i] for i in rows]) for task, labels in pool.labels.items()}
+    return batch
+
+
+class MultiTaskSampler:
+    """Yields (pool index, row indices) batches for one epoch.
+
+    Mixing rule: temperature-scaled sampling. Each batch comes from one pool, chosen with
+    probability proportional to size ** (1 / temperature). temperature=1 is proportional to
+    size (a 67k-example SST-2 would drown a 10k Banking77); a large temperature approaches
+    uniform. The default of 2 sits between. Unlike round-robin, nothing stops when the
+    smallest pool runs out: a pool that is used up is reshuffled and reused. An epoch is
+    as many batches as the pools hold examples in total.
+    """
+
+    def __init__(self, sizes: list[int], batch_size: int, temperature: float = 2.0, seed: int = 0):
+        self.sizes, self.batch_size, self.temperature = sizes, batch_size, temperature
+        weights = [s ** (1.0 / temperature) for s in sizes]
+        self.probs = [w / sum(weights) for w in weights]
+        self.rng = random.Random(seed)
+        self.orders = [self._shuffled(s) for s in sizes]
+
+    def _shuffled(self, n: int) -> list[int]:
+        order = list(range(n))
+        self.rng.shuffle(order)
+        return order
+
+    def __len__(self) -> int:
+        return max(1, sum(self.sizes) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[int, list[int]]]:
+        for _ in range(len(self)):
+            p = self.rng.choices(range(len(self.sizes)), weights=self.probs)[0]
+            while len(self.orders[p]) < self.batch_size:
+                self.orders[p] += self._shuffled(self.sizes[p])
+            rows, self.orders[p] = self.orders[p][:self.batch_size], self.orders[p][self.batch_size:]
+            yield p, rows
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate(), "orders": self.orders}
+
+    def load_state_dict(self, state: dict) -> None:
+        rng = state["rng"]
+        self.rng.setstate((rng[0], tuple(rng[1]), rng[2]))
+        self.orders = state["orders"]
