@@ -1,14 +1,89 @@
-"""Evaluation. Metrics are written out in numpy (tests cross-check them against scipy).
+"""Evaluation. Metrics are written out in numpy (tests cross-check them against scikit-learn and scipy).
 
-    python eval.py --stsb test        # cosine-Spearman of the bare encoder on STS-B (x100)
+    python eval.py --checkpoint runs/default --dataset reviews-topic --split test
+    python eval.py --stsb test                  # cosine-Spearman of the bare encoder on STS-B (x100)
 """
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import numpy as np
 
 
+# ----------------------------------------------------------------------------- classification
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """counts[i, j] = examples of true class i predicted as class j."""
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    return counts
+
+
+def classification_report(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:
+    """Accuracy; per-class precision, recall, F1 and support; macro and weighted averages.
+
+    A class never predicted has precision 0 (and F1 0), as scikit-learn's zero_division=0.
+    """
+    cm = confusion_matrix(y_true, y_pred, num_classes)
+    tp = np.diag(cm).astype(np.float64)
+    predicted, support = cm.sum(axis=0), cm.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    weights = support / support.sum()
+    return {
+        "accuracy": float(tp.sum() / cm.sum()),
+        "precision": precision, "recall": recall, "f1": f1, "support": support,
+        "macro": {"precision": precision.mean(), "recall": recall.mean(), "f1": f1.mean()},
+        "weighted": {"precision": precision @ weights, "recall": recall @ weights, "f1": f1 @ weights},
+        "confusion": cm,
+    }
+
+
+def format_report(report: dict, label_names: list[str]) -> str:
+    width = max(12, max(len(n) for n in label_names))
+    lines = [f"accuracy {100 * report['accuracy']:.2f}%", "",
+             f"{'class':{width}}  precision  recall     f1  support"]
+    for i, name in enumerate(label_names):
+        lines.append(f"{name:{width}}  {report['precision'][i]:9.3f} {report['recall'][i]:7.3f} "
+                     f"{report['f1'][i]:6.3f} {report['support'][i]:8d}")
+    for avg in ("macro", "weighted"):
+        r = report[avg]
+        lines.append(f"{avg + ' avg':{width}}  {r['precision']:9.3f} {r['recall']:7.3f} {r['f1']:6.3f} "
+                     f"{int(report['support'].sum()):8d}")
+    return "\n".join(lines)
+
+
+def format_confusion(cm: np.ndarray, label_names: list[str], max_full: int = 12) -> str:
+    """The whole matrix for a few classes; for many (Banking77's 77), the most frequent confusions."""
+    if len(label_names) <= max_full:
+        short = [n[:10] for n in label_names]
+        lines = ["confusion (rows: true, columns: predicted)", " " * 12 + " ".join(f"{s:>10}" for s in short)]
+        lines += [f"{short[i]:>11} " + " ".join(f"{v:10d}" for v in row) for i, row in enumerate(cm)]
+        return "\n".join(lines)
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    pairs = sorted(((off[i, j], i, j) for i, j in zip(*np.nonzero(off))), reverse=True)[:15]
+    return "\n".join(["most frequent confusions (true -> predicted: count)"] +
+                     [f"  {label_names[i]} -> {label_names[j]}: {n}" for n, i, j in pairs])
+
+
+def confident_mistakes(texts: list[str], y_true: np.ndarray, probs: np.ndarray, label_names: list[str],
+                       k: int = 10) -> str:
+    """The k wrong predictions the model was surest of: where to look first in error analysis."""
+    pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(pred != y_true)
+    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])][:k]
+    lines = [f"most confident mistakes ({len(np.flatnonzero(pred != y_true))} wrong in all)"]
+    for i in wrong:
+        lines.append(f"  p={probs[i, pred[i]]:.2f} predicted {label_names[pred[i]]}, "
+                     f"true {label_names[y_true[i]]}: {texts[i]!r}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- correlation (STS-B)
 def rankdata(x: np.ndarray) -> np.ndarray:
     """Ranks 1..n; tied values share the mean of the ranks they span (as scipy's 'average')."""
     x = np.asarray(x, dtype=np.float64)
@@ -45,11 +120,58 @@ def stsb_spearman(encoder, split: str = "test", data_dir: str | None = None, bat
     return 100 * spearman(cosine, np.array([p[2] for p in pairs]))
 
 
+# ----------------------------------------------------------------------------- checkpoints
+def load_run(folder: str | Path):
+    """A trained MultiTaskModel, its tokenizer and run.json from a train.py output folder."""
+    import torch
+    from safetensors.torch import load_file
+
+    from heads import MultiTaskModel
+    from mpnet import MPNet, MPNetConfig, Tokenizer
+
+    folder = Path(folder)
+    info_path, weights_path = folder / "run.json", folder / "best.safetensors"
+    for p in (info_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found: is {folder} a train.py output folder?")
+    info = json.loads(info_path.read_text())
+    with torch.device("meta"):
+        model = MultiTaskModel(MPNet(MPNetConfig(**info["backbone"])),
+                               {t: len(v["label_names"]) for t, v in info["tasks"].items()},
+                               normalize=info["config"]["normalize"])
+    model.load_state_dict(load_file(weights_path), assign=True)
+    return model.eval(), Tokenizer(folder / "tokenizer.json"), info
+
+
+def evaluate_checkpoint(folder: str, dataset: str, split: str, data_dir: str | None) -> str:
+    import data
+    from train import predict
+
+    model, tokenizer, info = load_run(folder)
+    task = next((t for t, v in info["tasks"].items() if v["dataset"] == dataset), None)
+    if task is None:
+        trained = ", ".join(v["dataset"] for v in info["tasks"].values())
+        raise ValueError(f"{folder} has no head for {dataset!r}; its heads were trained on: {trained}")
+    ds = data.load(dataset, split, data_dir)
+    names = info["tasks"][task]["label_names"]
+    if ds.label_names != names:
+        raise ValueError(f"{dataset}/{split} labels differ from those the head was trained on")
+    probs = predict(model, tokenizer, ds.texts, task).numpy()
+    y = np.array(ds.labels)
+    report = classification_report(y, probs.argmax(axis=1), len(names))
+    return "\n\n".join([f"{folder}: task {task} on {dataset}/{split} ({len(ds)} examples)",
+                        format_report(report, names), format_confusion(report["confusion"], names),
+                        confident_mistakes(ds.texts, y, probs, names)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", help="a train.py output folder (uses its best.safetensors)")
+    parser.add_argument("--dataset", help="dataset name, e.g. reviews-topic, banking77, sst2")
+    parser.add_argument("--split", default="test")
     parser.add_argument("--stsb", metavar="SPLIT", choices=["train", "dev", "test"], help="STS-B split")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="for --stsb")
     args = parser.parse_args()
     if args.stsb:
         import torch
@@ -57,11 +179,15 @@ def main() -> None:
         from mpnet import SentenceEncoder
 
         dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-        encoder = SentenceEncoder.from_pretrained(dtype=dtype)
-        score = stsb_spearman(encoder, args.stsb, args.data_dir)
+        score = stsb_spearman(SentenceEncoder.from_pretrained(dtype=dtype), args.stsb, args.data_dir)
         print(f"STS-B {args.stsb} cosine-Spearman ({args.dtype}): {score:.2f}")
+    elif args.checkpoint and args.dataset:
+        try:
+            print(evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.data_dir))
+        except (ValueError, FileNotFoundError) as e:
+            raise SystemExit(f"error: {e}")
     else:
-        parser.print_help()
+        parser.error("give --checkpoint and --dataset, or --stsb SPLIT")
 
 
 if __name__ == "__main__":

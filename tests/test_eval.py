@@ -57,3 +57,35 @@ def test_encoder_reaches_published_stsb_score(encoder):
             raise  # CI has ../shared/data: this check must run there
         pytest.skip("no benchmark data folder here")
     assert stsb_spearman(encoder, "test") == pytest.approx(83.42, abs=0.005)
+
+
+def test_classification_report_matches_sklearn():
+    from sklearn.metrics import confusion_matrix as sk_confusion
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from eval import classification_report
+
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 5, 300)
+    y_pred = np.where(rng.random(300) < 0.6, y_true, rng.integers(0, 5, 300))
+    y_pred[y_pred == 4] = 3  # class 4 is never predicted: precision 0, not NaN
+    ours = classification_report(y_true, y_pred, 5)
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=range(5), zero_division=0)
+    np.testing.assert_allclose(ours["precision"], p)
+    np.testing.assert_allclose(ours["recall"], r)
+    np.testing.assert_allclose(ours["f1"], f)
+    np.testing.assert_array_equal(ours["support"], s)
+    np.testing.assert_array_equal(ours["confusion"], sk_confusion(y_true, y_pred, labels=range(5)))
+    for avg in ("macro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, labels=range(5), average=avg, zero_division=0)
+        assert (ours[avg]["precision"], ours[avg]["recall"], ours[avg]["f1"]) == pytest.approx((p, r, f))
+    assert ours["accuracy"] == pytest.approx(np.mean(y_true == y_pred))
+
+
+def test_confident_mistakes_lists_the_surest_errors_first():
+    from eval import confident_mistakes
+
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.05, 0.95]])
+    text = confident_mistakes(["a", "b", "c", "d"], np.array([0, 0, 1, 0]), probs, ["neg", "pos"], k=2)
+    lines = text.splitlines()
+    assert "3 wrong" in lines[0] and "'d'" in lines[1] and "'b'" in lines[2] and len(lines) == 3

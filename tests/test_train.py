@@ -1,0 +1,104 @@
+"""train.py on a tiny random-config backbone: overfitting, save/load, resume."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train as train_mod
+from data import LabelledTexts
+from eval import load_run
+from heads import MultiTaskModel
+from mpnet import MPNet, MPNetConfig, Tokenizer
+from weights.fetch import fetch
+
+TEXTS = ["great product, works well", "arrived late and broken", "the price is far too high",
+         "support never replied", "love the soft fabric", "courier lost my parcel",
+         "cheap and cheerful bargain", "the agent was very kind"]
+TOPIC = [0, 1, 2, 3, 0, 1, 2, 3]
+SENTIMENT = [1, 0, 0, 0, 1, 0, 1, 1]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer(fetch() / "tokenizer.json")  # the real tokenizer (fetch is a no-op when present)
+
+
+def tasks():
+    return {"a": LabelledTexts("toy-topic", "train", TEXTS, TOPIC, ["q", "d", "p", "s"], source="toy"),
+            "b": LabelledTexts("toy-sentiment", "train", TEXTS, SENTIMENT, ["neg", "pos"], source="toy")}
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    cfg = MPNetConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    return MultiTaskModel(MPNet(cfg), {"a": 4, "b": 2})
+
+
+def config(tmp_path, **kw):
+    base = dict(epochs=40, batch_size=4, lr=1e-3, head_lr=3e-3, warmup=0.05, dtype="fp32", log_every=1000,
+                out=str(tmp_path / "run"))
+    return train_mod.TrainConfig(**(base | kw))
+
+
+def test_tiny_model_overfits_a_few_batches(tmp_path, tokenizer):
+    cfg = config(tmp_path)
+    model = tiny_model()
+    before = train_mod.accuracies(model, tokenizer, tasks(), autocast=False)
+    best = train_mod.train(cfg, model, tokenizer, tasks(), tasks())
+    assert best["val_acc_a"] == 1.0 and best["val_acc_b"] == 1.0
+    assert min(before.values()) < 1.0
+    losses = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert len(losses) == 40
+
+
+def test_save_then_load_gives_identical_logits(tmp_path, tokenizer):
+    cfg = config(tmp_path, epochs=2)
+    model = tiny_model()
+    train_mod.train(cfg, model, tokenizer, tasks(), tasks())
+    train_mod.write_run_info(cfg, model, tasks())
+    model.load_state_dict(load_file(tmp_path / "run" / "best.safetensors"))
+    loaded, tok, info = load_run(tmp_path / "run")
+    batch = tokenizer.pad(tokenizer.encode(TEXTS))
+    model.eval()
+    with torch.no_grad():
+        a, b = model(batch["input_ids"], batch["attention_mask"]), loaded(batch["input_ids"], batch["attention_mask"])
+    assert all(torch.equal(a[t], b[t]) for t in ("a", "b"))
+    assert info["tasks"]["a"]["label_names"] == ["q", "d", "p", "s"]
+
+
+def test_resume_continues_the_schedule_exactly(tmp_path, tokenizer, monkeypatch):
+    straight = tiny_model()
+    train_mod.train(config(tmp_path / "straight", epochs=4), straight, tokenizer, tasks(), tasks())
+
+    real_save = train_mod.save_checkpoint
+
+    def crash_after_epoch_2(out, name, *rest):
+        real_save(out, name, *rest)
+        if name == "last" and rest[-1]["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", crash_after_epoch_2)
+    cfg = config(tmp_path / "resumed", epochs=4)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(cfg, tiny_model(), tokenizer, tasks(), tasks())
+    monkeypatch.setattr(train_mod, "save_checkpoint", real_save)
+    resumed = tiny_model(seed=123)  # its own weights are overwritten by the checkpoint
+    train_mod.train(cfg, resumed, tokenizer, tasks(), tasks(), resume=True)
+
+    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(p, q, atol=1e-6), name
+    lines = [json.loads(x) for x in open(tmp_path / "resumed" / "run" / "metrics.jsonl")]
+    assert [x["epoch"] for x in lines] == [1, 2, 3, 4] and lines[-1]["step"] == 8
+    state = torch.load(tmp_path / "resumed" / "run" / "state.pt", weights_only=False)
+    assert state["scheduler"]["last_epoch"] == 8 and state["optimizer"]["param_groups"][0]["lr"] == 0.0
+
+
+def test_lr_warms_up_then_decays_to_zero():
+    f = train_mod.lr_lambda(total_steps=10, warmup_steps=2)
+    assert [round(f(s), 3) for s in range(10)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]
+
+
+def test_bad_dataset_name_exits_with_a_clear_message(capsys):
+    with pytest.raises(SystemExit, match="unknown dataset 'nope'"):
+        train_mod.main(["--task-a", "nope"])
