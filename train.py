@@ -28,6 +28,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import data
+import freeze
+import lr_groups
 from heads import MultiTaskModel, balanced_class_weights, multitask_loss
 
 
@@ -49,6 +51,8 @@ class TrainConfig:
     temperature: float = 2.0            # multi-task sampling, see data.MultiTaskSampler
     class_weights: bool = False         # balanced class weights in each task's loss
     normalize: bool = False             # heads read the L2-normalised embedding
+    freeze: str = "none"                # none | all | backbone | head:a | top-K | gradual[:STEPS], see freeze.py
+    lr_groups: str = "flat"             # flat | tiers | llrd:DECAY | ulmfit, see lr_groups.py
     device: str = "cpu"
     dtype: str = "auto"                 # auto | fp32 | bf16 (autocast)
     seed: int = 0
@@ -162,15 +166,14 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     total_steps = cfg.epochs * len(sampler)
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
-    head_params = [p for p in model.heads.parameters() if p.requires_grad]
-    backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": backbone_params, "lr": cfg.lr},
-                                   {"params": head_params, "lr": cfg.head_lr}], weight_decay=cfg.weight_decay)
+    unfreezer = freeze.apply(model, cfg.freeze)
+    groups = lr_groups.build(model, cfg.lr_groups, base_lr=cfg.lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, int(cfg.warmup * total_steps)))
     class_weights = ({t: balanced_class_weights(ds.labels, len(ds.label_names)) for t, ds in train_sets.items()}
                      if cfg.class_weights else None)
 
-    progress = {"epoch": 0, "step": 0, "best": -1.0, "best_metrics": {}}
+    progress = {"epoch": 0, "step": 0, "best": -1.0, "best_metrics": {}, "unfrozen": 0}
     if resume:
         model.load_state_dict(load_file(out / "last.safetensors", device=str(device)))
         state = torch.load(out / "state.pt", weights_only=False)
@@ -179,15 +182,23 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         progress = state["progress"]
+        if unfreezer:
+            unfreezer.catch_up(progress["unfrozen"])
         print(f"resumed {out} at epoch {progress['epoch']}, step {progress['step']}", file=sys.stderr)
 
+    print(freeze.summary(model) + "\n" + lr_groups.table(groups), file=sys.stderr)
+    trainable = any(p.requires_grad for p in model.parameters())
+    if not trainable:
+        print("nothing is trainable (freeze=all): one evaluation, no training", file=sys.stderr)
     start, tokens = time.time(), 0
     start_step = progress["step"]
-    for epoch in range(progress["epoch"], cfg.epochs):
-        if progress["step"] >= total_steps:
+    for epoch in range(progress["epoch"], cfg.epochs if trainable else progress["epoch"] + 1):
+        if progress["step"] >= total_steps and trainable:
             break
-        model.train()
+        freeze.train_mode(model)
         for pool_idx, rows in sampler:
+            if not trainable:
+                break
             batch = data.collate(tokenizer, pools[pool_idx], rows)
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -201,6 +212,8 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
             progress["step"] += 1
             tokens += int(mask.sum())
             step = progress["step"]
+            if unfreezer and unfreezer.every_steps and step % unfreezer.every_steps == 0:
+                unfreezer.unfreeze_next()
             if step % cfg.log_every == 0 or step == total_steps:
                 elapsed = time.time() - start
                 eta = elapsed / (step - start_step) * (total_steps - step)
@@ -210,8 +223,11 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
             if step >= total_steps:
                 break
         progress["epoch"] = epoch + 1
+        if unfreezer and not unfreezer.every_steps and (name := unfreezer.unfreeze_next()):
+            print(f"gradual unfreezing: {name} now trains", file=sys.stderr)
+        progress["unfrozen"] = unfreezer.unfrozen if unfreezer else 0
         metrics = accuracies(model, tokenizer, val_sets, use_bf16) if val_sets else {}
-        score = float(np.mean(list(metrics.values()))) if metrics else -float(loss)
+        score = float(np.mean(list(metrics.values()))) if metrics else float(progress["step"])
         record = {"epoch": epoch + 1, "step": progress["step"], "elapsed_s": round(time.time() - start, 1),
                   **{f"val_{k}": round(v, 4) for k, v in metrics.items()}}
         with open(out / "metrics.jsonl", "a") as f:

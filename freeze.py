@@ -1,0 +1,131 @@
+"""Freezing scenarios: which parts of a MultiTaskModel train.
+
+    unfreezer = freeze.apply(model, spec)     # spec: none | all | backbone | head:NAME | top-K | gradual[:N]
+    print(freeze.summary(model))
+
+A frozen parameter has requires_grad=False: autograd records nothing for a part whose
+parameters are all frozen (when its input needs no gradient either), and the optimizer
+skips it (its .grad stays None), so it stays bit-identical. `train_mode()` also puts
+fully frozen parts in eval mode, so they run without dropout.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from heads import MultiTaskModel
+
+
+def backbone_groups(model: MultiTaskModel) -> list[tuple[str, list[nn.Parameter]]]:
+    """The backbone's parameters in unfreezing units, bottom to top: embeddings (with the
+    relative position bias, which every layer reads), then each encoder layer."""
+    backbone = model.backbone
+    groups = [("embeddings", list(backbone.embeddings.parameters()) + [backbone.relative_bias])]
+    groups += [(f"layer.{i}", list(layer.parameters())) for i, layer in enumerate(backbone.layers)]
+    return groups
+
+
+def set_trainable(params, trainable: bool) -> None:
+    for p in params:
+        p.requires_grad_(trainable)
+
+
+def freeze_all(model: MultiTaskModel) -> None:
+    """Nothing trains, heads included: the model is a fixed feature extractor (use: inference, baselines)."""
+    set_trainable(model.parameters(), False)
+
+
+def freeze_backbone(model: MultiTaskModel) -> None:
+    """Only the heads train (use: little labelled data or compute; the pretrained embedding already fits)."""
+    set_trainable(model.backbone.parameters(), False)
+    set_trainable(model.heads.parameters(), True)
+
+
+def freeze_head(model: MultiTaskModel, task: str) -> None:
+    """One head is kept as it is while the backbone and the other heads adapt (use: adding or
+    improving one task without disturbing a head that already works)."""
+    if task not in model.heads:
+        raise ValueError(f"no head named {task!r}; heads: {', '.join(model.heads)}")
+    set_trainable(model.parameters(), True)
+    set_trainable(model.heads[task].parameters(), False)
+
+
+def unfreeze_top(model: MultiTaskModel, k: int) -> None:
+    """Heads and the top k encoder layers train (use: adapt the task-specific upper layers,
+    keep the general lower ones; far cheaper than full fine-tuning)."""
+    groups = backbone_groups(model)
+    if not 0 <= k < len(groups):
+        raise ValueError(f"top-{k}: k must be between 0 and {len(groups) - 1} (the encoder's layers)")
+    freeze_backbone(model)
+    for _, params in groups[len(groups) - k:]:
+        set_trainable(params, True)
+
+
+class GradualUnfreezer:
+    """ULMFiT's gradual unfreezing: start with only the heads training, then unfreeze one more
+    layer group from the top each epoch (or every N steps), down to the embeddings.
+    (use: small data, where unfreezing everything at once would wash out pretrained features)."""
+
+    def __init__(self, model: MultiTaskModel, every_steps: int = 0):
+        self.groups = backbone_groups(model)
+        self.every_steps = every_steps  # 0: unfreeze at the end of each epoch
+        self.unfrozen = 0
+        freeze_backbone(model)
+
+    def unfreeze_next(self) -> str | None:
+        """Unfreeze the next group down; returns its name (None when all are unfrozen)."""
+        if self.unfrozen == len(self.groups):
+            return None
+        self.unfrozen += 1
+        name, params = self.groups[len(self.groups) - self.unfrozen]
+        set_trainable(params, True)
+        return name
+
+    def catch_up(self, count: int) -> None:
+        """After a resume: unfreeze as many groups as the interrupted run had."""
+        while self.unfrozen < count and self.unfreeze_next():
+            pass
+
+
+def apply(model: MultiTaskModel, spec: str) -> GradualUnfreezer | None:
+    """Apply a freezing scenario by name; returns the unfreezer for 'gradual', else None."""
+    set_trainable(model.parameters(), True)
+    if spec == "none":
+        return None
+    if spec == "all":
+        freeze_all(model)
+    elif spec == "backbone":
+        freeze_backbone(model)
+    elif spec.startswith("head:"):
+        freeze_head(model, spec.split(":", 1)[1])
+    elif spec.startswith("top-") and spec[4:].isdigit():
+        unfreeze_top(model, int(spec[4:]))
+    elif spec == "gradual" or (spec.startswith("gradual:") and spec[8:].isdigit()):
+        return GradualUnfreezer(model, int(spec[8:]) if ":" in spec else 0)
+    else:
+        raise ValueError(f"unknown freeze spec {spec!r}; use none, all, backbone, head:NAME, top-K, "
+                         f"gradual or gradual:STEPS")
+    return None
+
+
+def train_mode(model: MultiTaskModel) -> None:
+    """model.train(), except that parts with no trainable parameter run in eval mode (no dropout)."""
+    model.train()
+    parts = [model.backbone.embeddings, *model.backbone.layers, *model.heads.values()]
+    for part in parts:
+        if not any(p.requires_grad for p in part.parameters()):
+            part.eval()
+
+
+def summary(model: MultiTaskModel) -> str:
+    """A table of trainable and frozen parameters per group."""
+    rows = [(name, params) for name, params in backbone_groups(model)]
+    rows += [(f"head.{task}", list(head.parameters())) for task, head in model.heads.items()]
+    lines = [f"{'group':14} {'trainable':>12} {'frozen':>12}"]
+    total_t = total_f = 0
+    for name, params in rows:
+        t = sum(p.numel() for p in params if p.requires_grad)
+        f = sum(p.numel() for p in params if not p.requires_grad)
+        total_t, total_f = total_t + t, total_f + f
+        lines.append(f"{name:14} {t:12,} {f:12,}")
+    lines.append(f"{'total':14} {total_t:12,} {total_f:12,}")
+    return "\n".join(lines)
