@@ -30,9 +30,12 @@ class MultiTaskModel(nn.Module):
             task: nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, n)) for task, n in num_labels.items()
         })
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, L) -> (B, hidden) sentence embeddings, the input every head sees."""
-        pooled = mean_pool(self.backbone(input_ids, attention_mask), attention_mask)
+    def embed(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, start: int = 0,
+              packed: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L) -> (B, hidden) sentence embeddings, the input every head sees.
+        start, packed: resume from cached states entering layer `start` (see MPNet.forward)."""
+        tokens = self.backbone(input_ids, attention_mask, start=start, packed=packed)
+        pooled = mean_pool(tokens, attention_mask)
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -197,20 +197,25 @@ class MPNet(nn.Module):
         padding = (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
         return bias + padding
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Token embeddings (B, L, hidden); rows at padded positions are zero.
+    def forward(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, start: int = 0,
+                stop: int | None = None, packed: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings (B, L, hidden) after the layers; rows at padded positions are zero.
 
         Padding costs nothing in the per-token layers (the linear maps, LayerNorm,
         GELU: over 90% of the FLOPs): they run on the T real tokens packed into one
         (T, hidden) matrix. Only attention, which mixes tokens, sees the padded
         (B, L) grid. With batches of 32 length-sorted sentences this saves about
         10% of the work here; with unsorted batches, far more.
+
+        start, stop, packed: run only layers [start, stop), starting from `packed`, the
+        (T, hidden) real-token states that enter layer `start`. This is how a frozen bottom
+        of the network is computed once and cached (see feature_cache.py).
         """
-        B, L = input_ids.shape
+        B, L = attention_mask.shape
         keep = attention_mask.flatten().nonzero().squeeze(1)  # (T,) real-token indices into B*L
-        x = self.embeddings(input_ids).flatten(0, 1).index_select(0, keep)
+        x = self.embeddings(input_ids).flatten(0, 1).index_select(0, keep) if packed is None else packed
         mask = self.attention_mask(attention_mask, x.dtype)
-        for layer in self.layers:
+        for layer in self.layers[start:stop]:
             x = layer(x, mask, keep, B, L)
         return x.new_zeros(B * L, x.shape[-1]).index_copy(0, keep, x).view(B, L, -1)
 

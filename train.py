@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 import data
 import freeze
 import lr_groups
+from feature_cache import FeatureCache, frozen_prefix
 from heads import MultiTaskModel, balanced_class_weights, multitask_loss
 
 
@@ -53,6 +54,7 @@ class TrainConfig:
     normalize: bool = False             # heads read the L2-normalised embedding
     freeze: str = "none"                # none | all | backbone | head:a | top-K | gradual[:STEPS], see freeze.py
     lr_groups: str = "flat"             # flat | tiers | llrd:DECAY | ulmfit, see lr_groups.py
+    no_cache: bool = False              # don't cache the frozen bottom's outputs (see feature_cache.py)
     device: str = "cpu"
     dtype: str = "auto"                 # auto | fp32 | bf16 (autocast)
     seed: int = 0
@@ -190,19 +192,26 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     trainable = any(p.requires_grad for p in model.parameters())
     if not trainable:
         print("nothing is trainable (freeze=all): one evaluation, no training", file=sys.stderr)
+    caches = None
+    if trainable and not cfg.no_cache and unfreezer is None and frozen_prefix(model) > 0:
+        caches = [FeatureCache(model, tokenizer, pool.texts, autocast=use_bf16) for pool in pools]
+        progress["cache_s"] = round(sum(c.seconds for c in caches), 1)
+        print(f"feature cache: {sum(c.nbytes() for c in caches) / 1e6:.0f} MB of frozen-bottom outputs "
+              f"in {progress['cache_s']} s", file=sys.stderr)
     start, tokens = time.time(), 0
     start_step = progress["step"]
     for epoch in range(progress["epoch"], cfg.epochs if trainable else progress["epoch"] + 1):
         if progress["step"] >= total_steps and trainable:
             break
         freeze.train_mode(model)
+        epoch_start = time.time()
         for pool_idx, rows in sampler:
             if not trainable:
                 break
             batch = data.collate(tokenizer, pools[pool_idx], rows)
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = model(ids, mask)
+                logits = caches[pool_idx].logits(model, rows) if caches else model(ids, mask)
             loss, per_task = multitask_loss(logits, batch["labels"], class_weights=class_weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -223,12 +232,14 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
             if step >= total_steps:
                 break
         progress["epoch"] = epoch + 1
+        train_s = time.time() - epoch_start
         if unfreezer and not unfreezer.every_steps and (name := unfreezer.unfreeze_next()):
             print(f"gradual unfreezing: {name} now trains", file=sys.stderr)
         progress["unfrozen"] = unfreezer.unfrozen if unfreezer else 0
         metrics = accuracies(model, tokenizer, val_sets, use_bf16) if val_sets else {}
         score = float(np.mean(list(metrics.values()))) if metrics else float(progress["step"])
         record = {"epoch": epoch + 1, "step": progress["step"], "elapsed_s": round(time.time() - start, 1),
+                  "train_s": round(train_s, 1), "cache_s": progress.get("cache_s", 0),
                   **{f"val_{k}": round(v, 4) for k, v in metrics.items()}}
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")

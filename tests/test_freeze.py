@@ -1,0 +1,108 @@
+"""freeze.py and feature_cache.py: who trains, what stays bit-identical, gradual order, cache parity."""
+import pytest
+import torch
+
+import freeze
+import train as train_mod
+from feature_cache import FeatureCache, frozen_prefix
+from heads import MultiTaskModel
+from mpnet import MPNet, MPNetConfig
+from test_train import config, tasks, tokenizer  # noqa: F401  (the real tokenizer fixture)
+
+
+def tiny_model(layers=3, seed=0):
+    torch.manual_seed(seed)
+    cfg = MPNetConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=64)
+    return MultiTaskModel(MPNet(cfg), {"a": 4, "b": 2})
+
+
+def trainable_names(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_scenarios_set_exactly_the_expected_parts():
+    model = tiny_model()
+    everything = {n for n, _ in model.named_parameters()}
+    heads = {n for n in everything if n.startswith("heads.")}
+    freeze.apply(model, "all")
+    assert trainable_names(model) == set()
+    freeze.apply(model, "backbone")
+    assert trainable_names(model) == heads
+    freeze.apply(model, "head:a")
+    assert trainable_names(model) == everything - {n for n in heads if n.startswith("heads.a.")}
+    freeze.apply(model, "top-2")
+    assert trainable_names(model) == heads | {n for n in everything if n.startswith(("backbone.layers.1.",
+                                                                                      "backbone.layers.2."))}
+    freeze.apply(model, "none")
+    assert trainable_names(model) == everything
+    with pytest.raises(ValueError, match="unknown freeze spec 'top'"):
+        freeze.apply(model, "top")
+    with pytest.raises(ValueError, match="no head named 'c'"):
+        freeze.apply(model, "head:c")
+
+
+def test_frozen_parts_run_without_dropout():
+    model = tiny_model()
+    freeze.apply(model, "top-1")
+    freeze.train_mode(model)
+    assert not model.backbone.embeddings.training and not model.backbone.layers[1].training
+    assert model.backbone.layers[2].training and model.heads["a"].training
+
+
+def test_gradual_unfreezing_goes_top_down():
+    model = tiny_model()
+    unfreezer = freeze.apply(model, "gradual")
+    order = [unfreezer.unfreeze_next() for _ in range(5)]
+    assert order == ["layer.2", "layer.1", "layer.0", "embeddings", None]
+    assert len(trainable_names(model)) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("spec", ["top-1", "head:b", "gradual"])
+def test_frozen_weights_stay_bit_identical(tmp_path, tokenizer, spec):  # noqa: F811
+    model = tiny_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    probe = tiny_model()
+    freeze.apply(probe, spec)
+    frozen_at_start = set(before) - trainable_names(probe)
+    train_mod.train(config(tmp_path, epochs=1, freeze=spec), model, tokenizer, tasks(), {})
+    after = dict(model.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    if spec == "gradual":  # one epoch: only the heads trained, then layer.2 was unfrozen at its end
+        assert changed == {n for n in before if n.startswith("heads.")}
+    else:
+        assert changed == set(before) - frozen_at_start
+
+
+def test_summary_counts_every_parameter():
+    model = tiny_model()
+    freeze.apply(model, "backbone")
+    text = freeze.summary(model)
+    n_heads = sum(p.numel() for p in model.heads.parameters())
+    n_backbone = sum(p.numel() for p in model.backbone.parameters())
+    assert text.splitlines()[-1].split()[1:] == [f"{n_heads:,}", f"{n_backbone:,}"]
+
+
+@pytest.mark.parametrize("spec", ["backbone", "top-1"])
+def test_cached_and_uncached_training_agree(tmp_path, tokenizer, spec):  # noqa: F811
+    runs = {}
+    for no_cache in (False, True):
+        model = tiny_model()
+        train_mod.train(config(tmp_path / str(no_cache), epochs=3, freeze=spec, no_cache=no_cache),
+                        model, tokenizer, tasks(), {})
+        runs[no_cache] = model.state_dict()
+    for name, p in runs[False].items():
+        assert torch.allclose(p, runs[True][name], atol=1e-5), name
+    changed = tiny_model().state_dict()
+    assert any(not torch.allclose(changed[n], p) for n, p in runs[False].items())  # it did train
+
+
+def test_cache_layout(tokenizer):  # noqa: F811
+    model = tiny_model()
+    freeze.apply(model, "top-1")
+    assert frozen_prefix(model) == 3  # embeddings + layers 0 and 1
+    cache = FeatureCache(model, tokenizer, tasks()["a"].texts)
+    assert cache.start == 2 and not cache.pooled
+    assert [f.shape for f in cache.features] == [(n, 32) for n in cache.lengths]
+    freeze.apply(model, "none")
+    with pytest.raises(ValueError, match="nothing to cache"):
+        FeatureCache(model, tokenizer, ["x"])
