@@ -62,6 +62,15 @@ class TrainConfig:
     out: str = "runs/default"
 
 
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process (Linux), for the experiment tables."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+    return round(int(line.split()[1]) / 1024)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -305,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
     use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and bf16_supported(cfg.device))
     final = accuracies(model, tokenizer, final_sets, use_bf16)
     result = {"out": cfg.out, "train_s": round(time.time() - start, 1), "best_epoch": best.get("epoch"),
+              "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+              "peak_rss_mb": peak_rss_mb(), "cache_s": best.get("cache_s", 0), "epoch_train_s": best.get("train_s"),
               **{f"{k}_{final_sets[k[-1]].name}_{final_sets[k[-1]].split}": round(100 * v, 2) for k, v in final.items()}}
     print(json.dumps(result))
 
