@@ -180,6 +180,7 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     unfreezer = freeze.apply(model, cfg.freeze)
     groups = lr_groups.build(model, cfg.lr_groups, base_lr=cfg.lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
     optimizer = torch.optim.AdamW(groups)
+    print(freeze.summary(model) + "\n" + lr_groups.table(groups), file=sys.stderr)  # before warmup scales the lrs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, int(cfg.warmup * total_steps)))
     class_weights = ({t: balanced_class_weights(ds.labels, len(ds.label_names)) for t, ds in train_sets.items()}
                      if cfg.class_weights else None)
@@ -197,7 +198,6 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
             unfreezer.catch_up(progress["unfrozen"])
         print(f"resumed {out} at epoch {progress['epoch']}, step {progress['step']}", file=sys.stderr)
 
-    print(freeze.summary(model) + "\n" + lr_groups.table(groups), file=sys.stderr)
     trainable = any(p.requires_grad for p in model.parameters())
     if not trainable:
         print("nothing is trainable (freeze=all): one evaluation, no training", file=sys.stderr)
