@@ -15,7 +15,6 @@ The corpus is the STS-B test sentences from the data folder when present.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import resource
@@ -27,28 +26,23 @@ from pathlib import Path
 
 import torch
 
+from data import DATA_ENV, read_stsb
 from mpnet import SentenceEncoder
 
 ROOT = Path(__file__).resolve().parent
-DATA_ENV = "MPNET_DATA_DIR"
 ST_HUB_ID = "sentence-transformers/all-mpnet-base-v2"
 # Multiply-adds per token in the encoder's linear layers: per layer q, k, v, o (4 x D x D) + FFN (2 x D x 4D).
 FLOPS_PER_TOKEN = 2 * 12 * (4 * 768 * 768 + 2 * 768 * 3072)
 
 
-def data_dir(path: str | None) -> Path:
-    return Path(path or os.environ.get(DATA_ENV) or ROOT.parent / "shared" / "data")
-
-
-def load_corpus(folder: Path, n: int) -> tuple[list[str], str]:
-    stsb = folder / "stsb" / "sts-test.tsv"
-    if stsb.is_file():
-        with open(stsb, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-        unique = list(dict.fromkeys(s for r in rows for s in (r["sentence1"], r["sentence2"])))
-        return unique[:n], f"first {min(n, len(unique))} unique STS-B test sentences"
-    fixture = json.loads((ROOT / "tests" / "fixtures" / "reference.json").read_text(encoding="utf-8"))
-    return fixture["sentences"], f"{len(fixture['sentences'])} parity-fixture sentences (no STS-B at {stsb})"
+def load_corpus(data_dir: str | None, n: int) -> tuple[list[str], str]:
+    try:
+        pairs = read_stsb("test", data_dir)
+    except FileNotFoundError as e:
+        fixture = json.loads((ROOT / "tests" / "fixtures" / "reference.json").read_text(encoding="utf-8"))
+        return fixture["sentences"], f"{len(fixture['sentences'])} parity-fixture sentences ({e})"
+    unique = list(dict.fromkeys(s for pair in pairs for s in pair[:2]))
+    return unique[:n], f"first {min(n, len(unique))} unique STS-B test sentences"
 
 
 def engines(compare: bool) -> list[str]:
@@ -93,7 +87,7 @@ def child(name: str, args: argparse.Namespace) -> None:
     encode(["The first sentence."], 1)
     sync(name)
     first = time.time()
-    corpus, _ = load_corpus(data_dir(args.data_dir), args.sentences)
+    corpus, _ = load_corpus(args.data_dir, args.sentences)
     encode(corpus, args.batch_size)
     sync(name)
     peak_mb = peak_rss_mb()
@@ -144,7 +138,7 @@ def main() -> None:
             import sentence_transformers  # noqa: F401
         except ImportError:
             sys.exit("--compare needs sentence-transformers: pip install sentence-transformers")
-    corpus, corpus_desc = load_corpus(data_dir(args.data_dir), args.sentences)
+    corpus, corpus_desc = load_corpus(args.data_dir, args.sentences)
     names = engines(args.compare)
     encoders = {n: load_engine(n, args.st_model) for n in names}
     tokens = sum(len(ids) for ids in SentenceEncoder.from_pretrained().tokenizer.encode(corpus))
