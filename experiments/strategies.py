@@ -29,6 +29,8 @@ ROWS = [
     ("flat", "full fine-tuning, one LR (3e-5, heads 1e-3)", JOINT),
     ("single-banking77", "single task: Banking77 alone, full fine-tuning", ["--task-a", "banking77", "--task-b", "none"]),
     ("single-sst2", "single task: SST-2 alone, full fine-tuning", ["--task-a", "sst2", "--task-b", "none"]),
+    ("single-banking77-200", "single task: Banking77 alone, 200 steps (the joint run's Banking77 share)",
+     ["--task-a", "banking77", "--task-b", "none", "--max-steps", "200"]),
     ("tiers", "the design's three tiers (heads 1e-4, layers 6-11 5e-5, rest 1e-5)",
      JOINT + ["--lr-groups", "tiers", "--lr", "5e-5", "--head-lr", "1e-4"]),
     ("llrd-0.9", "layer-wise LR decay 0.9 (top 5e-5)", JOINT + ["--lr-groups", "llrd:0.9", "--lr", "5e-5"]),
