@@ -21,6 +21,7 @@ import time
 import torch
 
 from heads import MultiTaskModel
+from mpnet import length_sorted_batches
 
 
 def frozen_prefix(model: MultiTaskModel) -> int:
@@ -55,10 +56,8 @@ class FeatureCache:
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            for s in range(0, len(order), batch_size):
-                rows = order[s:s + batch_size]
+            for rows in length_sorted_batches(ids, batch_size):
                 batch = tokenizer.pad([ids[i] for i in rows])
                 input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
                 if self.pooled:

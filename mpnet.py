@@ -19,7 +19,7 @@ import os
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -325,6 +325,14 @@ def mean_pool(tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     return (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
+def length_sorted_batches(ids: Sequence[Sequence[int]], batch_size: int) -> Iterator[list[int]]:
+    """Row indices in batches, longest first: each batch holds sentences of similar length,
+    so padding stays small. Callers scatter results back to these rows to keep input order."""
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
 def check_sentences(sentences: object) -> list[str]:
     if isinstance(sentences, str):
         raise TypeError("encode() takes a list of strings; for one sentence pass [sentence]")
@@ -375,11 +383,8 @@ class SentenceEncoder(nn.Module):
         """Embed sentences -> (N, hidden) float32 CPU tensor, rows in input order."""
         sentences = check_sentences(sentences)
         ids = self.tokenizer.encode(sentences)
-        # Longest first, so each batch holds sentences of similar length and padding stays small.
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out = torch.empty(len(ids), self.model.cfg.hidden_size, dtype=torch.float32)
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
+        for rows in length_sorted_batches(ids, batch_size):
             batch = {k: v.to(self.device) for k, v in self.tokenizer.pad([ids[i] for i in rows]).items()}
             tokens = self.model(batch["input_ids"], batch["attention_mask"])
             pooled = mean_pool(tokens, batch["attention_mask"]).float()

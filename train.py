@@ -32,6 +32,7 @@ import freeze
 import lr_groups
 from feature_cache import FeatureCache, frozen_prefix
 from heads import MultiTaskModel, balanced_class_weights, multitask_loss
+from mpnet import SentenceEncoder, length_sorted_batches
 
 
 @dataclass
@@ -121,10 +122,8 @@ def predict(model: MultiTaskModel, tokenizer, texts: list[str], task: str, batch
     model.eval()
     device = next(model.parameters()).device
     ids = tokenizer.encode(texts)
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     probs = torch.empty(len(ids), model.heads[task][-1].out_features)
-    for start in range(0, len(ids), batch_size):
-        rows = order[start:start + batch_size]
+    for rows in length_sorted_batches(ids, batch_size):
         batch = tokenizer.pad([ids[i] for i in rows])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             emb = model.embed(batch["input_ids"].to(device), batch["attention_mask"].to(device))
@@ -262,8 +261,6 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
 
 def build(cfg: TrainConfig, train_sets: dict):
     """The pretrained encoder with one fresh head per task."""
-    from mpnet import SentenceEncoder
-
     encoder = SentenceEncoder.from_pretrained()
     num_labels = {task: len(ds.label_names) for task, ds in train_sets.items()}
     model = MultiTaskModel(encoder.model, num_labels, normalize=cfg.normalize)
