@@ -72,6 +72,12 @@ def _open(path: Path):
     return open(path, encoding="utf-8", newline="")
 
 
+def _tsv_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) for a TSV with a header, read with quoting off: bare quotes are text."""
+    with _open(path) as f:
+        return list(enumerate(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=2))
+
+
 def _split_file(path_of: dict[str, str], name: str, split: str, folder: Path) -> Path:
     if split not in path_of:
         raise ValueError(f"{name} has splits {', '.join(path_of)}, not {split!r}")
@@ -86,9 +92,7 @@ def read_reviews(column: str, split: str, path: Path = REVIEWS) -> LabelledTexts
     if split not in ("train", "test"):
         raise ValueError(f"reviews has splits train, test, not {split!r}")
     names = REVIEW_TOPICS if column == "topic" else SENTIMENTS
-    with _open(path) as f:
-        rows = [(line, r["text"], r[column]) for line, r in
-                enumerate(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=2) if r["split"] == split]
+    rows = [(line, r["text"], r[column]) for line, r in _tsv_rows(path) if r["split"] == split]
     return _checked(f"reviews-{column}", split, path, rows, names)
 
 
@@ -96,9 +100,8 @@ def read_sst2(split: str, folder: Path) -> LabelledTexts:
     # GLUE format: lower-cased, tokenised text with a trailing space; no quote characters.
     path = _split_file({"train": "sst2/train.tsv", "dev": "sst2/dev.tsv", "test": "sst2/test_labeled.tsv"},
                        "sst2", split, folder)
-    with _open(path) as f:
-        rows = [(line, r["sentence"].strip(), SENTIMENTS[int(r["label"])] if r["label"] in ("0", "1") else r["label"])
-                for line, r in enumerate(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=2)]
+    rows = [(line, r["sentence"].strip(), SENTIMENTS[int(r["label"])] if r["label"] in ("0", "1") else r["label"])
+            for line, r in _tsv_rows(path)]
     return _checked("sst2", split, path, rows, SENTIMENTS)
 
 
@@ -118,12 +121,9 @@ TREC_COARSE = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
 def read_trec(split: str, folder: Path, fine: bool = False) -> LabelledTexts:
     path = _split_file({"train": "trec/train.tsv", "test": "trec/test.tsv"}, "trec", split, folder)
     column = "fine_label" if fine else "coarse_label"
-    with _open(path) as f:
-        rows = [(line, r["text"], r[column])
-                for line, r in enumerate(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=2)]
+    rows = [(line, r["text"], r[column]) for line, r in _tsv_rows(path)]
     if fine:  # the 50 fine labels are those of the training file
-        with _open(folder / "trec" / "train.tsv") as f:
-            names = sorted({r["fine_label"] for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)})
+        names = sorted({r["fine_label"] for _, r in _tsv_rows(folder / "trec" / "train.tsv")})
     else:
         names = TREC_COARSE
     return _checked("trec-fine" if fine else "trec", split, path, rows, names)
@@ -156,14 +156,12 @@ def read_stsb(split: str, folder: str | os.PathLike | None = None) -> list[tuple
     path = data_dir(folder) / "stsb" / f"sts-{split}.tsv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (STS-B splits are train, dev, test)")
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        pairs = []
-        for line, r in enumerate(rows, start=2):
-            try:
-                pairs.append((r["sentence1"], r["sentence2"], float(r["score"])))
-            except (KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{path}:{line}: malformed STS-B row ({e})") from e
+    pairs = []
+    for line, r in _tsv_rows(path):
+        try:
+            pairs.append((r["sentence1"], r["sentence2"], float(r["score"])))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}:{line}: malformed STS-B row ({e})") from e
     if not pairs:
         raise ValueError(f"{path} holds no rows")
     return pairs

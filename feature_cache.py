@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from freeze import backbone_groups
 from heads import MultiTaskModel
 from mpnet import length_sorted_batches
 
@@ -27,11 +28,8 @@ from mpnet import length_sorted_batches
 def frozen_prefix(model: MultiTaskModel) -> int:
     """How many layers at the bottom of the backbone are frozen, embeddings included (0 if the
     embeddings train, else 1 + the number of frozen layers above them, up to 1 + num_layers)."""
-    backbone = model.backbone
-    parts = [list(backbone.embeddings.parameters()) + [backbone.relative_bias]]
-    parts += [list(layer.parameters()) for layer in backbone.layers]
     count = 0
-    for params in parts:
+    for _, params in backbone_groups(model):
         if any(p.requires_grad for p in params):
             break
         count += 1

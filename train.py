@@ -88,6 +88,11 @@ def bf16_supported(device: str) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def uses_bf16(cfg: TrainConfig) -> bool:
+    """bf16 autocast: when asked for, or with dtype=auto where the hardware runs bf16 natively."""
+    return cfg.dtype == "bf16" or (cfg.dtype == "auto" and bf16_supported(cfg.device))
+
+
 def split_off(ds: data.LabelledTexts, fraction: float, seed: int) -> tuple[data.LabelledTexts, data.LabelledTexts]:
     """A seeded (train, validation) split. The permutation depends only on seed and size, so two
     tasks read from one file (reviews-topic, reviews-sentiment) split the same way."""
@@ -168,7 +173,7 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
-    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and bf16_supported(cfg.device))
+    use_bf16 = uses_bf16(cfg)
     model.to(device)
 
     pools = data.make_pools(train_sets)
@@ -308,8 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     best = train(cfg, model, tokenizer, train_sets, val_sets, resume=resume)
     model.load_state_dict(load_file(Path(cfg.out) / "best.safetensors"))
-    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and bf16_supported(cfg.device))
-    final = accuracies(model, tokenizer, final_sets, use_bf16)
+    final = accuracies(model, tokenizer, final_sets, uses_bf16(cfg))
     result = {"out": cfg.out, "train_s": round(time.time() - start, 1), "best_epoch": best.get("epoch"),
               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "peak_rss_mb": peak_rss_mb(), "cache_s": best.get("cache_s", 0), "epoch_train_s": best.get("train_s"),
