@@ -26,7 +26,9 @@ from pathlib import Path
 
 import torch
 
+from cli import int_at_least
 from data import DATA_ENV, read_stsb
+from hardware import describe, native_bf16
 from mpnet import SentenceEncoder
 
 ROOT = Path(__file__).resolve().parent
@@ -122,10 +124,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compare", action="store_true", help="also run sentence-transformers (if installed)")
     parser.add_argument("--st-model", default=ST_HUB_ID, help="Hub id or local folder for --compare")
-    parser.add_argument("--sentences", type=int, default=512, help="corpus size (default 512)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=5, help="throughput rounds; the median is reported")
-    parser.add_argument("--startup-runs", type=int, default=3, help="fresh processes per engine; median")
+    parser.add_argument("--sentences", type=int_at_least(1), default=512, help="corpus size (default 512)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=32)
+    parser.add_argument("--rounds", type=int_at_least(1), default=5, help="throughput rounds; the median is reported")
+    parser.add_argument("--startup-runs", type=int_at_least(1), default=3, help="fresh processes per engine; median")
     parser.add_argument("--data-dir", default=None, help=f"benchmark data folder (default ${DATA_ENV} or ../shared/data)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -142,6 +144,7 @@ def main() -> None:
     names = engines(args.compare)
     encoders = {n: load_engine(n, args.st_model) for n in names}
     tokens = sum(len(ids) for ids in SentenceEncoder.from_pretrained().tokenizer.encode(corpus))
+    print(f"CPU: {describe()}" + ("" if native_bf16() else "  (no native bf16: the bf16 row is emulated)"))
     print(f"corpus: {corpus_desc}, {tokens} real tokens; batch {args.batch_size}; "
           f"{torch.get_num_threads()} threads; torch {torch.__version__}")
 
@@ -180,7 +183,7 @@ def main() -> None:
               f"{r['startup_s']:8.2f} {ratio('startup_s')} {r['peak_rss_mb']:7.0f} {ratio('peak_rss_mb')} "
               f"{r['cosine_to_fp32_min']:8.5f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"corpus": corpus_desc, "tokens": tokens, "fp32_matmul_gflops": fp32_peak,
+        Path(args.json).write_text(json.dumps({"cpu": describe(), "corpus": corpus_desc, "tokens": tokens, "fp32_matmul_gflops": fp32_peak,
                                                "results": results}, indent=2))
 
 

@@ -52,10 +52,12 @@ class LabelledTexts:
 
 def _checked(name: str, split: str, path: Path, rows: list[tuple[int, str, str]],
              label_names: list[str]) -> LabelledTexts:
-    """rows: (line number, text, label name). Every label must be in label_names."""
+    """rows: (line number, text, label name). Every text must be non-empty, every label in label_names."""
     index = {n: i for i, n in enumerate(label_names)}
     texts, labels = [], []
     for line, text, label in rows:
+        if not text.strip():
+            raise ValueError(f"{path}:{line}: empty text; remove the row or fill in its text")
         if label not in index:
             raise ValueError(f"{path}:{line}: label {label!r} is not one of the {len(label_names)} labels of "
                              f"{name} ({', '.join(label_names[:6])}{', ...' if len(label_names) > 6 else ''})")
@@ -66,16 +68,43 @@ def _checked(name: str, split: str, path: Path, rows: list[tuple[int, str, str]]
     return LabelledTexts(name, split, texts, labels, label_names, source=f"{path}")
 
 
-def _open(path: Path):
+def read_table(path: Path, columns: list[str], delimiter: str = "\t") -> list[tuple[int, dict[str, str]]]:
+    """(line number, {column: value}) for every row of a CSV or TSV file with a header.
+
+    TSVs are read with quoting off (a bare " is text: STS-B and TREC contain them); CSVs follow
+    RFC 4180 (quoted fields may hold commas, quotes and newlines: Banking77 has them). A byte-order
+    mark, CRLF or mixed line endings and blank lines are fine. Anything that would make a row's
+    fields ambiguous is an error naming file and line: a missing column, a row with more or fewer
+    fields than the header (in a TSV, a tab or newline inside a text), an unterminated quote,
+    bytes that are not UTF-8.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
-    return open(path, encoding="utf-8", newline="")
-
-
-def _tsv_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
-    """(line number, row) for a TSV with a header, read with quoting off: bare quotes are text."""
-    with _open(path) as f:
-        return list(enumerate(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=2))
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    rows = []
+    with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: drops a leading BOM
+        reader = csv.reader(f, delimiter=delimiter, quoting=quoting, strict=True)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise ValueError(f"{path}: the file is empty; it needs a header line naming the columns")
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise ValueError(f"{path}:1: no column {', '.join(map(repr, missing))}; the header has "
+                                 f"{', '.join(map(repr, header))}")
+            for fields in reader:
+                if not fields:
+                    continue  # a blank line
+                if len(fields) != len(header):
+                    raise ValueError(f"{path}:{reader.line_num}: {len(fields)} fields where the header has "
+                                     f"{len(header)}" + (" (a tab inside a text?)" if delimiter == "\t" else ""))
+                rows.append((reader.line_num, dict(zip(header, fields))))
+        except csv.Error as e:
+            raise ValueError(f"{path}:{reader.line_num}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({e})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text after line {reader.line_num} ({e.reason}); "
+                             f"re-save it as UTF-8") from None
+    return rows
 
 
 def _split_file(path_of: dict[str, str], name: str, split: str, folder: Path) -> Path:
@@ -92,7 +121,7 @@ def read_reviews(column: str, split: str, path: Path = REVIEWS) -> LabelledTexts
     if split not in ("train", "test"):
         raise ValueError(f"reviews has splits train, test, not {split!r}")
     names = REVIEW_TOPICS if column == "topic" else SENTIMENTS
-    rows = [(line, r["text"], r[column]) for line, r in _tsv_rows(path) if r["split"] == split]
+    rows = [(line, r["text"], r[column]) for line, r in read_table(path, ["text", "split", column]) if r["split"] == split]
     return _checked(f"reviews-{column}", split, path, rows, names)
 
 
@@ -101,7 +130,7 @@ def read_sst2(split: str, folder: Path) -> LabelledTexts:
     path = _split_file({"train": "sst2/train.tsv", "dev": "sst2/dev.tsv", "test": "sst2/test_labeled.tsv"},
                        "sst2", split, folder)
     rows = [(line, r["sentence"].strip(), SENTIMENTS[int(r["label"])] if r["label"] in ("0", "1") else r["label"])
-            for line, r in _tsv_rows(path)]
+            for line, r in read_table(path, ["sentence", "label"])]
     return _checked("sst2", split, path, rows, SENTIMENTS)
 
 
@@ -109,9 +138,7 @@ def read_banking77(split: str, folder: Path) -> LabelledTexts:
     # RFC-4180 CSV with CRLF endings and newlines inside quoted fields: csv with newline="".
     path = _split_file({"train": "banking77/train.csv", "test": "banking77/test.csv"}, "banking77", split, folder)
     categories = json.loads((folder / "banking77" / "categories.json").read_text(encoding="utf-8"))
-    with _open(path) as f:
-        reader = csv.DictReader(f)
-        rows = [(reader.line_num, r["text"], r["category"]) for r in reader]
+    rows = [(line, r["text"], r["category"]) for line, r in read_table(path, ["text", "category"], delimiter=",")]
     return _checked("banking77", split, path, rows, categories)
 
 
@@ -121,9 +148,9 @@ TREC_COARSE = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
 def read_trec(split: str, folder: Path, fine: bool = False) -> LabelledTexts:
     path = _split_file({"train": "trec/train.tsv", "test": "trec/test.tsv"}, "trec", split, folder)
     column = "fine_label" if fine else "coarse_label"
-    rows = [(line, r["text"], r[column]) for line, r in _tsv_rows(path)]
+    rows = [(line, r["text"], r[column]) for line, r in read_table(path, ["text", column])]
     if fine:  # the 50 fine labels are those of the training file
-        names = sorted({r["fine_label"] for _, r in _tsv_rows(folder / "trec" / "train.tsv")})
+        names = sorted({r["fine_label"] for _, r in read_table(folder / "trec" / "train.tsv", ["fine_label"])})
     else:
         names = TREC_COARSE
     return _checked("trec-fine" if fine else "trec", split, path, rows, names)
@@ -157,11 +184,14 @@ def read_stsb(split: str, folder: str | os.PathLike | None = None) -> list[tuple
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (STS-B splits are train, dev, test)")
     pairs = []
-    for line, r in _tsv_rows(path):
+    for line, r in read_table(path, ["sentence1", "sentence2", "score"]):
         try:
-            pairs.append((r["sentence1"], r["sentence2"], float(r["score"])))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}:{line}: malformed STS-B row ({e})") from e
+            score = float(r["score"])
+        except ValueError:
+            score = float("nan")
+        if not 0 <= score <= 5:  # also refuses nan
+            raise ValueError(f"{path}:{line}: score {r['score']!r} is not a number from 0 to 5")
+        pairs.append((r["sentence1"], r["sentence2"], score))
     if not pairs:
         raise ValueError(f"{path} holds no rows")
     return pairs
@@ -218,6 +248,7 @@ class MultiTaskSampler:
         self.probs = [w / sum(weights) for w in weights]
         self.rng = random.Random(seed)
         self.orders = [self._shuffled(s) for s in sizes]
+        self.position = 0  # batches already yielded in the current epoch: a resume continues from here
 
     def _shuffled(self, n: int) -> list[int]:
         order = list(range(n))
@@ -228,17 +259,23 @@ class MultiTaskSampler:
         return max(1, sum(self.sizes) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[int, list[int]]]:
-        for _ in range(len(self)):
+        while self.position < len(self):
             p = self.rng.choices(range(len(self.sizes)), weights=self.probs)[0]
             while len(self.orders[p]) < self.batch_size:
                 self.orders[p] += self._shuffled(self.sizes[p])
             rows, self.orders[p] = self.orders[p][:self.batch_size], self.orders[p][self.batch_size:]
+            self.position += 1  # before the yield: a checkpoint taken after this batch skips it on resume
             yield p, rows
+        self.position = 0
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.getstate(), "orders": self.orders}
+        """Plain ints and lists (JSON-ready): the RNG, what is left of each pool's order, the position."""
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss], "orders": [list(o) for o in self.orders],
+                "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
         rng = state["rng"]
         self.rng.setstate((rng[0], tuple(rng[1]), rng[2]))
-        self.orders = state["orders"]
+        self.orders = [list(o) for o in state["orders"]]
+        self.position = state["position"]

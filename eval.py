@@ -134,12 +134,26 @@ def load_run(folder: str | Path):
     for p in (info_path, weights_path):
         if not p.is_file():
             raise FileNotFoundError(f"{p} not found: is {folder} a train.py output folder?")
-    info = json.loads(info_path.read_text())
-    with torch.device("meta"):
-        model = MultiTaskModel(MPNet(MPNetConfig(**info["backbone"])),
-                               {t: len(v["label_names"]) for t, v in info["tasks"].items()},
-                               normalize=info["config"]["normalize"])
-    model.load_state_dict(load_file(weights_path), assign=True)
+    try:
+        info = json.loads(info_path.read_text())
+        with torch.device("meta"):
+            model = MultiTaskModel(MPNet(MPNetConfig(**info["backbone"])),
+                                   {t: len(v["label_names"]) for t, v in info["tasks"].items()},
+                                   normalize=info["config"]["normalize"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{info_path} is not a train.py run.json ({type(e).__name__}: {e})") from None
+    try:
+        weights = load_file(weights_path)
+    except Exception as e:  # safetensors raises its own error type for damaged files
+        raise ValueError(f"{weights_path} is not a readable safetensors file ({e})") from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items()}
+    if found != expected:
+        name = sorted(set(expected) ^ set(found)) or sorted(k for k in expected if expected[k] != found[k])
+        raise ValueError(f"{weights_path} does not fit the model that {info_path} describes (first difference: "
+                         f"{name[0]}: {found.get(name[0], 'absent')} in the weights, {expected.get(name[0], 'absent')} "
+                         f"expected); were the files copied from different runs?")
+    model.load_state_dict(weights, assign=True)
     return model.eval(), Tokenizer(folder / "tokenizer.json"), info
 
 
@@ -166,13 +180,17 @@ def evaluate_checkpoint(folder: str, dataset: str, split: str, data_dir: str | N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from data import DATASETS
+
     parser.add_argument("--checkpoint", help="a train.py output folder (uses its best.safetensors)")
-    parser.add_argument("--dataset", help="dataset name, e.g. reviews-topic, banking77, sst2")
-    parser.add_argument("--split", default="test")
+    parser.add_argument("--dataset", choices=list(DATASETS), help="the dataset to evaluate the checkpoint on")
+    parser.add_argument("--split", default="test", choices=["train", "dev", "test"])
     parser.add_argument("--stsb", metavar="SPLIT", choices=["train", "dev", "test"], help="STS-B split")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="for --stsb")
     args = parser.parse_args()
+    if args.checkpoint and not (Path(args.checkpoint) / "run.json").is_file():
+        parser.error(f"--checkpoint {args.checkpoint}: no run.json there; give a train.py output folder")
     if args.stsb:
         import torch
 

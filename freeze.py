@@ -86,24 +86,37 @@ class GradualUnfreezer:
             pass
 
 
+def check_spec(spec: str, num_layers: int, tasks: list[str]) -> None:
+    """Raise ValueError with what is allowed unless spec names a scenario for this model (no model needed)."""
+    if spec in ("none", "all", "backbone", "gradual") or (spec.startswith("gradual:") and spec[8:].isdigit()
+                                                           and int(spec[8:]) > 0):
+        return
+    if spec.startswith("head:"):
+        if spec[5:] not in tasks:
+            raise ValueError(f"--freeze {spec}: no head named {spec[5:]!r}; heads: {', '.join(tasks)}")
+        return
+    if spec.startswith("top-") and spec[4:].isdigit():
+        if not 0 <= int(spec[4:]) <= num_layers:
+            raise ValueError(f"--freeze {spec}: K must be between 0 and {num_layers} (the encoder's layers)")
+        return
+    raise ValueError(f"--freeze: unknown spec {spec!r}; use none, all, backbone, head:NAME, top-K (K <= {num_layers}), "
+                     f"gradual or gradual:STEPS (STEPS > 0)")
+
+
 def apply(model: MultiTaskModel, spec: str) -> GradualUnfreezer | None:
     """Apply a freezing scenario by name; returns the unfreezer for 'gradual', else None."""
+    check_spec(spec, len(model.backbone.layers), list(model.heads))
     set_trainable(model.parameters(), True)
-    if spec == "none":
-        return None
     if spec == "all":
         freeze_all(model)
     elif spec == "backbone":
         freeze_backbone(model)
     elif spec.startswith("head:"):
-        freeze_head(model, spec.split(":", 1)[1])
-    elif spec.startswith("top-") and spec[4:].isdigit():
+        freeze_head(model, spec[5:])
+    elif spec.startswith("top-"):
         unfreeze_top(model, int(spec[4:]))
-    elif spec == "gradual" or (spec.startswith("gradual:") and spec[8:].isdigit()):
+    elif spec.startswith("gradual"):
         return GradualUnfreezer(model, int(spec[8:]) if ":" in spec else 0)
-    else:
-        raise ValueError(f"unknown freeze spec {spec!r}; use none, all, backbone, head:NAME, top-K, "
-                         f"gradual or gradual:STEPS")
     return None
 
 

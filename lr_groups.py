@@ -32,6 +32,21 @@ def no_decay(name: str) -> bool:
     return name.endswith(".bias") or "norm." in name or name == "relative_bias"
 
 
+def check_spec(spec: str) -> None:
+    """Raise ValueError with what is allowed unless spec is flat, tiers, ulmfit or llrd:D with 0 < D <= 1."""
+    if spec in ("flat", "tiers", "ulmfit"):
+        return
+    if spec.startswith("llrd:"):
+        try:
+            decay = float(spec[5:])
+        except ValueError:
+            raise ValueError(f"--lr-groups {spec}: llrd needs a number, e.g. llrd:0.9") from None
+        if not 0 < decay <= 1:
+            raise ValueError(f"--lr-groups {spec}: the llrd decay must be in (0, 1]")
+        return
+    raise ValueError(f"--lr-groups: unknown spec {spec!r}; use flat, tiers, llrd:DECAY or ulmfit")
+
+
 def layer_lr(spec: str, depth: int, top: int, base_lr: float) -> float:
     if spec == "flat":
         return base_lr
@@ -47,13 +62,7 @@ def layer_lr(spec: str, depth: int, top: int, base_lr: float) -> float:
 def build(model: MultiTaskModel, spec: str, base_lr: float, head_lr: float | None = None,
           weight_decay: float = 0.01) -> list[dict]:
     """AdamW parameter groups: one per (depth, decay or not), each with its lr and weight decay."""
-    if spec.startswith("llrd:"):
-        try:
-            decay = float(spec[5:])
-        except ValueError:
-            raise ValueError(f"llrd needs a number, e.g. llrd:0.9, not {spec!r}") from None
-        if not 0 < decay <= 1:
-            raise ValueError(f"llrd decay must be in (0, 1], got {decay}")
+    check_spec(spec)
     top = model.backbone.cfg.num_hidden_layers
     if head_lr is None:
         head_lr = 2 * base_lr if spec == "tiers" else base_lr

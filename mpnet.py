@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hardware import resolve_dtype
 from weights.fetch import FILES, fetch, is_complete, weights_dir
 
 
@@ -334,16 +335,37 @@ def length_sorted_batches(ids: Sequence[Sequence[int]], batch_size: int) -> Iter
 
 
 def check_sentences(sentences: object) -> list[str]:
-    if isinstance(sentences, str):
+    """The accepted inputs: a list, tuple or other sequence of str, or a 1-D numpy array of str.
+
+    A bare str is refused (iterating it would embed each character), and so are sets, dicts and
+    iterators: their order is not the caller's, or they can be read only once. Each sentence must
+    be valid Unicode: a lone surrogate (e.g. from bytes decoded with errors='surrogateescape')
+    has no UTF-8 form, so it is named here rather than failing inside the tokenizer.
+    """
+    if isinstance(sentences, (str, bytes)):
         raise TypeError("encode() takes a list of strings; for one sentence pass [sentence]")
-    if sentences is None or not isinstance(sentences, Sequence):
-        raise TypeError(f"encode() takes a list of strings, got {type(sentences).__name__}")
+    if type(sentences).__module__ == "numpy" and getattr(sentences, "ndim", 1) == 1:
+        sentences = sentences.tolist()  # numpy str_ elements become plain str
+    if not isinstance(sentences, Sequence):
+        raise TypeError(f"encode() takes a list, tuple or 1-D numpy array of strings, got {type(sentences).__name__}; "
+                        f"convert it with list(...)")
     if len(sentences) == 0:
         raise ValueError("encode() got an empty list; pass at least one sentence")
     for i, s in enumerate(sentences):
         if not isinstance(s, str):
             raise TypeError(f"sentence {i} is a {type(s).__name__}, not a str: {s!r:.60}")
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"sentence {i} is not valid Unicode: {e.reason} at character {e.start} "
+                             f"({s[e.start]!r}); repair it, e.g. s.encode('utf-8', 'replace').decode()") from None
     return list(sentences)
+
+
+def check_batch_size(batch_size: object) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return batch_size
 
 
 class SentenceEncoder(nn.Module):
@@ -355,12 +377,16 @@ class SentenceEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                        dtype: torch.dtype | None = None) -> "SentenceEncoder":
+                        dtype: torch.dtype | str | None = None) -> "SentenceEncoder":
         """Load from a folder with model.safetensors, tokenizer.json and config.json.
 
         path defaults to $MPNET_WEIGHTS_DIR or weights/all-mpnet-base-v2; if the files
         are missing there, they are fetched first (see weights/fetch.py).
+        dtype: None or "fp32", "bf16" or a torch dtype, or "auto": bf16 where this CPU (or GPU)
+        runs it natively, else fp32. bf16 where it is emulated runs, with a warning (hardware.py).
         """
+        device = torch.device(device or "cpu")
+        dtype = resolve_dtype(dtype, device)
         folder = weights_dir(path)
         if not is_complete(folder):
             print(f"all-mpnet-base-v2 weights not found in {folder} (need {', '.join(FILES)}); "
@@ -381,7 +407,7 @@ class SentenceEncoder(nn.Module):
     @torch.inference_mode()
     def encode(self, sentences: Sequence[str], batch_size: int = 32, normalize: bool = True) -> torch.Tensor:
         """Embed sentences -> (N, hidden) float32 CPU tensor, rows in input order."""
-        sentences = check_sentences(sentences)
+        sentences, batch_size = check_sentences(sentences), check_batch_size(batch_size)
         ids = self.tokenizer.encode(sentences)
         out = torch.empty(len(ids), self.model.cfg.hidden_size, dtype=torch.float32)
         for rows in length_sorted_batches(ids, batch_size):
@@ -396,11 +422,17 @@ class SentenceEncoder(nn.Module):
 
 # ----------------------------------------------------------------------------- 7. command line
 def main(argv: list[str]) -> None:
-    if not argv:
-        sys.exit('usage: python mpnet.py "first sentence" "second sentence" ...')
-    encoder = SentenceEncoder.from_pretrained()
-    emb = encoder.encode(argv)
-    for s, e in zip(argv, emb):
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Embed sentences with all-mpnet-base-v2 and print their "
+                                                 "cosine similarities.")
+    parser.add_argument("sentences", nargs="+", help="one or more sentences")
+    parser.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="fp32",
+                        help="auto: bf16 where this CPU runs it natively, else fp32 (default: fp32)")
+    args = parser.parse_args(argv)
+    encoder = SentenceEncoder.from_pretrained(dtype=args.dtype)
+    emb = encoder.encode(args.sentences)
+    for s, e in zip(args.sentences, emb):
         print(f"{tuple(e.shape)}  [{', '.join(f'{v:+.4f}' for v in e[:6])}, ...]  {s!r}")
     print("\ncosine similarity:")
     sim = emb @ emb.T

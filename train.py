@@ -3,12 +3,16 @@
     python train.py                                   # topic + sentiment on the embedded reviews set
     python train.py --task-a banking77 --task-b sst2 --epochs 1 --max-train 4000
     python train.py --task-b none                     # single-task: Task A only
-    python train.py --out runs/x --resume             # continue runs/x from its last checkpoint
+    python train.py --out runs/x --resume             # continue runs/x (same flags) from its last checkpoint
 
-Writes into --out: best.safetensors and last.safetensors (model weights), run.json (config,
-label names, backbone config), state.pt (optimizer, schedule, sampler and RNG state, for
---resume), metrics.jsonl (one line per evaluation), tokenizer.json. The last line printed is
-one JSON object with the final metrics.
+Writes into --out: best.safetensors (the weights of the best validation epoch), last.safetensors
+(the whole resumable state in one file: weights, optimizer, schedule, sampler, RNG; see
+checkpoint.py), run.json (config, label names, backbone config), metrics.jsonl (one line per
+evaluation), tokenizer.json. The last line printed is one JSON object with the final metrics.
+
+Reliability: SIGINT/SIGTERM finish the current step, save, print the command that resumes and
+exit with 130/143 (a second signal exits at once); --save-every N also saves mid-epoch; a step
+with a non-finite loss or gradient norm is skipped, and --max-bad-steps in a row stop the run.
 """
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ import json
 import math
 import os
 import random
+import shlex
 import shutil
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -25,14 +31,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import data
 import freeze
 import lr_groups
+from checkpoint import all_finite, load_training_state, read_progress, save_training_state, save_weights, write_atomic
+from cli import device, fraction, int_at_least, nonnegative_float, positive_float
 from feature_cache import FeatureCache, frozen_prefix
+from hardware import resolve_dtype
 from heads import MultiTaskModel, balanced_class_weights, multitask_loss
-from mpnet import SentenceEncoder, length_sorted_batches
+from mpnet import MPNetConfig, SentenceEncoder, length_sorted_batches
 
 
 @dataclass
@@ -60,6 +69,8 @@ class TrainConfig:
     dtype: str = "auto"                 # auto | fp32 | bf16 (autocast)
     seed: int = 0
     log_every: int = 10
+    save_every: int = 0                 # > 0: also save last.safetensors every N steps (mid-epoch)
+    max_bad_steps: int = 5              # this many non-finite steps in a row stop the run
     out: str = "runs/default"
 
 
@@ -78,19 +89,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def bf16_supported(device: str) -> bool:
-    if device.startswith("cuda"):
-        return torch.cuda.is_bf16_supported()
-    try:  # native bf16 matmul on x86 needs AVX-512 BF16 or AMX; elsewhere autocast would only slow down
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def uses_bf16(cfg: TrainConfig) -> bool:
-    """bf16 autocast: when asked for, or with dtype=auto where the hardware runs bf16 natively."""
-    return cfg.dtype == "bf16" or (cfg.dtype == "auto" and bf16_supported(cfg.device))
+    """bf16 autocast: when asked for, or with dtype=auto where the hardware runs bf16 natively (hardware.py)."""
+    return resolve_dtype(cfg.dtype, cfg.device) == torch.bfloat16
 
 
 def split_off(ds: data.LabelledTexts, fraction: float, seed: int) -> tuple[data.LabelledTexts, data.LabelledTexts]:
@@ -151,31 +152,75 @@ def lr_lambda(total_steps: int, warmup_steps: int):
     return factor
 
 
-def save_atomic(write, path: Path) -> None:
-    """Write to a temporary name, then rename: a crash never leaves a half-written checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+# ----------------------------------------------------------------------------- stopping cleanly
+class Interrupted(Exception):
+    """Raised after a SIGINT/SIGTERM once the current step is done and the checkpoint is saved."""
+
+    def __init__(self, signum: int, step: int, path: Path):
+        super().__init__(f"{signal.Signals(signum).name} at step {step}; saved {path}")
+        self.signum, self.step, self.path = signum, step, path
 
 
-def save_checkpoint(out: Path, name: str, model, optimizer, scheduler, sampler, progress: dict) -> None:
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_atomic(lambda p: save_file(state, p), out / f"{name}.safetensors")
-    if name == "last":
-        save_atomic(lambda p: torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                          "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
-                                          "progress": progress}, p), out / "state.pt")
+class Diverged(Exception):
+    """Too many non-finite steps in a row, or non-finite weights: the run cannot usefully go on."""
 
 
-def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, val_sets: dict,
-          resume: bool = False) -> dict:
-    """The loop. Returns the best validation metrics; writes checkpoints into cfg.out."""
+class SignalGuard:
+    """While training: the first SIGINT or SIGTERM asks the loop to stop after the current step
+    (a half-done optimizer step is never saved); a second one exits at once, without saving.
+    A scheduler or `docker stop` sends SIGTERM, then SIGKILL after a grace period: the grace
+    period must cover one step plus one checkpoint write."""
+
+    def __enter__(self) -> "SignalGuard":
+        self.signum, self.previous = None, {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self.handle)
+        except ValueError:  # not the main thread: signals stay with whoever owns them
+            pass
+        return self
+
+    def handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            print(f"second {name}: exiting now, without saving", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+        print(f"{name}: finishing this step, then saving a checkpoint (send it again to exit at once)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+# ----------------------------------------------------------------------------- the loop
+@dataclass
+class Run:
+    """What one training run holds. Everything the loop changes lives here; save_last() stores it."""
+    cfg: TrainConfig
+    model: MultiTaskModel
+    tokenizer: object
+    pools: list
+    sampler: data.MultiTaskSampler
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    unfreezer: freeze.GradualUnfreezer | None
+    caches: list | None
+    class_weights: dict | None
+    total_steps: int
+    progress: dict
+    device: torch.device
+    use_bf16: bool
+    out: Path
+
+
+def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, resume: bool) -> Run:
+    """Sampler, freezing, optimizer groups and schedule; on resume, all of them as last saved."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(cfg.device)
-    use_bf16 = uses_bf16(cfg)
     model.to(device)
-
     pools = data.make_pools(train_sets)
     sampler = data.MultiTaskSampler([len(p) for p in pools], cfg.batch_size, cfg.temperature, cfg.seed)
     total_steps = cfg.epochs * len(sampler)
@@ -188,82 +233,150 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, int(cfg.warmup * total_steps)))
     class_weights = ({t: balanced_class_weights(ds.labels, len(ds.label_names)) for t, ds in train_sets.items()}
                      if cfg.class_weights else None)
-
-    progress = {"epoch": 0, "step": 0, "best": -1.0, "best_metrics": {}, "unfrozen": 0}
+    progress = {"epoch": 0, "step": 0, "best": -1.0, "best_metrics": {}, "unfrozen": 0, "skipped": 0,
+                "bad_in_row": 0, "history": [], "done": False}
     if resume:
-        model.load_state_dict(load_file(out / "last.safetensors", device=str(device)))
-        state = torch.load(out / "state.pt", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
+        weights, optimizer_state, state = load_training_state(out / "last.safetensors")
+        model.load_state_dict({k: v.to(device) for k, v in weights.items()})
+        optimizer.load_state_dict(optimizer_state)
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["torch_rng"])
         progress = state["progress"]
         if unfreezer:
             unfreezer.catch_up(progress["unfrozen"])
-        print(f"resumed {out} at epoch {progress['epoch']}, step {progress['step']}", file=sys.stderr)
-
-    trainable = any(p.requires_grad for p in model.parameters())
-    if not trainable:
-        print("nothing is trainable (freeze=all): one evaluation, no training", file=sys.stderr)
+        print(f"resumed {out} at epoch {progress['epoch'] + 1}, step {progress['step']}", file=sys.stderr)
+    use_bf16 = uses_bf16(cfg)
     caches = None
+    trainable = any(p.requires_grad for p in model.parameters())
     if trainable and not cfg.no_cache and unfreezer is None and frozen_prefix(model) > 0:
         caches = [FeatureCache(model, tokenizer, pool.texts, autocast=use_bf16) for pool in pools]
         progress["cache_s"] = round(sum(c.seconds for c in caches), 1)
         print(f"feature cache: {sum(c.nbytes() for c in caches) / 1e6:.0f} MB of frozen-bottom outputs "
               f"in {progress['cache_s']} s", file=sys.stderr)
-    start, tokens = time.time(), 0
-    start_step = progress["step"]
-    for epoch in range(progress["epoch"], cfg.epochs if trainable else progress["epoch"] + 1):
-        if progress["step"] >= total_steps and trainable:
-            break
-        freeze.train_mode(model)
-        epoch_start = time.time()
-        for pool_idx, rows in sampler:
-            if not trainable:
+    return Run(cfg, model, tokenizer, pools, sampler, optimizer, scheduler, unfreezer, caches, class_weights,
+               total_steps, progress, device, use_bf16, out)
+
+
+def train_step(run: Run, pool_idx: int, rows: list[int]) -> tuple[int, dict[str, float]]:
+    """One optimizer step on one batch -> (real tokens, per-task losses).
+
+    A non-finite loss or gradient norm skips the update (the batch is spent and the schedule
+    advances, as a skipped mixed-precision step does); max_bad_steps such steps in a row raise Diverged.
+    """
+    batch = data.collate(run.tokenizer, run.pools[pool_idx], rows)
+    ids, mask = batch["input_ids"].to(run.device), batch["attention_mask"].to(run.device)
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.use_bf16):
+        logits = run.caches[pool_idx].logits(run.model, rows) if run.caches else run.model(ids, mask)
+    loss, per_task = multitask_loss(logits, batch["labels"], class_weights=run.class_weights)
+    run.optimizer.zero_grad(set_to_none=True)
+    finite = bool(torch.isfinite(loss))
+    if finite:
+        loss.backward()
+        finite = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip)))
+    progress = run.progress
+    if finite:
+        run.optimizer.step()
+        progress["bad_in_row"] = 0
+    else:
+        run.optimizer.zero_grad(set_to_none=True)
+        progress["skipped"] += 1
+        progress["bad_in_row"] += 1
+        print(f"step {progress['step'] + 1}: non-finite loss or gradient norm, update skipped "
+              f"({progress['bad_in_row']} in a row, {progress['skipped']} in all)", file=sys.stderr, flush=True)
+    run.scheduler.step()
+    progress["step"] += 1
+    if progress["bad_in_row"] >= run.cfg.max_bad_steps:
+        last = read_progress(run.out / "last.safetensors")
+        lrs = ", ".join(f"{lr:.2e}" for lr in sorted(set(run.scheduler.get_last_lr())))
+        raise Diverged(f"stopped at step {progress['step']}: {progress['bad_in_row']} steps in a row had a non-finite "
+                       f"loss or gradient norm (learning rates now {lrs}). Last good checkpoint: "
+                       + (f"{run.out / 'last.safetensors'} (step {last['step']})" if last else "none was saved")
+                       + ". Lower --lr or check the data.")
+    if run.unfreezer and run.unfreezer.every_steps and progress["step"] % run.unfreezer.every_steps == 0:
+        run.unfreezer.unfreeze_next()
+    return int(mask.sum()), per_task
+
+
+def save_last(run: Run) -> None:
+    """The resumable state as one atomic file, then metrics.jsonl rewritten from the saved history,
+    so the two always agree. Non-finite weights are never saved."""
+    if not all_finite(run.model.state_dict()):
+        raise Diverged(f"the weights became non-finite by step {run.progress['step']}; not saved. "
+                       f"Last good checkpoint: {run.out / 'last.safetensors'}. Lower --lr.")
+    run.progress["unfrozen"] = run.unfreezer.unfrozen if run.unfreezer else 0
+    save_training_state(run.out / "last.safetensors", run.model, run.optimizer, run.scheduler, run.sampler,
+                        run.progress)
+    lines = "".join(json.dumps(record) + "\n" for record in run.progress["history"])
+    write_atomic(lambda p: p.write_text(lines), run.out / "metrics.jsonl")
+
+
+def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, started: float) -> None:
+    """End of an epoch: gradual unfreezing's next group, validation, best and last checkpoints."""
+    progress = run.progress
+    progress["epoch"] = epoch + 1
+    if run.unfreezer and not run.unfreezer.every_steps and (name := run.unfreezer.unfreeze_next()):
+        print(f"gradual unfreezing: {name} now trains", file=sys.stderr)
+    metrics = accuracies(run.model, run.tokenizer, val_sets, run.use_bf16) if val_sets else {}
+    score = float(np.mean(list(metrics.values()))) if metrics else float(progress["step"])
+    record = {"epoch": epoch + 1, "step": progress["step"], "elapsed_s": round(time.time() - started, 1),
+              "train_s": round(train_s, 1), "cache_s": progress.get("cache_s", 0), "skipped": progress["skipped"],
+              **{f"val_{k}": round(v, 4) for k, v in metrics.items()}}
+    progress["history"].append(record)
+    print(f"epoch {epoch + 1} done: {record}", file=sys.stderr, flush=True)
+    if score > progress["best"]:
+        if not all_finite(run.model.state_dict()):
+            raise Diverged(f"the weights became non-finite by step {progress['step']}; not saved. Lower --lr.")
+        progress["best"], progress["best_metrics"] = score, record
+        save_weights(run.out / "best.safetensors", run.model.state_dict(), {"epoch": str(epoch + 1)})
+    save_last(run)
+
+
+def log_line(run: Run, epoch: int, per_task: dict, tokens: int, started: float, start_step: int) -> None:
+    step, elapsed = run.progress["step"], time.time() - started
+    eta = elapsed / max(1, step - start_step) * (run.total_steps - step)
+    losses = " ".join(f"loss_{t}={v:.3f}" for t, v in per_task.items() if not math.isnan(v))
+    print(f"epoch {epoch + 1} step {step}/{run.total_steps} {losses} lr={run.scheduler.get_last_lr()[0]:.2e} "
+          f"{tokens / max(elapsed, 1e-9):.0f} tok/s eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
+
+
+def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, val_sets: dict,
+          resume: bool = False) -> dict:
+    """The loop. Returns the best validation metrics; writes checkpoints into cfg.out."""
+    run = setup(cfg, model, tokenizer, train_sets, resume)
+    progress = run.progress
+    trainable = any(p.requires_grad for p in model.parameters())
+    if not trainable:
+        print("nothing is trainable (freeze=all): one evaluation, no training", file=sys.stderr)
+    started, tokens, start_step = time.time(), 0, progress["step"]
+    with SignalGuard() as signals:
+        for epoch in range(progress["epoch"], cfg.epochs if trainable else progress["epoch"] + 1):
+            history = progress["history"]
+            if progress["step"] >= run.total_steps and history and history[-1]["step"] == progress["step"]:
+                break  # resumed after the last step had already been evaluated
+            freeze.train_mode(model)
+            epoch_start = time.time()
+            for pool_idx, rows in (run.sampler if trainable and progress["step"] < run.total_steps else []):
+                n, per_task = train_step(run, pool_idx, rows)
+                tokens += n
+                step = progress["step"]
+                if step % cfg.log_every == 0 or step == run.total_steps:
+                    log_line(run, epoch, per_task, tokens, started, start_step)
+                if signals.signum is not None or (cfg.save_every and step % cfg.save_every == 0):
+                    save_last(run)
+                if signals.signum is not None:
+                    raise Interrupted(signals.signum, step, run.out / "last.safetensors")
+                if step >= run.total_steps:
+                    break
+            evaluate_and_save(run, epoch, val_sets, time.time() - epoch_start, started)
+            if progress["step"] >= run.total_steps:
                 break
-            batch = data.collate(tokenizer, pools[pool_idx], rows)
-            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = caches[pool_idx].logits(model, rows) if caches else model(ids, mask)
-            loss, per_task = multitask_loss(logits, batch["labels"], class_weights=class_weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            optimizer.step()
-            scheduler.step()
-            progress["step"] += 1
-            tokens += int(mask.sum())
-            step = progress["step"]
-            if unfreezer and unfreezer.every_steps and step % unfreezer.every_steps == 0:
-                unfreezer.unfreeze_next()
-            if step % cfg.log_every == 0 or step == total_steps:
-                elapsed = time.time() - start
-                eta = elapsed / (step - start_step) * (total_steps - step)
-                losses = " ".join(f"loss_{t}={v:.3f}" for t, v in per_task.items() if not math.isnan(v))
-                print(f"epoch {epoch + 1} step {step}/{total_steps} {losses} lr={scheduler.get_last_lr()[0]:.2e} "
-                      f"{tokens / elapsed:.0f} tok/s eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
-            if step >= total_steps:
-                break
-        progress["epoch"] = epoch + 1
-        train_s = time.time() - epoch_start
-        if unfreezer and not unfreezer.every_steps and (name := unfreezer.unfreeze_next()):
-            print(f"gradual unfreezing: {name} now trains", file=sys.stderr)
-        progress["unfrozen"] = unfreezer.unfrozen if unfreezer else 0
-        metrics = accuracies(model, tokenizer, val_sets, use_bf16) if val_sets else {}
-        score = float(np.mean(list(metrics.values()))) if metrics else float(progress["step"])
-        record = {"epoch": epoch + 1, "step": progress["step"], "elapsed_s": round(time.time() - start, 1),
-                  "train_s": round(train_s, 1), "cache_s": progress.get("cache_s", 0),
-                  **{f"val_{k}": round(v, 4) for k, v in metrics.items()}}
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(f"epoch {epoch + 1} done: {record}", file=sys.stderr, flush=True)
-        if score > progress["best"]:
-            progress["best"], progress["best_metrics"] = score, record
-            save_checkpoint(out, "best", model, optimizer, scheduler, sampler, progress)
-        save_checkpoint(out, "last", model, optimizer, scheduler, sampler, progress)
+        progress["done"] = True
+        save_last(run)
     return progress["best_metrics"]
 
 
+# ----------------------------------------------------------------------------- set-up and command line
 def build(cfg: TrainConfig, train_sets: dict):
     """The pretrained encoder with one fresh head per task."""
     encoder = SentenceEncoder.from_pretrained()
@@ -272,46 +385,142 @@ def build(cfg: TrainConfig, train_sets: dict):
     return model, encoder.tokenizer
 
 
+def run_info(cfg: TrainConfig, backbone: MPNetConfig, train_sets: dict) -> dict:
+    return {"config": asdict(cfg), "backbone": asdict(backbone),
+            "tasks": {t: {"dataset": ds.name, "label_names": ds.label_names} for t, ds in train_sets.items()}}
+
+
 def write_run_info(cfg: TrainConfig, model: MultiTaskModel, train_sets: dict) -> None:
     from weights.fetch import weights_dir
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    info = {"config": asdict(cfg), "backbone": asdict(model.backbone.cfg),
-            "tasks": {t: {"dataset": ds.name, "label_names": ds.label_names} for t, ds in train_sets.items()}}
-    save_atomic(lambda p: p.write_text(json.dumps(info, indent=2)), out / "run.json")
+    info = run_info(cfg, model.backbone.cfg, train_sets)
+    write_atomic(lambda p: p.write_text(json.dumps(info, indent=2)), out / "run.json")
     shutil.copyfile(weights_dir() / "tokenizer.json", out / "tokenizer.json")
 
 
+# Flags that may change between a run and its resume: they do not change what is computed.
+MAY_DIFFER_ON_RESUME = {"out", "data_dir", "device", "log_every", "save_every", "max_bad_steps"}
+FLAG_TYPES = {"epochs": int_at_least(1), "batch_size": int_at_least(1), "max_steps": int_at_least(0),
+              "max_train": int_at_least(0), "val_fraction": fraction, "lr": positive_float,
+              "head_lr": positive_float, "weight_decay": nonnegative_float, "warmup": fraction,
+              "clip": positive_float, "temperature": positive_float, "seed": int_at_least(0),
+              "log_every": int_at_least(1), "save_every": int_at_least(0), "max_bad_steps": int_at_least(1),
+              "device": device}
+CHOICES = {"dtype": ["auto", "fp32", "bf16"], "task_b": None}
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
+    """Flags from TrainConfig's fields; each value is checked here, before any data or weights load."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in fields(TrainConfig):
-        kind = {"int": int, "float": float, "bool": None}.get(str(f.type), str)
         flag = "--" + f.name.replace("_", "-")
-        if kind is None:
+        if f.type == "bool":
             parser.add_argument(flag, action="store_true", default=f.default)
         else:
-            parser.add_argument(flag, type=kind, default=f.default, help=f"default: {f.default}")
-    parser.add_argument("--resume", action="store_true", help="continue from --out's last checkpoint")
+            kind = FLAG_TYPES.get(f.name, str)
+            parser.add_argument(flag, type=kind, default=f.default, choices=CHOICES.get(f.name),
+                                help=f"default: {f.default}")
+    parser.add_argument("--resume", action="store_true", help="continue --out's last checkpoint (same flags)")
     args = vars(parser.parse_args(argv))
     resume = args.pop("resume")
-    return TrainConfig(**args), resume
+    cfg = TrainConfig(**args)
+    try:
+        check_specs(cfg)
+    except ValueError as e:
+        parser.error(str(e))
+    return cfg, resume
+
+
+def check_specs(cfg: TrainConfig) -> None:
+    """The flags whose values are small languages: dataset names, --freeze, --lr-groups."""
+    for flag, name in (("--task-a", cfg.task_a), ("--task-b", cfg.task_b)):
+        if name not in data.DATASETS and not (flag == "--task-b" and name == "none"):
+            raise ValueError(f"argument {flag}: unknown dataset {name!r}; known: {', '.join(data.DATASETS)}"
+                             + (", none" if flag == "--task-b" else ""))
+    tasks = ["a"] + ([] if cfg.task_b == "none" else ["b"])
+    freeze.check_spec(cfg.freeze, MPNetConfig().num_hidden_layers, tasks)
+    lr_groups.check_spec(cfg.lr_groups)
+
+
+def resume_command(cfg: TrainConfig) -> str:
+    """The command line that continues this run: every flag that differs from its default, then --resume."""
+    default = TrainConfig()
+    words = ["python", "train.py"]
+    for f in fields(TrainConfig):
+        value = getattr(cfg, f.name)
+        if f.name != "out" and value != getattr(default, f.name):
+            words += [f"--{f.name.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return shlex.join(words + ["--out", cfg.out, "--resume"])
+
+
+def check_out_folder(cfg: TrainConfig, resume: bool) -> dict | None:
+    """Before anything loads: --resume needs a checkpoint and run.json with the same flags; a fresh
+    run must not silently replace an unfinished one. Returns run.json's content on resume."""
+    out = Path(cfg.out)
+    last, info_path = out / "last.safetensors", out / "run.json"
+    if not resume:
+        progress = read_progress(last) if last.is_file() else None
+        if progress and not progress.get("done"):
+            raise ValueError(f"{out} holds an unfinished run (stopped at step {progress['step']}); continue it with "
+                             f"--resume, or delete {out} or pick another --out to start over")
+        return None
+    if not last.is_file() or not info_path.is_file():
+        missing = " and ".join(str(p.name) for p in (last, info_path) if not p.is_file())
+        raise ValueError(f"--resume: {out} has no {missing}, so there is nothing to resume; "
+                         f"run without --resume to start a fresh run there")
+    info = json.loads(info_path.read_text())
+    saved, now = info["config"], asdict(cfg)
+    diffs = [f"--{k.replace('_', '-')} {now[k]!r} (run.json: {saved.get(k)!r})" for k in now
+             if k not in MAY_DIFFER_ON_RESUME and saved.get(k) != now[k]]
+    if diffs:
+        raise ValueError(f"--resume: the flags differ from {info_path}: {'; '.join(diffs)}. Resume with the run's "
+                         f"own flags, or start a fresh run with another --out")
+    progress = read_progress(last)
+    if progress is None:
+        raise ValueError(f"--resume: {last} is not a train.py checkpoint; nothing was loaded")
+    if progress.get("done"):
+        raise ValueError(f"--resume: {out} finished at step {progress['step']}; there is nothing left to train")
+    return info
+
+
+def check_resume_matches(info: dict, cfg: TrainConfig, backbone: MPNetConfig, train_sets: dict) -> None:
+    """What sets the parameter shapes (tasks, label names, backbone config) must be what the run saved."""
+    now = run_info(cfg, backbone, train_sets)
+    diffs = [f"{key}: {now[key]} (run.json: {info.get(key)})" for key in ("tasks", "backbone") if info.get(key) != now[key]]
+    if diffs:
+        raise ValueError(f"--resume: the data or model differ from {cfg.out}/run.json: {'; '.join(diffs)}")
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg, resume = parse_args(argv)
-    seed_everything(cfg.seed)
     try:
+        info = check_out_folder(cfg, resume)
+        seed_everything(cfg.seed)
         train_sets, val_sets, final_sets = load_tasks(cfg)
+        if info is not None:
+            from weights.fetch import weights_dir
+
+            config_path = weights_dir() / "config.json"
+            backbone = MPNetConfig.from_json(config_path) if config_path.is_file() else MPNetConfig()
+            check_resume_matches(info, cfg, backbone, train_sets)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     sizes = ", ".join(f"{t}={ds.name}: {len(ds)} train / {len(val_sets[t])} val / {len(final_sets[t])} "
                       f"{final_sets[t].split}" for t, ds in train_sets.items())
     print(f"tasks: {sizes}", file=sys.stderr)
     model, tokenizer = build(cfg, train_sets)
-    write_run_info(cfg, model, train_sets)
+    if not resume:
+        write_run_info(cfg, model, train_sets)
     start = time.time()
-    best = train(cfg, model, tokenizer, train_sets, val_sets, resume=resume)
+    try:
+        best = train(cfg, model, tokenizer, train_sets, val_sets, resume=resume)
+    except Interrupted as e:
+        print(f"{e}\nresume with:\n  {resume_command(cfg)}", file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)
+    except Diverged as e:
+        sys.exit(f"error: {e}")
     model.load_state_dict(load_file(Path(cfg.out) / "best.safetensors"))
     final = accuracies(model, tokenizer, final_sets, uses_bf16(cfg))
     result = {"out": cfg.out, "train_s": round(time.time() - start, 1), "best_epoch": best.get("epoch"),

@@ -26,10 +26,21 @@ def test_stsb_reader_keeps_bare_quotes(tmp_path):
     (tmp_path / "stsb").mkdir()
     (tmp_path / "stsb" / "sts-dev.tsv").write_text(
         "genre\tfilename\tyear\tid\tscore\tsentence1\tsentence2\n"
-        'main-news\theadlines\t2015\t0001\t4.200\tHe said "no" twice.\tA "quoted\tword.\n'
+        'main-news\theadlines\t2015\t0001\t4.200\tHe said "no" twice.\tA "quoted word.\n'
         "main-forums\tdeft\t2014\t0002\t0.000\tx\ty\n", encoding="utf-8")
     # a lone quote must not swallow the tab or the next row
-    assert read_stsb("dev", tmp_path) == [('He said "no" twice.', 'A "quoted', 4.2), ("x", "y", 0.0)]
+    assert read_stsb("dev", tmp_path) == [('He said "no" twice.', 'A "quoted word.', 4.2), ("x", "y", 0.0)]
+
+
+def test_stsb_reader_refuses_a_row_with_an_extra_field(tmp_path):
+    # a tab inside a sentence would otherwise cut it silently; the original files' 2 trailing
+    # attribution columns (see SOURCE.md) would do the same
+    (tmp_path / "stsb").mkdir()
+    (tmp_path / "stsb" / "sts-dev.tsv").write_text(
+        "genre\tfilename\tyear\tid\tscore\tsentence1\tsentence2\n"
+        "main-news\theadlines\t2015\t0001\t4.200\tx\tA quoted\tword.\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"sts-dev.tsv:2: 8 fields where the header has 7"):
+        read_stsb("dev", tmp_path)
 
 
 def test_stsb_reader_errors_name_the_problem(tmp_path):
@@ -40,7 +51,7 @@ def test_stsb_reader_errors_name_the_problem(tmp_path):
         read_stsb("valid", tmp_path)
     (tmp_path / "stsb" / "sts-dev.tsv").write_text(
         "genre\tfilename\tyear\tid\tscore\tsentence1\tsentence2\nmain\tf\t1\t2\thigh\ta\tb\n")
-    with pytest.raises(ValueError, match=r"sts-dev.tsv:2: malformed"):
+    with pytest.raises(ValueError, match=r"sts-dev.tsv:2: score .high. is not a number"):
         read_stsb("dev", tmp_path)
 
 

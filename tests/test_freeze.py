@@ -35,9 +35,9 @@ def test_scenarios_set_exactly_the_expected_parts():
                                                                                       "backbone.layers.2."))}
     freeze.apply(model, "none")
     assert trainable_names(model) == everything
-    with pytest.raises(ValueError, match="unknown freeze spec 'top'"):
+    with pytest.raises(ValueError, match="--freeze: unknown spec 'top'; use none"):
         freeze.apply(model, "top")
-    with pytest.raises(ValueError, match="no head named 'c'"):
+    with pytest.raises(ValueError, match="no head named 'c'; heads: a, b"):
         freeze.apply(model, "head:c")
 
 
@@ -57,6 +57,7 @@ def test_gradual_unfreezing_goes_top_down():
     assert len(trainable_names(model)) == len(list(model.parameters()))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("spec", ["top-1", "head:b", "gradual"])
 def test_frozen_weights_stay_bit_identical(tmp_path, tokenizer, spec):  # noqa: F811
     model = tiny_model()
@@ -82,18 +83,57 @@ def test_summary_counts_every_parameter():
     assert text.splitlines()[-1].split()[1:] == [f"{n_heads:,}", f"{n_backbone:,}"]
 
 
+U = 2.0 ** -24  # fp32 unit roundoff
+
+
+@pytest.mark.numerics
 @pytest.mark.parametrize("spec", ["backbone", "top-1"])
-def test_cached_and_uncached_training_agree(tmp_path, tokenizer, spec):  # noqa: F811
-    runs = {}
+def test_cached_and_uncached_training_agree(tmp_path, tokenizer, monkeypatch, spec):  # noqa: F811
+    """The cache changes the order of floating-point operations (the frozen bottom runs once, in
+    batches of 64 sorted by length, instead of once per training batch), not the maths.
+
+    What can be compared tightly is what does not go through many optimizer steps:
+      * the first step's gradients. Each differs by rounding only: a length-n dot product in fp32
+        is exact to n*u relative (u = 2^-24), the longest here is n = 64 (the FFN), and a value
+        passes through at most 2 * (3 layers + embeddings) = 8 such products forward and back,
+        so |difference| <= 2 * 8 * 64 * u * max|gradient| (about 6e-5 of the largest gradient);
+      * the loss at every step, which moves smoothly with the weights: its relative difference
+        may grow with the steps taken, at most 64 * u per step.
+    The final weights are NOT compared tightly, on purpose: AdamW divides each gradient by its own
+    running RMS, so a parameter whose true gradient is zero moves by O(lr) per step in a direction
+    set by rounding noise. The attention key bias is one: q . b_k is the same for every key of a
+    query, and softmax ignores a constant shift, so its gradient is rounding noise (~1e-9), which
+    AdamW turns into steps of ~lr. On an AVX2 CPU the two runs' key biases differ by ~1e-4 after 6
+    steps while everything the model computes agrees; no tolerance on such weights means anything.
+    """
+    grads, losses = {}, {}
+    real_clip, real_loss = torch.nn.utils.clip_grad_norm_, train_mod.multitask_loss
     for no_cache in (False, True):
         model = tiny_model()
+        grads[no_cache], losses[no_cache] = {}, []
+
+        def clip(params, max_norm, *args, **kw):
+            if not grads[no_cache]:  # the first step
+                grads[no_cache].update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+            return real_clip(params, max_norm, *args, **kw)
+
+        def loss(*args, **kw):
+            total, per_task = real_loss(*args, **kw)
+            losses[no_cache].append(float(total.detach()))
+            return total, per_task
+
+        monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+        monkeypatch.setattr(train_mod, "multitask_loss", loss)
         train_mod.train(config(tmp_path / str(no_cache), epochs=3, freeze=spec, no_cache=no_cache),
                         model, tokenizer, tasks(), {})
-        runs[no_cache] = model.state_dict()
-    for name, p in runs[False].items():
-        assert torch.allclose(p, runs[True][name], atol=1e-5), name
-    changed = tiny_model().state_dict()
-    assert any(not torch.allclose(changed[n], p) for n, p in runs[False].items())  # it did train
+    assert set(grads[False]) == set(grads[True]) and grads[True]
+    largest = max(float(g.abs().max()) for g in grads[True].values())
+    for name, g in grads[True].items():
+        assert (grads[False][name] - g).abs().max() <= 2 * 8 * 64 * U * largest, name
+    assert len(losses[False]) == len(losses[True]) == 6
+    for step, (cached, uncached) in enumerate(zip(losses[False], losses[True]), start=1):
+        assert abs(cached - uncached) <= step * 64 * U * abs(uncached), step
+    assert losses[True][-1] < losses[True][0]  # it did train
 
 
 def test_cache_layout(tokenizer):  # noqa: F811

@@ -65,12 +65,33 @@ def test_tokenize_returns_padded_batch(encoder):
 
 @pytest.mark.parametrize("bad, error, words", [
     ([], ValueError, "empty list"),
-    (None, TypeError, "list of strings"),
+    (None, TypeError, "takes a list, tuple or 1-D numpy array of strings, got NoneType"),
+    ({"a", "b"}, TypeError, "got set; convert it with list(...)"),
+    (iter(["a"]), TypeError, "got list_iterator"),
     ("just one string", TypeError, "[sentence]"),
+    (b"bytes", TypeError, "[sentence]"),
     (["fine", 3], TypeError, "sentence 1 is a int"),
     (["fine", None], TypeError, "sentence 1 is a NoneType"),
+    (["fine", "lone \ud800 surrogate"], ValueError, "sentence 1 is not valid Unicode: surrogates not allowed at "
+                                                    "character 5 ('\\ud800')"),
 ])
 def test_bad_input_is_rejected_clearly(encoder, bad, error, words):
     with pytest.raises(error, match=None) as info:
         encoder.encode(bad)
     assert words in str(info.value)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True, "8"])
+def test_bad_batch_size_is_rejected_clearly(encoder, batch_size):
+    with pytest.raises(ValueError, match=f"batch_size must be a positive int, got {batch_size!r}"):
+        encoder.encode(["x"], batch_size=batch_size)
+
+
+def test_tuples_and_numpy_arrays_are_accepted_like_lists(encoder):
+    import numpy as np
+
+    as_list = encoder.encode(["first sentence", "second one"])
+    assert torch.equal(encoder.encode(("first sentence", "second one")), as_list)
+    assert torch.equal(encoder.encode(np.array(["first sentence", "second one"])), as_list)
+    with pytest.raises(TypeError, match="got ndarray"):  # 2-D: which axis is the sentences? ask, don't guess
+        encoder.encode(np.array([["first sentence", "second one"]]))

@@ -1,0 +1,116 @@
+"""Training checkpoints: one file, written atomically, loaded without pickle.
+
+A resumable checkpoint has five parts: model weights, optimizer state (AdamW's two moments and
+step counts), the LR schedule, the sampler's position and RNG, and torch's RNG. If they were
+separate files, a crash between two writes would pair new weights with an old optimizer, and a
+resume would carry on from a state no run ever had. So all five go into ONE safetensors file:
+
+    last.safetensors
+      tensors   model.<param name>            the weights
+                optimizer.<param index>.<key> exp_avg, exp_avg_sq, step
+                rng.torch                     torch's CPU RNG state (uint8)
+      metadata  format = "mpnet-train-checkpoint/1"
+                state  = JSON: optimizer param groups, scheduler, sampler, progress
+
+The file is written under a temporary name, flushed to disk, and renamed over the old one.
+A rename is atomic, so at every instant, also under `kill -9` or a power cut, `last.safetensors`
+is either the complete previous checkpoint or the complete new one.
+
+Why not torch.save: its format is pickle, and unpickling a file runs whatever code the file asks
+for; a run folder someone else shared could do anything on `--resume`. safetensors holds only
+tensors and a JSON header, so loading one cannot execute code.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+FORMAT = "mpnet-train-checkpoint/1"
+
+
+def write_atomic(write: Callable[[Path], None], path: Path) -> None:
+    """write(tmp) then rename onto path; the data is on disk before the rename makes it visible."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable (a no-op where directories cannot be opened)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def all_finite(state: dict[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())
+
+
+def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Model weights only (best.safetensors): what eval.py and predict need."""
+    tensors = {k: v.detach().contiguous() for k, v in state.items()}
+    write_atomic(lambda p: save_file(tensors, p, metadata=metadata), path)
+
+
+def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        scheduler, sampler, progress: dict) -> None:
+    """The whole resumable state as one file (see the module docstring)."""
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for index, slots in opt["state"].items():
+        for key, value in slots.items():
+            tensors[f"optimizer.{index}.{key}"] = value.detach().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    state = {"optimizer_groups": opt["param_groups"], "scheduler": scheduler.state_dict(),
+             "sampler": sampler.state_dict(), "progress": progress}
+    metadata = {"format": FORMAT, "state": json.dumps(state)}
+    write_atomic(lambda p: save_file(tensors, p, metadata=metadata), path)
+
+
+def load_training_state(path: Path) -> tuple[dict, dict, dict]:
+    """-> (model state dict, optimizer state dict, the rest: scheduler, sampler, progress, torch_rng).
+
+    Refuses anything that is not a complete checkpoint written by save_training_state.
+    """
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            if metadata.get("format") != FORMAT:
+                raise ValueError(f"{path} is a safetensors file but not a train.py checkpoint "
+                                 f"(format {metadata.get('format')!r}, expected {FORMAT!r})")
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is not a readable checkpoint ({e}); it was not written by train.py, "
+                         f"or it was damaged. Nothing was loaded.") from None
+    state = json.loads(metadata["state"])
+    model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    slots: dict[int, dict[str, torch.Tensor]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            slots.setdefault(int(index), {})[key] = value
+    groups = state.pop("optimizer_groups")
+    for group in groups:
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])  # JSON made the tuple a list
+    state["torch_rng"] = tensors["rng.torch"]
+    return model, {"state": slots, "param_groups": groups}, state
+
+
+def read_progress(path: Path) -> dict | None:
+    """The progress record of a checkpoint (step, epoch, done...), read from its header alone; None if unreadable."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+        return json.loads(metadata["state"])["progress"] if metadata.get("format") == FORMAT else None
+    except (SafetensorError, OSError, KeyError, ValueError):
+        return None

@@ -1,0 +1,310 @@
+"""Interruption, checkpoint consistency, resume checks and the non-finite guard, on the tiny config
+(plus one end-to-end signal test of the real `python train.py`)."""
+import json
+import pickle
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import checkpoint
+import train as train_mod
+from checkpoint import load_training_state, read_progress
+from test_train import config, tasks, tiny_model, tokenizer  # noqa: F401  (the real tokenizer fixture)
+
+ROOT_DIR = Path(__file__).resolve().parent.parent
+
+# 8 examples in one pool, batch 2: 4 steps per epoch, 12 in all; step 6 is in the middle of epoch 2.
+EPOCHS, BATCH, MID = 3, 2, 6
+
+
+def run_cfg(path, **kw):
+    return config(path, **({"epochs": EPOCHS, "batch_size": BATCH} | kw))
+
+
+def assert_same_weights(a, b):
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, tokenizer):  # noqa: F811
+    """The uninterrupted run every interrupted one must reproduce."""
+    model = tiny_model()
+    train_mod.train(run_cfg(tmp_path_factory.mktemp("straight")), model, tokenizer, tasks(), tasks())
+    return model
+
+
+def step_hook(monkeypatch, at_step, action):
+    """Call action() right after optimizer step `at_step` of the next run."""
+    real_step = train_mod.train_step
+
+    def step(run, pool_idx, rows):
+        result = real_step(run, pool_idx, rows)
+        if run.progress["step"] == at_step:
+            action()
+        return result
+
+    monkeypatch.setattr(train_mod, "train_step", step)
+
+
+def resume(cfg, tokenizer):  # noqa: F811
+    model = tiny_model(seed=123)  # its own weights are overwritten by the checkpoint
+    train_mod.train(cfg, model, tokenizer, tasks(), tasks(), resume=True)
+    return model
+
+
+# ----------------------------------------------------------------------------- signals and mid-epoch resume
+@pytest.mark.numerics
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_mid_epoch_saves_then_resume_equals_uninterrupted(tmp_path, tokenizer, monkeypatch, straight, sig):  # noqa: F811
+    cfg, handler_before = run_cfg(tmp_path), signal.getsignal(sig)
+    step_hook(monkeypatch, MID, lambda: signal.raise_signal(sig))
+    with pytest.raises(train_mod.Interrupted) as stopped:
+        train_mod.train(cfg, tiny_model(), tokenizer, tasks(), tasks())
+    assert stopped.value.signum == sig and stopped.value.step == MID
+    assert read_progress(tmp_path / "run" / "last.safetensors")["step"] == MID
+    assert signal.getsignal(sig) == handler_before  # training no longer owns the signal
+    monkeypatch.undo()
+    assert_same_weights(straight, resume(cfg, tokenizer))
+
+
+@pytest.mark.numerics
+def test_save_every_then_crash_then_resume_equals_uninterrupted(tmp_path, tokenizer, monkeypatch, straight):  # noqa: F811
+    cfg = run_cfg(tmp_path, save_every=3)
+
+    def crash():
+        raise RuntimeError("simulated crash")
+
+    step_hook(monkeypatch, 7, crash)  # a step after the save at step 6: that step's work is lost
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_mod.train(cfg, tiny_model(), tokenizer, tasks(), tasks())
+    assert read_progress(tmp_path / "run" / "last.safetensors")["step"] == 6
+    monkeypatch.undo()
+    assert_same_weights(straight, resume(cfg, tokenizer))
+
+
+@pytest.mark.numerics
+def test_same_seed_fp32_gives_bit_identical_weights(tmp_path, tokenizer, straight):  # noqa: F811
+    again = tiny_model()
+    train_mod.train(run_cfg(tmp_path), again, tokenizer, tasks(), tasks())
+    assert_same_weights(straight, again)
+
+
+# ----------------------------------------------------------------------------- fault injection
+def fail_writing_halfway(tensors, path, metadata=None):
+    Path(path).write_bytes(b"\x00" * 100)  # a torn write: some bytes, then the process dies
+    raise OSError("simulated: killed while writing")
+
+
+def fail_before_rename(src, dst):
+    raise OSError("simulated: killed between writing the file and renaming it")
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("where", ["while writing", "before the rename"])
+def test_a_save_that_dies_leaves_the_previous_checkpoint_whole(tmp_path, tokenizer, monkeypatch, straight, where):  # noqa: F811
+    """kill -9 at any instant of a save: last.safetensors is still the previous complete checkpoint."""
+    cfg = run_cfg(tmp_path, save_every=2)
+    real_save = checkpoint.save_training_state
+
+    def save(path, model, optimizer, scheduler, sampler, progress):
+        if progress["step"] == MID:  # the save after step 6 dies; the one after step 4 went through
+            if where == "while writing":
+                monkeypatch.setattr(checkpoint, "save_file", fail_writing_halfway)
+            else:
+                monkeypatch.setattr(checkpoint.os, "replace", fail_before_rename)
+        real_save(path, model, optimizer, scheduler, sampler, progress)
+
+    monkeypatch.setattr(train_mod, "save_training_state", save)
+    with pytest.raises(OSError, match="simulated"):
+        train_mod.train(cfg, tiny_model(), tokenizer, tasks(), tasks())
+    monkeypatch.undo()
+    out = tmp_path / "run"
+    assert (out / "last.safetensors.tmp").exists()  # the debris of the failed save...
+    weights, _, state = load_training_state(out / "last.safetensors")  # ...beside a whole checkpoint
+    assert state["progress"]["step"] == 4 and state["sampler"]["position"] == 0
+    assert_same_weights(straight, resume(cfg, tokenizer))
+
+
+class Payload:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_in_place_of_the_checkpoint_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "code-ran"
+    (tmp_path / "last.safetensors").write_bytes(pickle.dumps({"optimizer": Payload(str(marker))}))
+    with pytest.raises(ValueError, match="is not a readable checkpoint"):
+        load_training_state(tmp_path / "last.safetensors")
+    torch.save({"optimizer": Payload(str(marker))}, tmp_path / "last.safetensors")  # the old state.pt format
+    with pytest.raises(ValueError, match="is not a readable checkpoint"):
+        load_training_state(tmp_path / "last.safetensors")
+    assert not marker.exists()
+
+
+def test_a_damaged_or_foreign_safetensors_file_is_refused(tmp_path, tokenizer):  # noqa: F811
+    train_mod.train(run_cfg(tmp_path, epochs=1), tiny_model(), tokenizer, tasks(), tasks())
+    last = tmp_path / "run" / "last.safetensors"
+    good = last.read_bytes()
+    last.write_bytes(good[:len(good) // 2])
+    with pytest.raises(ValueError, match="is not a readable checkpoint"):
+        load_training_state(last)
+    with pytest.raises(ValueError, match="not a train.py checkpoint"):
+        load_training_state(tmp_path / "run" / "best.safetensors")  # weights only: no optimizer, no RNG
+
+
+# ----------------------------------------------------------------------------- resume checks
+def test_resume_without_a_checkpoint_says_what_is_missing(tmp_path, capsys):
+    with pytest.raises(SystemExit, match=r"--resume: .* has no last.safetensors and run.json, so there is nothing "
+                                         r"to resume; run without --resume to start a fresh run there"):
+        train_mod.main(["--out", str(tmp_path / "x"), "--resume"])
+
+
+def write_unfinished_run(tmp_path, tokenizer, monkeypatch, **kw):  # noqa: F811
+    cfg = run_cfg(tmp_path, **kw)
+    step_hook(monkeypatch, 2, lambda: signal.raise_signal(signal.SIGTERM))
+    with pytest.raises(train_mod.Interrupted):
+        train_mod.train(cfg, tiny_model(), tokenizer, tasks(), tasks())
+    monkeypatch.undo()
+    info = train_mod.run_info(cfg, tiny_model().backbone.cfg, tasks())
+    (Path(cfg.out) / "run.json").write_text(json.dumps(info))
+    return cfg
+
+
+def test_resume_with_other_flags_lists_the_differences(tmp_path, tokenizer, monkeypatch):  # noqa: F811
+    cfg = write_unfinished_run(tmp_path, tokenizer, monkeypatch)
+    changed = train_mod.TrainConfig(**(vars(cfg) | {"lr": 5e-4, "batch_size": 4, "log_every": 1}))
+    with pytest.raises(ValueError) as e:
+        train_mod.check_out_folder(changed, resume=True)
+    assert "--batch-size 4 (run.json: 2)" in str(e.value) and "--lr 0.0005 (run.json: 0.001)" in str(e.value)
+    assert "log-every" not in str(e.value)  # logging does not change what is computed
+    info = train_mod.check_out_folder(cfg, resume=True)
+    other_labels = tasks()
+    other_labels["a"].label_names = ["w", "x", "y", "z"]
+    with pytest.raises(ValueError, match=r"the data or model differ from .*run.json: tasks"):
+        train_mod.check_resume_matches(info, cfg, tiny_model().backbone.cfg, other_labels)
+    bigger = train_mod.MPNetConfig(**(vars(info_backbone := tiny_model().backbone.cfg) | {"num_hidden_layers": 4}))
+    assert bigger != info_backbone
+    with pytest.raises(ValueError, match=r"differ from .*run.json: backbone"):
+        train_mod.check_resume_matches(info, cfg, bigger, tasks())
+
+
+def test_a_fresh_run_does_not_replace_an_unfinished_one(tmp_path, tokenizer, monkeypatch):  # noqa: F811
+    cfg = write_unfinished_run(tmp_path, tokenizer, monkeypatch)
+    with pytest.raises(ValueError, match=r"holds an unfinished run \(stopped at step 2\); continue it with --resume"):
+        train_mod.check_out_folder(cfg, resume=False)
+
+
+def test_resume_command_repeats_every_flag_that_matters(tmp_path):
+    cfg = train_mod.TrainConfig(task_a="banking77", batch_size=8, class_weights=True, out=str(tmp_path / "r x"))
+    command = train_mod.resume_command(cfg)
+    assert command == f"python train.py --task-a banking77 --batch-size 8 --class-weights --out '{tmp_path}/r x' --resume"
+    assert train_mod.parse_args(shlex.split(command)[2:]) == (cfg, True)
+
+
+# ----------------------------------------------------------------------------- non-finite guard
+def nan_loss_at(monkeypatch, steps: set[int]):
+    """Make the loss NaN at the given (1-based) steps."""
+    real_loss, calls = train_mod.multitask_loss, {"n": 0}
+
+    def loss(*args, **kw):
+        calls["n"] += 1
+        total, per_task = real_loss(*args, **kw)
+        return (total * float("nan") if calls["n"] in steps else total), per_task
+
+    monkeypatch.setattr(train_mod, "multitask_loss", loss)
+
+
+def test_a_non_finite_step_is_skipped_and_counted(tmp_path, tokenizer, monkeypatch, capsys):  # noqa: F811
+    nan_loss_at(monkeypatch, {3, 4})
+    model = tiny_model()
+    train_mod.train(run_cfg(tmp_path), model, tokenizer, tasks(), tasks())
+    assert "step 3: non-finite loss or gradient norm, update skipped (1 in a row, 1 in all)" in capsys.readouterr().err
+    lines = [json.loads(x) for x in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [x["skipped"] for x in lines] == [2, 2, 2]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_max_bad_steps_in_a_row_stop_the_run_naming_step_lr_and_checkpoint(tmp_path, tokenizer, monkeypatch):  # noqa: F811
+    nan_loss_at(monkeypatch, set(range(6, 20)))
+    with pytest.raises(train_mod.Diverged) as e:
+        train_mod.train(run_cfg(tmp_path, max_bad_steps=3), tiny_model(), tokenizer, tasks(), tasks())
+    message = str(e.value)
+    assert message.startswith("stopped at step 8: 3 steps in a row had a non-finite loss or gradient norm")
+    assert "learning rates now" in message and f"{tmp_path / 'run' / 'last.safetensors'} (step 4)" in message
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, tokenizer, monkeypatch):  # noqa: F811
+    def poison():
+        with torch.no_grad():
+            next(iter(model.heads.parameters()))[0, 0] = float("inf")
+
+    model = tiny_model()
+    step_hook(monkeypatch, 6, poison)
+    with pytest.raises(train_mod.Diverged, match="weights became non-finite by step 8; not saved"):
+        train_mod.train(run_cfg(tmp_path), model, tokenizer, tasks(), tasks())
+    for name in ("best", "last"):
+        saved = load_file(tmp_path / "run" / f"{name}.safetensors")
+        assert all(torch.isfinite(t).all() for t in saved.values())
+    assert read_progress(tmp_path / "run" / "last.safetensors")["step"] == 4
+
+
+def test_a_huge_learning_rate_ends_cleanly(tmp_path, tokenizer):  # noqa: F811
+    """--lr 1e4: either the run finishes with finite weights or it stops with Diverged; never a NaN checkpoint."""
+    try:
+        train_mod.train(run_cfg(tmp_path, lr=1e4, head_lr=1e4), tiny_model(), tokenizer, tasks(), tasks())
+    except train_mod.Diverged:
+        pass
+    for name in ("best", "last"):
+        path = tmp_path / "run" / f"{name}.safetensors"
+        if path.exists():
+            assert all(torch.isfinite(t).all() for t in load_file(path).values())
+
+
+# ----------------------------------------------------------------------------- the real command, end to end
+def wait_for(proc, text, timeout=120):
+    deadline, seen = time.time() + timeout, []
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        seen.append(line)
+        if text in line:
+            return "".join(seen)
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    raise AssertionError(f"never saw {text!r}:\n{''.join(seen)[-2000:]}")
+
+
+def test_sigterm_to_train_py_saves_prints_the_resume_command_and_exits_143(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "--batch-size", "2", "--max-steps", "400", "--log-every", "1", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT_DIR, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    wait_for(proc, "step 2/400")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    step = read_progress(out / "last.safetensors")["step"]
+    assert step >= 2 and f"SIGTERM at step {step}; saved {out / 'last.safetensors'}" in err
+    assert f"python train.py --batch-size 2 --max-steps 400 --log-every 1 --out {out} --resume" in err
+
+    # the printed command resumes; a second signal then exits at once, before the step ends
+    proc = subprocess.Popen(cmd + ["--resume"], cwd=ROOT_DIR, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    wait_for(proc, f"step {step + 1}/400")
+    proc.send_signal(signal.SIGTERM)
+    wait_for(proc, "SIGTERM: finishing this step")
+    proc.send_signal(signal.SIGTERM)  # while that step (or its save) is still running
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "second SIGTERM: exiting now, without saving" in err
+    assert read_progress(out / "last.safetensors")["step"] == step  # the interrupted save never happened
