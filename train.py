@@ -39,7 +39,7 @@ import lr_groups
 from checkpoint import all_finite, load_training_state, read_progress, save_training_state, save_weights, write_atomic
 from cli import device, fraction, int_at_least, nonnegative_float, positive_float
 from feature_cache import FeatureCache, frozen_prefix
-from hardware import resolve_dtype
+from hardware import describe, resolve_dtype
 from heads import MultiTaskModel, balanced_class_weights, multitask_loss
 from mpnet import MPNetConfig, SentenceEncoder, length_sorted_batches
 
@@ -485,6 +485,14 @@ def check_out_folder(cfg: TrainConfig, resume: bool) -> dict | None:
     return info
 
 
+def clear_finished_run(out: Path) -> None:
+    """A fresh run into a folder that holds a finished one: remove its outputs first, so that no
+    file of the old run can be mistaken for the new one's (check_out_folder refuses unfinished ones)."""
+    for name in ("best.safetensors", "last.safetensors", "metrics.jsonl", "best.safetensors.tmp",
+                 "last.safetensors.tmp", "metrics.jsonl.tmp", "state.pt"):
+        (out / name).unlink(missing_ok=True)
+
+
 def check_resume_matches(info: dict, cfg: TrainConfig, backbone: MPNetConfig, train_sets: dict) -> None:
     """What sets the parameter shapes (tasks, label names, backbone config) must be what the run saved."""
     now = run_info(cfg, backbone, train_sets)
@@ -510,8 +518,10 @@ def main(argv: list[str] | None = None) -> None:
     sizes = ", ".join(f"{t}={ds.name}: {len(ds)} train / {len(val_sets[t])} val / {len(final_sets[t])} "
                       f"{final_sets[t].split}" for t, ds in train_sets.items())
     print(f"tasks: {sizes}", file=sys.stderr)
+    print(f"CPU: {describe()}; {'bf16 autocast' if uses_bf16(cfg) else 'fp32'} on {cfg.device}", file=sys.stderr)
     model, tokenizer = build(cfg, train_sets)
     if not resume:
+        clear_finished_run(Path(cfg.out))
         write_run_info(cfg, model, train_sets)
     start = time.time()
     try:
@@ -523,7 +533,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {e}")
     model.load_state_dict(load_file(Path(cfg.out) / "best.safetensors"))
     final = accuracies(model, tokenizer, final_sets, uses_bf16(cfg))
-    result = {"out": cfg.out, "train_s": round(time.time() - start, 1), "best_epoch": best.get("epoch"),
+    result = {"out": cfg.out, "cpu": describe(), "train_s": round(time.time() - start, 1), "best_epoch": best.get("epoch"),
               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "peak_rss_mb": peak_rss_mb(), "cache_s": best.get("cache_s", 0), "epoch_train_s": best.get("train_s"),
               **{f"{k}_{final_sets[k[-1]].name}_{final_sets[k[-1]].split}": round(100 * v, 2) for k, v in final.items()}}
