@@ -175,6 +175,99 @@ def load(name: str, split: str, folder: str | os.PathLike | None = None) -> Labe
     return DATASETS[name](split, None if name.startswith("reviews") else data_dir(folder))
 
 
+# ----------------------------------------------------------------------------- your own data
+USER_FORMATS = (".csv", ".tsv", ".jsonl")
+
+
+def is_user_file(name: str) -> bool:
+    """A dataset argument that names a file of your own rather than a built-in dataset."""
+    return name.lower().endswith(USER_FORMATS)
+
+
+def read_user_rows(path: str | os.PathLike, text_column: str, label_column: str) -> list[tuple[int, str, str]]:
+    """(line, text, label) from a .csv (RFC 4180: quotes, embedded newlines), .tsv (quoting off) or
+    .jsonl (one JSON object a line) file. Labels are read as strings; an integer label 3 is "3".
+    Empty texts and empty labels are errors naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    if path.suffix.lower() == ".jsonl":
+        rows = []
+        with open(path, encoding="utf-8-sig") as f:
+            for line, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    record = json.loads(raw)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{line}: not a JSON object ({e.msg})") from None
+                missing = [c for c in (text_column, label_column) if not isinstance(record, dict) or c not in record]
+                if missing:
+                    raise ValueError(f"{path}:{line}: no field {', '.join(map(repr, missing))}"
+                                     + (f"; this record has {', '.join(map(repr, record))}" if isinstance(record, dict) else ""))
+                text, label = record[text_column], record[label_column]
+                if not isinstance(text, str) or not isinstance(label, (str, int)) or isinstance(label, bool):
+                    raise ValueError(f"{path}:{line}: {text_column!r} must be a string and {label_column!r} "
+                                     f"a string or integer")
+                rows.append((line, text, str(label)))
+    else:
+        delimiter = "," if path.suffix.lower() == ".csv" else "\t"
+        rows = [(line, r[text_column], r[label_column]) for line, r in read_table(path, [text_column, label_column],
+                                                                                  delimiter)]
+    for line, text, label in rows:
+        if not text.strip():
+            raise ValueError(f"{path}:{line}: empty text in column {text_column!r}; remove the row or fill it in")
+        if not label.strip():
+            raise ValueError(f"{path}:{line}: empty label in column {label_column!r}; every row needs a label")
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows
+
+
+def read_label_names(path: str | os.PathLike) -> list[str]:
+    """An explicit label set: one label a line (blank lines ignored), in the order given."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if len(set(names)) != len(names) or len(names) < 2:
+        raise ValueError(f"{path}: a labels file needs at least 2 distinct labels, one a line, no repeats")
+    return names
+
+
+def user_dataset(path: str | os.PathLike, rows: list[tuple[int, str, str]], label_names: list[str],
+                 split: str) -> LabelledTexts:
+    """Rows of a user file as a task's examples; a label outside label_names is an error naming file and line."""
+    return _checked(str(path), split, Path(path), rows, label_names)
+
+
+def stratified_split(path: str | os.PathLike, rows: list[tuple[int, str, str]], fraction: float,
+                     seed: int) -> tuple[list[int], list[int]]:
+    """Seeded (train, test) row indices with each label's share kept in both parts.
+
+    Every label needs 2 rows (one for each side) and the file at least 2 labels; otherwise an
+    error names the file, and the line of a label seen once.
+    """
+    by_label: dict[str, list[int]] = {}
+    for i, (_, _, label) in enumerate(rows):
+        by_label.setdefault(label, []).append(i)
+    if len(by_label) < 2:
+        raise ValueError(f"{path}: every row has the label {next(iter(by_label))!r}; a classifier needs at least 2 labels")
+    for label, members in by_label.items():
+        if len(members) < 2:
+            raise ValueError(f"{path}:{rows[members[0]][0]}: label {label!r} is on this row only; a stratified "
+                             f"split needs 2 of each label (add examples, or give a test file with --test-a/--test-b)")
+    rng = random.Random(seed)
+    train, test = [], []
+    for label in sorted(by_label):
+        members = by_label[label][:]
+        rng.shuffle(members)
+        n_test = min(len(members) - 1, max(1, round(fraction * len(members))))
+        test += members[:n_test]
+        train += members[n_test:]
+    return sorted(train), sorted(test)
+
+
 def read_stsb(split: str, folder: str | os.PathLike | None = None) -> list[tuple[str, str, float]]:
     """STS Benchmark pairs (sentence1, sentence2, gold score 0..5) for split train/dev/test.
 

@@ -1,6 +1,7 @@
 """Evaluation. Metrics are written out in numpy (tests cross-check them against scikit-learn and scipy).
 
     python eval.py --checkpoint runs/default --dataset reviews-topic --split test
+    python eval.py --checkpoint runs/tickets     # a run on your own data: the test rows it saved
     python eval.py --stsb test                  # cosine-Spearman of the bare encoder on STS-B (x100)
 """
 from __future__ import annotations
@@ -157,25 +158,40 @@ def load_run(folder: str | Path):
     return model.eval(), Tokenizer(folder / "tokenizer.json"), info
 
 
-def evaluate_checkpoint(folder: str, dataset: str, split: str, data_dir: str | None) -> str:
+def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "test",
+                        data_dir: str | None = None) -> str:
+    """Reports for a train.py run: on a named dataset, or (dataset=None) on each task's saved test rows
+    (a run on your own data saves them as test-a.jsonl / test-b.jsonl, so the same rows are scored)."""
     import data
     from train import predict
 
     model, tokenizer, info = load_run(folder)
-    task = next((t for t, v in info["tasks"].items() if v["dataset"] == dataset), None)
-    if task is None:
-        trained = ", ".join(v["dataset"] for v in info["tasks"].values())
-        raise ValueError(f"{folder} has no head for {dataset!r}; its heads were trained on: {trained}")
-    ds = data.load(dataset, split, data_dir)
-    names = info["tasks"][task]["label_names"]
-    if ds.label_names != names:
-        raise ValueError(f"{dataset}/{split} labels differ from those the head was trained on")
-    probs = predict(model, tokenizer, ds.texts, task).numpy()
-    y = np.array(ds.labels)
-    report = classification_report(y, probs.argmax(axis=1), len(names))
-    return "\n\n".join([f"{folder}: task {task} on {dataset}/{split} ({len(ds)} examples)",
-                        format_report(report, names), format_confusion(report["confusion"], names),
-                        confident_mistakes(ds.texts, y, probs, names)])
+    if dataset is None:
+        saved = {t: v for t, v in info["tasks"].items() if "test_rows" in v}
+        if not saved:
+            raise ValueError(f"{folder} was trained on built-in datasets; name one with --dataset")
+        cases = [(t, data.user_dataset(Path(folder) / v["test_rows"],
+                                       data.read_user_rows(Path(folder) / v["test_rows"], "text", "label"),
+                                       v["label_names"], "test")) for t, v in saved.items()]
+    else:
+        task = next((t for t, v in info["tasks"].items() if v["dataset"] == dataset), None)
+        if task is None:
+            trained = ", ".join(v["dataset"] for v in info["tasks"].values())
+            raise ValueError(f"{folder} has no head for {dataset!r}; its heads were trained on: {trained}")
+        ds = data.load(dataset, split, data_dir)
+        if ds.label_names != info["tasks"][task]["label_names"]:
+            raise ValueError(f"{dataset}/{split} labels differ from those the head was trained on")
+        cases = [(task, ds)]
+    reports = []
+    for task, ds in cases:
+        names = ds.label_names
+        probs = predict(model, tokenizer, ds.texts, task).numpy()
+        y = np.array(ds.labels)
+        report = classification_report(y, probs.argmax(axis=1), len(names))
+        reports += [f"{folder}: task {task} on {ds.name} ({ds.split}, {len(ds)} examples)",
+                    format_report(report, names), format_confusion(report["confusion"], names),
+                    confident_mistakes(ds.texts, y, probs, names)]
+    return "\n\n".join(reports)
 
 
 def main() -> None:
@@ -183,7 +199,9 @@ def main() -> None:
     from data import DATASETS
 
     parser.add_argument("--checkpoint", help="a train.py output folder (uses its best.safetensors)")
-    parser.add_argument("--dataset", choices=list(DATASETS), help="the dataset to evaluate the checkpoint on")
+    parser.add_argument("--dataset", choices=list(DATASETS),
+                        help="a built-in dataset to score the checkpoint on (default: a run on your own data "
+                             "is scored on the test rows it saved)")
     parser.add_argument("--split", default="test", choices=["train", "dev", "test"])
     parser.add_argument("--stsb", metavar="SPLIT", choices=["train", "dev", "test"], help="STS-B split")
     parser.add_argument("--data-dir", default=None)
@@ -199,13 +217,13 @@ def main() -> None:
         dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
         score = stsb_spearman(SentenceEncoder.from_pretrained(dtype=dtype), args.stsb, args.data_dir)
         print(f"STS-B {args.stsb} cosine-Spearman ({args.dtype}): {score:.2f}")
-    elif args.checkpoint and args.dataset:
+    elif args.checkpoint:
         try:
             print(evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.data_dir))
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"error: {e}")
     else:
-        parser.error("give --checkpoint and --dataset, or --stsb SPLIT")
+        parser.error("give --checkpoint (and --dataset for a built-in one), or --stsb SPLIT")
 
 
 if __name__ == "__main__":

@@ -46,9 +46,17 @@ from mpnet import MPNetConfig, SentenceEncoder, length_sorted_batches
 
 @dataclass
 class TrainConfig:
-    task_a: str = "reviews-topic"
-    task_b: str = "reviews-sentiment"   # "none": train Task A alone
+    task_a: str = "reviews-topic"       # a built-in dataset, or your own .csv/.tsv/.jsonl file
+    task_b: str = "reviews-sentiment"   # the same; "none": train Task A alone
     data_dir: str | None = None
+    text_column: str = "text"           # your own files: the column holding the text ...
+    label_column_a: str = "label"       # ... and each task's label column (one file may hold both)
+    label_column_b: str = "label"
+    labels_a: str | None = None         # a file with Task A's label set, one a line (default: the labels seen)
+    labels_b: str | None = None
+    test_a: str | None = None           # a test file for Task A (default: a stratified split of its file)
+    test_b: str | None = None
+    test_fraction: float = 0.2          # the split's test share; its rows are saved in --out as test-a.jsonl
     epochs: int = 3
     batch_size: int = 16
     max_steps: int = 0                  # > 0: stop after this many optimizer steps (a time budget)
@@ -111,14 +119,51 @@ def split_off(ds: data.LabelledTexts, fraction: float, seed: int) -> tuple[data.
 def load_tasks(cfg: TrainConfig) -> tuple[dict, dict, dict]:
     """-> (train, validation, evaluation) datasets, each {task: LabelledTexts}; tasks are 'a' and 'b'."""
     names = {"a": cfg.task_a} | ({} if cfg.task_b == "none" else {"b": cfg.task_b})
-    train, val, final = {}, {}, {}
+    train, val, final, splits = {}, {}, {}, {}
     for task, name in names.items():
-        full = data.load(name, "train", cfg.data_dir)
+        if data.is_user_file(name):
+            full, final[task] = load_user_task(cfg, task, name, splits)
+        else:
+            full = data.load(name, "train", cfg.data_dir)
+            final[task] = data.load(name, data.EVAL_SPLIT[name], cfg.data_dir)
         if cfg.max_train and len(full) > cfg.max_train:
             full, _ = split_off(full, 1 - cfg.max_train / len(full), cfg.seed + 1)
         train[task], val[task] = split_off(full, cfg.val_fraction, cfg.seed)
-        final[task] = data.load(name, data.EVAL_SPLIT[name], cfg.data_dir)
     return train, val, final
+
+
+def load_user_task(cfg: TrainConfig, task: str, path: str, splits: dict) -> tuple[data.LabelledTexts, data.LabelledTexts]:
+    """Your own file for one task -> (training examples, test examples).
+
+    The test examples come from --test-a/--test-b, else from a seeded stratified split of the file
+    (--test-fraction). Two tasks read from one file share one split, so each row is on the same side
+    for both, made on Task A's labels. The label set is --labels-a/-b, else the sorted labels of the
+    training rows."""
+    column, labels_file, test_file = ((cfg.label_column_a, cfg.labels_a, cfg.test_a) if task == "a"
+                                      else (cfg.label_column_b, cfg.labels_b, cfg.test_b))
+    rows = data.read_user_rows(path, cfg.text_column, column)
+    if test_file:
+        train_rows, test_rows, test_path = rows, data.read_user_rows(test_file, cfg.text_column, column), test_file
+    else:
+        if path not in splits:
+            splits[path] = data.stratified_split(path, rows, cfg.test_fraction, cfg.seed)
+        train_idx, test_idx = splits[path]
+        train_rows, test_rows, test_path = [rows[i] for i in train_idx], [rows[i] for i in test_idx], path
+    names = data.read_label_names(labels_file) if labels_file else sorted({label for _, _, label in train_rows})
+    if len(names) < 2:
+        raise ValueError(f"{path}: the training rows have only the label {names[0]!r}; a classifier needs 2 or more")
+    return data.user_dataset(path, train_rows, names, "train"), data.user_dataset(test_path, test_rows, names, "test")
+
+
+def save_test_rows(out: Path, final_sets: dict, cfg: TrainConfig) -> dict[str, str]:
+    """Your own data's test rows, saved in the run folder so that eval.py later scores the same rows."""
+    saved = {}
+    for task, ds in final_sets.items():
+        if data.is_user_file(cfg.task_a if task == "a" else cfg.task_b):
+            lines = "".join(json.dumps({"text": t, "label": ds.label_names[y]}) + "\n" for t, y in zip(ds.texts, ds.labels))
+            write_atomic(lambda p: p.write_text(lines, encoding="utf-8"), out / f"test-{task}.jsonl")
+            saved[task] = f"test-{task}.jsonl"
+    return saved
 
 
 @torch.no_grad()
@@ -138,9 +183,16 @@ def predict(model: MultiTaskModel, tokenizer, texts: list[str], task: str, batch
     return probs
 
 
-def accuracies(model, tokenizer, tasks: dict[str, data.LabelledTexts], autocast: bool) -> dict[str, float]:
-    return {f"acc_{task}": float((predict(model, tokenizer, ds.texts, task, autocast=autocast).argmax(-1)
-                                  == torch.tensor(ds.labels)).float().mean()) for task, ds in tasks.items()}
+def accuracies(model, tokenizer, tasks: dict[str, data.LabelledTexts], autocast: bool,
+               with_loss: bool = False) -> dict[str, float]:
+    """acc_<task> for each task (and loss_<task>, the mean cross-entropy, with_loss)."""
+    metrics = {}
+    for task, ds in tasks.items():
+        probs, labels = predict(model, tokenizer, ds.texts, task, autocast=autocast), torch.tensor(ds.labels)
+        metrics[f"acc_{task}"] = float((probs.argmax(-1) == labels).float().mean())
+        if with_loss:
+            metrics[f"loss_{task}"] = float(-probs[torch.arange(len(labels)), labels].clamp(min=1e-12).log().mean())
+    return metrics
 
 
 def lr_lambda(total_steps: int, warmup_steps: int):
@@ -233,7 +285,7 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, int(cfg.warmup * total_steps)))
     class_weights = ({t: balanced_class_weights(ds.labels, len(ds.label_names)) for t, ds in train_sets.items()}
                      if cfg.class_weights else None)
-    progress = {"epoch": 0, "step": 0, "best": -1.0, "best_metrics": {}, "unfrozen": 0, "skipped": 0,
+    progress = {"epoch": 0, "step": 0, "best": [-1.0, -1e30], "best_metrics": {}, "unfrozen": 0, "skipped": 0,
                 "bad_in_row": 0, "history": [], "done": False}
     if resume:
         weights, optimizer_state, state = load_training_state(out / "last.safetensors")
@@ -317,14 +369,18 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, star
     progress["epoch"] = epoch + 1
     if run.unfreezer and not run.unfreezer.every_steps and (name := run.unfreezer.unfreeze_next()):
         print(f"gradual unfreezing: {name} now trains", file=sys.stderr)
-    metrics = accuracies(run.model, run.tokenizer, val_sets, run.use_bf16) if val_sets else {}
-    score = float(np.mean(list(metrics.values()))) if metrics else float(progress["step"])
+    metrics = accuracies(run.model, run.tokenizer, val_sets, run.use_bf16, with_loss=True) if val_sets else {}
+    # The best epoch: highest mean validation accuracy; on a tie (small validation sets tie often),
+    # the lower mean validation loss. Without validation data, the latest epoch.
+    score = ([float(np.mean([v for k, v in metrics.items() if k.startswith("acc_")])),
+              -float(np.mean([v for k, v in metrics.items() if k.startswith("loss_")]))]
+             if metrics else [float(progress["step"]), 0.0])
     record = {"epoch": epoch + 1, "step": progress["step"], "elapsed_s": round(time.time() - started, 1),
               "train_s": round(train_s, 1), "cache_s": progress.get("cache_s", 0), "skipped": progress["skipped"],
               **{f"val_{k}": round(v, 4) for k, v in metrics.items()}}
     progress["history"].append(record)
     print(f"epoch {epoch + 1} done: {record}", file=sys.stderr, flush=True)
-    if score > progress["best"]:
+    if score > progress["best"]:  # lists compare element by element: accuracy, then -loss
         if not all_finite(run.model.state_dict()):
             raise Diverged(f"the weights became non-finite by step {progress['step']}; not saved. Lower --lr.")
         progress["best"], progress["best_metrics"] = score, record
@@ -386,8 +442,11 @@ def build(cfg: TrainConfig, train_sets: dict):
 
 
 def run_info(cfg: TrainConfig, backbone: MPNetConfig, train_sets: dict) -> dict:
-    return {"config": asdict(cfg), "backbone": asdict(backbone),
-            "tasks": {t: {"dataset": ds.name, "label_names": ds.label_names} for t, ds in train_sets.items()}}
+    tasks = {t: {"dataset": ds.name, "label_names": ds.label_names} for t, ds in train_sets.items()}
+    for t in tasks:
+        if data.is_user_file(cfg.task_a if t == "a" else cfg.task_b):
+            tasks[t]["test_rows"] = f"test-{t}.jsonl"  # see save_test_rows
+    return {"config": asdict(cfg), "backbone": asdict(backbone), "tasks": tasks}
 
 
 def write_run_info(cfg: TrainConfig, model: MultiTaskModel, train_sets: dict) -> None:
@@ -403,7 +462,7 @@ def write_run_info(cfg: TrainConfig, model: MultiTaskModel, train_sets: dict) ->
 # Flags that may change between a run and its resume: they do not change what is computed.
 MAY_DIFFER_ON_RESUME = {"out", "data_dir", "device", "log_every", "save_every", "max_bad_steps"}
 FLAG_TYPES = {"epochs": int_at_least(1), "batch_size": int_at_least(1), "max_steps": int_at_least(0),
-              "max_train": int_at_least(0), "val_fraction": fraction, "lr": positive_float,
+              "max_train": int_at_least(0), "val_fraction": fraction, "test_fraction": fraction, "lr": positive_float,
               "head_lr": positive_float, "weight_decay": nonnegative_float, "warmup": fraction,
               "clip": positive_float, "temperature": positive_float, "seed": int_at_least(0),
               "log_every": int_at_least(1), "save_every": int_at_least(0), "max_bad_steps": int_at_least(1),
@@ -436,9 +495,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
 def check_specs(cfg: TrainConfig) -> None:
     """The flags whose values are small languages: dataset names, --freeze, --lr-groups."""
     for flag, name in (("--task-a", cfg.task_a), ("--task-b", cfg.task_b)):
-        if name not in data.DATASETS and not (flag == "--task-b" and name == "none"):
+        if data.is_user_file(name):
+            if not Path(name).is_file():
+                raise ValueError(f"argument {flag}: no file {name}")
+        elif name not in data.DATASETS and not (flag == "--task-b" and name == "none"):
             raise ValueError(f"argument {flag}: unknown dataset {name!r}; known: {', '.join(data.DATASETS)}"
-                             + (", none" if flag == "--task-b" else ""))
+                             + (", none" if flag == "--task-b" else "") + f", or a path to your own "
+                             f"{'/'.join(data.USER_FORMATS)} file")
+    for flag, path in (("--labels-a", cfg.labels_a), ("--labels-b", cfg.labels_b), ("--test-a", cfg.test_a),
+                       ("--test-b", cfg.test_b)):
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"argument {flag}: no file {path}")
+    if (cfg.test_a and not data.is_user_file(cfg.task_a)) or (cfg.test_b and not data.is_user_file(cfg.task_b)):
+        raise ValueError("--test-a/--test-b go with your own data files; built-in datasets bring their test split")
     tasks = ["a"] + ([] if cfg.task_b == "none" else ["b"])
     freeze.check_spec(cfg.freeze, MPNetConfig().num_hidden_layers, tasks)
     lr_groups.check_spec(cfg.lr_groups)
@@ -523,6 +592,7 @@ def main(argv: list[str] | None = None) -> None:
     if not resume:
         clear_finished_run(Path(cfg.out))
         write_run_info(cfg, model, train_sets)
+        save_test_rows(Path(cfg.out), final_sets, cfg)
     start = time.time()
     try:
         best = train(cfg, model, tokenizer, train_sets, val_sets, resume=resume)

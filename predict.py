@@ -1,0 +1,155 @@
+"""Classify new sentences with a model that train.py trained.
+
+    python predict.py --checkpoint runs/tickets "my card never arrived" "I was charged twice"
+    python predict.py --checkpoint runs/tickets --input new.txt --output preds.jsonl
+    python predict.py --checkpoint runs/tickets --input new.csv --column text --output preds.jsonl
+
+In Python:
+    from predict import Classifier
+    clf = Classifier.from_checkpoint("runs/tickets")
+    clf.predict(["my card never arrived"])   # [{"text": ..., "a": {"label": ..., "p": ..., "next": [...]}}]
+
+Loads best.safetensors and run.json only (safetensors and JSON: no pickle, nothing executes on
+load). Each sentence goes through the backbone once, and every task's head reads that embedding.
+A file is read and written in chunks, so memory stays bounded whatever its length; inside a chunk
+sentences are sorted by length, as encode() does, so batches carry little padding.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from cli import device, int_at_least
+from mpnet import check_batch_size, check_sentences, length_sorted_batches
+
+
+class Classifier:
+    """A trained MultiTaskModel with its tokenizer and label names: text in, labels out."""
+
+    def __init__(self, model, tokenizer, info: dict):
+        self.model, self.tokenizer, self.info = model.eval(), tokenizer, info
+        self.label_names = {task: v["label_names"] for task, v in info["tasks"].items()}
+
+    @classmethod
+    def from_checkpoint(cls, folder: str | Path, device: str = "cpu") -> "Classifier":
+        from eval import load_run
+
+        model, tokenizer, info = load_run(folder)  # clear errors for a folder that is not a train.py run
+        return cls(model.to(device), tokenizer, info)
+
+    @torch.inference_mode()
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> dict[str, torch.Tensor]:
+        """{task: (N, classes) probabilities}, rows in input order."""
+        texts, batch_size = check_sentences(texts), check_batch_size(batch_size)
+        device = next(self.model.parameters()).device
+        ids = self.tokenizer.encode(texts)
+        probs = {t: torch.empty(len(ids), len(names)) for t, names in self.label_names.items()}
+        for rows in length_sorted_batches(ids, batch_size):
+            batch = self.tokenizer.pad([ids[i] for i in rows])
+            emb = self.model.embed(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            for task, logits in self.model.classify(emb).items():
+                probs[task][rows] = logits.float().softmax(-1).cpu()
+        return probs
+
+    def predict(self, texts: Sequence[str], top: int = 3, batch_size: int = 64) -> list[dict]:
+        """Per text: for each task the most probable label, its probability, and the next top-1 labels."""
+        probs = self.predict_proba(texts, batch_size)
+        results = [{"text": t} for t in texts]
+        for task, p in probs.items():
+            values, indices = p.topk(min(top, p.shape[1]), dim=1)
+            names = self.label_names[task]
+            for r, vals, idx in zip(results, values.tolist(), indices.tolist()):
+                r[task] = {"label": names[idx[0]], "p": round(vals[0], 4),
+                           "next": [[names[i], round(v, 4)] for i, v in zip(idx[1:], vals[1:])]}
+        return results
+
+
+def read_texts(path: Path, column: str | None) -> Iterator[str]:
+    """One sentence a line, or the named column of a CSV/TSV, streamed."""
+    if column is None:
+        with open(path, encoding="utf-8-sig") as f:
+            for line in f:
+                line = line.rstrip("\r\n")
+                if line.strip():
+                    yield line
+        return
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        if column not in (reader.fieldnames or []):
+            raise ValueError(f"{path}:1: no column {column!r}; the header has {', '.join(reader.fieldnames or [])}")
+        for row in reader:
+            if row[column] and row[column].strip():
+                yield row[column]
+
+
+def chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def predict_file(clf: Classifier, source: Path, output: Path, column: str | None, batch_size: int,
+                 chunk_size: int = 2048) -> int:
+    """Stream source -> JSON lines in output (written to a temp file, renamed when complete)."""
+    total = sum(1 for _ in read_texts(source, column))  # a cheap first pass: the ETA needs it
+    done, started = 0, time.time()
+    tmp = output.with_name(output.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as out:
+        for chunk in chunks(read_texts(source, column), chunk_size):
+            for result in clf.predict(chunk, batch_size=batch_size):
+                out.write(json.dumps(result, ensure_ascii=False) + "\n")
+            done += len(chunk)
+            rate = done / (time.time() - started)
+            print(f"\r{done:,}/{total:,} sentences, {rate:.0f}/s, eta {(total - done) / rate:.0f} s",
+                  end="", file=sys.stderr, flush=True)
+    tmp.replace(output)
+    print(file=sys.stderr)
+    return done
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sentences", nargs="*", help="sentences to classify (or use --input)")
+    parser.add_argument("--checkpoint", required=True, help="a train.py output folder")
+    parser.add_argument("--input", type=Path, help="a file of sentences: one a line, or a CSV/TSV with --column")
+    parser.add_argument("--column", help="the text column of a CSV/TSV --input")
+    parser.add_argument("--output", type=Path, help="where --input's predictions go, one JSON object a line")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=64)
+    parser.add_argument("--device", type=device, default="cpu")
+    args = parser.parse_args(argv)
+    if not (Path(args.checkpoint) / "run.json").is_file():
+        parser.error(f"--checkpoint {args.checkpoint}: no run.json there; give a train.py output folder")
+    if bool(args.sentences) == bool(args.input):
+        parser.error("give sentences on the command line, or --input FILE (not both)")
+    if args.input and (not args.input.is_file() or args.output is None):
+        parser.error(f"--input {args.input}: no such file" if not args.input.is_file() else "--input needs --output")
+    try:
+        clf = Classifier.from_checkpoint(args.checkpoint, args.device)
+        if args.input:
+            n = predict_file(clf, args.input, args.output, args.column, args.batch_size)
+            print(f"{n:,} predictions in {args.output}", file=sys.stderr)
+            return
+        for result in clf.predict(args.sentences, batch_size=args.batch_size):
+            print(repr(result["text"]))
+            for task in clf.label_names:
+                r = result[task]
+                runners_up = ", ".join(f"{name} {p:.2f}" for name, p in r["next"])
+                print(f"  task {task}: {r['label']} ({r['p']:.2f}); next: {runners_up}")
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
