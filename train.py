@@ -285,8 +285,8 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, int(cfg.warmup * total_steps)))
     class_weights = ({t: balanced_class_weights(ds.labels, len(ds.label_names)) for t, ds in train_sets.items()}
                      if cfg.class_weights else None)
-    progress = {"epoch": 0, "step": 0, "best": [-1.0, -1e30], "best_metrics": {}, "unfrozen": 0, "skipped": 0,
-                "bad_in_row": 0, "history": [], "done": False}
+    progress = {"epoch": 0, "step": 0, "best": [-1e30, -1.0], "best_metrics": {}, "unfrozen": 0, "skipped": 0,
+                "bad_in_row": 0, "history": [], "losses": [], "done": False}
     if resume:
         weights, optimizer_state, state = load_training_state(out / "last.safetensors")
         model.load_state_dict({k: v.to(device) for k, v in weights.items()})
@@ -359,8 +359,9 @@ def save_last(run: Run) -> None:
     run.progress["unfrozen"] = run.unfreezer.unfrozen if run.unfreezer else 0
     save_training_state(run.out / "last.safetensors", run.model, run.optimizer, run.scheduler, run.sampler,
                         run.progress)
-    lines = "".join(json.dumps(record) + "\n" for record in run.progress["history"])
-    write_atomic(lambda p: p.write_text(lines), run.out / "metrics.jsonl")
+    for name, records in (("metrics.jsonl", run.progress["history"]), ("losses.jsonl", run.progress.get("losses", []))):
+        lines = "".join(json.dumps(record) + "\n" for record in records)
+        write_atomic(lambda p: p.write_text(lines), run.out / name)
 
 
 def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, started: float) -> None:
@@ -370,17 +371,19 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, star
     if run.unfreezer and not run.unfreezer.every_steps and (name := run.unfreezer.unfreeze_next()):
         print(f"gradual unfreezing: {name} now trains", file=sys.stderr)
     metrics = accuracies(run.model, run.tokenizer, val_sets, run.use_bf16, with_loss=True) if val_sets else {}
-    # The best epoch: highest mean validation accuracy; on a tie (small validation sets tie often),
-    # the lower mean validation loss. Without validation data, the latest epoch.
-    score = ([float(np.mean([v for k, v in metrics.items() if k.startswith("acc_")])),
-              -float(np.mean([v for k, v in metrics.items() if k.startswith("loss_")]))]
+    # The best epoch has the lowest mean validation loss (as Hugging Face Trainer's default), ties
+    # broken by accuracy. Cross-entropy moves smoothly with the model; accuracy on a few hundred
+    # validation examples moves in steps of one example (0.5 points for 200) and mostly measures noise.
+    # Without validation data, the latest epoch.
+    score = ([-float(np.mean([v for k, v in metrics.items() if k.startswith("loss_")])),
+              float(np.mean([v for k, v in metrics.items() if k.startswith("acc_")]))]
              if metrics else [float(progress["step"]), 0.0])
     record = {"epoch": epoch + 1, "step": progress["step"], "elapsed_s": round(time.time() - started, 1),
               "train_s": round(train_s, 1), "cache_s": progress.get("cache_s", 0), "skipped": progress["skipped"],
               **{f"val_{k}": round(v, 4) for k, v in metrics.items()}}
     progress["history"].append(record)
     print(f"epoch {epoch + 1} done: {record}", file=sys.stderr, flush=True)
-    if score > progress["best"]:  # lists compare element by element: accuracy, then -loss
+    if score > progress["best"]:  # lists compare element by element: -loss, then accuracy
         if not all_finite(run.model.state_dict()):
             raise Diverged(f"the weights became non-finite by step {progress['step']}; not saved. Lower --lr.")
         progress["best"], progress["best_metrics"] = score, record
@@ -388,12 +391,15 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, star
     save_last(run)
 
 
-def log_line(run: Run, epoch: int, per_task: dict, tokens: int, started: float, start_step: int) -> None:
+def log_line(run: Run, epoch: int, window: dict[str, list[float]], tokens: int, started: float, start_step: int) -> None:
+    """Print the mean loss per task since the last log line, and keep it for losses.jsonl (plots.py curves)."""
     step, elapsed = run.progress["step"], time.time() - started
     eta = elapsed / max(1, step - start_step) * (run.total_steps - step)
-    losses = " ".join(f"loss_{t}={v:.3f}" for t, v in per_task.items() if not math.isnan(v))
-    print(f"epoch {epoch + 1} step {step}/{run.total_steps} {losses} lr={run.scheduler.get_last_lr()[0]:.2e} "
-          f"{tokens / max(elapsed, 1e-9):.0f} tok/s eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
+    means = {f"loss_{t}": round(sum(v) / len(v), 4) for t, v in window.items() if v}
+    lr = run.scheduler.get_last_lr()[0]
+    run.progress.setdefault("losses", []).append({"step": step, "lr": lr, **means})
+    print(f"epoch {epoch + 1} step {step}/{run.total_steps} {' '.join(f'{k}={v:.3f}' for k, v in means.items())} "
+          f"lr={lr:.2e} {tokens / max(elapsed, 1e-9):.0f} tok/s eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
 
 
 def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, val_sets: dict,
@@ -404,7 +410,7 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     trainable = any(p.requires_grad for p in model.parameters())
     if not trainable:
         print("nothing is trainable (freeze=all): one evaluation, no training", file=sys.stderr)
-    started, tokens, start_step = time.time(), 0, progress["step"]
+    started, tokens, start_step, window = time.time(), 0, progress["step"], {}
     with SignalGuard() as signals:
         for epoch in range(progress["epoch"], cfg.epochs if trainable else progress["epoch"] + 1):
             history = progress["history"]
@@ -415,9 +421,13 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
             for pool_idx, rows in (run.sampler if trainable and progress["step"] < run.total_steps else []):
                 n, per_task = train_step(run, pool_idx, rows)
                 tokens += n
+                for task, value in per_task.items():
+                    if math.isfinite(value):
+                        window.setdefault(task, []).append(value)
                 step = progress["step"]
                 if step % cfg.log_every == 0 or step == run.total_steps:
-                    log_line(run, epoch, per_task, tokens, started, start_step)
+                    log_line(run, epoch, window, tokens, started, start_step)
+                    window = {}
                 if signals.signum is not None or (cfg.save_every and step % cfg.save_every == 0):
                     save_last(run)
                 if signals.signum is not None:
@@ -557,8 +567,8 @@ def check_out_folder(cfg: TrainConfig, resume: bool) -> dict | None:
 def clear_finished_run(out: Path) -> None:
     """A fresh run into a folder that holds a finished one: remove its outputs first, so that no
     file of the old run can be mistaken for the new one's (check_out_folder refuses unfinished ones)."""
-    for name in ("best.safetensors", "last.safetensors", "metrics.jsonl", "best.safetensors.tmp",
-                 "last.safetensors.tmp", "metrics.jsonl.tmp", "state.pt"):
+    for name in ("best.safetensors", "last.safetensors", "metrics.jsonl", "losses.jsonl", "best.safetensors.tmp",
+                 "last.safetensors.tmp", "metrics.jsonl.tmp", "losses.jsonl.tmp", "state.pt"):
         (out / name).unlink(missing_ok=True)
 
 
