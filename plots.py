@@ -178,13 +178,15 @@ def read_jsonl(path: Path) -> list[dict]:
 def plot_curves(run: Path, out: Path) -> None:
     plt = pyplot()
     losses, epochs = read_jsonl(run / "losses.jsonl"), read_jsonl(run / "metrics.jsonl")
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {"tasks": {}}
+    name = lambda task: f"task {task}: {Path(info['tasks'][task]['dataset']).name}" if task in info["tasks"] else f"task {task}"
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     for key in sorted({k for r in losses for k in r if k.startswith("loss_")}):
         points = [(r["step"], r[key]) for r in losses if key in r]
-        left.plot(*zip(*points), label=f"task {key[5:]}")
+        left.plot(*zip(*points), label=name(key[5:]))
     left.set(xlabel="step", ylabel="training loss (mean since the last log line)", title="Training loss per task")
     for key in sorted({k for r in epochs for k in r if k.startswith("val_acc_")}):
-        right.plot([r["step"] for r in epochs], [100 * r[key] for r in epochs], marker="o", label=f"task {key[8:]}")
+        right.plot([r["step"] for r in epochs], [100 * r[key] for r in epochs], marker="o", label=name(key[8:]))
     right.set(xlabel="step", ylabel="validation accuracy (%)", title="Validation accuracy after each epoch")
     for ax in (left, right):
         ax.legend()

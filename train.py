@@ -129,6 +129,7 @@ def load_tasks(cfg: TrainConfig) -> tuple[dict, dict, dict]:
         if cfg.max_train and len(full) > cfg.max_train:
             full, _ = split_off(full, 1 - cfg.max_train / len(full), cfg.seed + 1)
         train[task], val[task] = split_off(full, cfg.val_fraction, cfg.seed)
+    val = {task: ds for task, ds in val.items() if len(ds)}  # --val-fraction 0: no validation, the last epoch is kept
     return train, val, final
 
 
@@ -594,7 +595,7 @@ def main(argv: list[str] | None = None) -> None:
             check_resume_matches(info, cfg, backbone, train_sets)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
-    sizes = ", ".join(f"{t}={ds.name}: {len(ds)} train / {len(val_sets[t])} val / {len(final_sets[t])} "
+    sizes = ", ".join(f"{t}={ds.name}: {len(ds)} train / {len(val_sets.get(t, ()))} val / {len(final_sets[t])} "
                       f"{final_sets[t].split}" for t, ds in train_sets.items())
     print(f"tasks: {sizes}", file=sys.stderr)
     print(f"CPU: {describe()}; {'bf16 autocast' if uses_bf16(cfg) else 'fp32'} on {cfg.device}", file=sys.stderr)

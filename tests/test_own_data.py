@@ -170,3 +170,15 @@ def test_predict_refuses_a_folder_that_is_not_a_run(tmp_path):
     done = subprocess.run([sys.executable, "predict.py", "--checkpoint", str(tmp_path), "hello"],
                           cwd=ROOT_DIR, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "no run.json there; give a train.py output folder" in done.stderr
+
+
+def test_val_fraction_zero_trains_on_every_row_and_keeps_the_last_epoch(tmp_path, tokenizer):
+    csv_path = write_csv(tmp_path / "tickets.csv", ticket_rows())
+    cfg = train_mod.TrainConfig(task_a=str(csv_path), task_b="none", val_fraction=0.0, epochs=2, batch_size=8,
+                                dtype="fp32", log_every=100, out=str(tmp_path / "run"))
+    train, val, final = train_mod.load_tasks(cfg)
+    assert val == {} and len(train["a"]) == 24 and len(final["a"]) == 6
+    torch.manual_seed(0)
+    backbone = MPNet(MPNetConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64))
+    best = train_mod.train(cfg, MultiTaskModel(backbone, {"a": 3}), tokenizer, train, val)
+    assert best["epoch"] == 2 and not any(k.startswith("val_") for k in best)
