@@ -165,6 +165,7 @@ def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "t
     import data
     from train import predict
 
+    ds = data.load(dataset, split, data_dir) if dataset else None  # a bad name or folder fails before the model loads
     model, tokenizer, info = load_run(folder)
     if dataset is None:
         saved = {t: v for t, v in info["tasks"].items() if "test_rows" in v}
@@ -178,7 +179,6 @@ def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "t
         if task is None:
             trained = ", ".join(v["dataset"] for v in info["tasks"].values())
             raise ValueError(f"{folder} has no head for {dataset!r}; its heads were trained on: {trained}")
-        ds = data.load(dataset, split, data_dir)
         if ds.label_names != info["tasks"][task]["label_names"]:
             raise ValueError(f"{dataset}/{split} labels differ from those the head was trained on")
         cases = [(task, ds)]

@@ -165,6 +165,11 @@ def test_csv_to_train_to_eval_and_predict_round_trip(tmp_path, tokenizer, monkey
     assert [line["a"]["label"] for line in lines] == [p["a"]["label"] for p in predictions]
     assert "6/6 sentences" in done.stderr
 
+    import plots  # the confusion heatmap reads the same saved rows
+
+    plots.plot_confusion(out, None, tmp_path / "confusion.png")
+    assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
 
 def test_predict_refuses_a_folder_that_is_not_a_run(tmp_path):
     done = subprocess.run([sys.executable, "predict.py", "--checkpoint", str(tmp_path), "hello"],
