@@ -4,7 +4,8 @@ Two kinds of data:
   * the embedded customer-feedback set, data/reviews.tsv (written for this project, committed):
     each sentence carries a topic label (Task A) and a sentiment label (Task B);
   * the real benchmarks in ../shared/data (never copied into this repo), named by --data-dir,
-    else $MPNET_DATA_DIR, else ../shared/data beside the repo. Each reader follows the quirks
+    else $MPNET_DATA_DIR, else ../shared/data beside the repo, else the folder that
+    `python data.py fetch` downloads them into (fetch_data.py). Each reader follows the quirks
     documented in that dataset's SOURCE.md.
 
 A dataset name picks the file and the label column:
@@ -30,9 +31,15 @@ IGNORE = -100  # label id of "this example has no label for this task" (cross_en
 
 
 def data_dir(path: str | os.PathLike | None = None) -> Path:
-    folder = Path(path or os.environ.get(DATA_ENV) or ROOT.parent / "shared" / "data")
+    """--data-dir, else $MPNET_DATA_DIR, else ../shared/data beside the repo, else the folder that
+    `python data.py fetch` fills (fetch_data.user_data_dir())."""
+    from fetch_data import user_data_dir
+
+    shared = ROOT.parent / "shared" / "data"
+    folder = Path(path or os.environ.get(DATA_ENV) or (shared if shared.is_dir() else user_data_dir()))
     if not folder.is_dir():
-        raise FileNotFoundError(f"data folder {folder} does not exist; pass --data-dir or set ${DATA_ENV}")
+        raise FileNotFoundError(f"data folder {folder} does not exist; download the benchmarks with "
+                                f"`python data.py fetch`, or pass --data-dir / set ${DATA_ENV}")
     return folder
 
 
@@ -372,3 +379,13 @@ class MultiTaskSampler:
         self.rng.setstate((rng[0], tuple(rng[1]), rng[2]))
         self.orders = [list(o) for o in state["orders"]]
         self.position = state["position"]
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] != ["fetch"]:
+        sys.exit("usage: python data.py fetch [banking77 sst2 stsb trec] [--dir FOLDER]")
+    import fetch_data
+
+    fetch_data.main(sys.argv[2:])
