@@ -100,6 +100,23 @@ def chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
+def release_freed_memory() -> None:
+    """Hand memory that PyTorch has freed back to the OS (glibc only; elsewhere a no-op).
+
+    Batches of varying shapes make glibc raise its mmap threshold, so later large tensors come
+    from the heap and freed ones stay mapped: a 30,000-sentence file then peaked at 1.5 GB
+    against 1.1 GB for 10,000. Trimming after each chunk kept it flat (664, 668, 670 MB after
+    2k, 4k, 6k sentences, against 810, 881, 934 MB untrimmed), at the cost of one call per chunk."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass
+
+
 def predict_file(clf: Classifier, source: Path, output: Path, column: str | None, batch_size: int,
                  chunk_size: int = 2048) -> int:
     """Stream source -> JSON lines in output (written to a temp file, renamed when complete)."""
@@ -111,6 +128,7 @@ def predict_file(clf: Classifier, source: Path, output: Path, column: str | None
             for result in clf.predict(chunk, batch_size=batch_size):
                 out.write(json.dumps(result, ensure_ascii=False) + "\n")
             done += len(chunk)
+            release_freed_memory()
             rate = done / (time.time() - started)
             print(f"\r{done:,}/{total:,} sentences, {rate:.0f}/s, eta {(total - done) / rate:.0f} s",
                   end="", file=sys.stderr, flush=True)

@@ -18,8 +18,9 @@ Cells, one result JSON each in experiments/results/own_data/ (a cell whose JSON 
   fewshot-K-seedS     K examples per class (K = 8, 32, 128), seeds 0, 1, 2: what accuracy to
                       expect from a small CSV
   predict-throughput  predict.py --input on 10,000 SST-2 training phrases against encode() on the same
-                      sentences (median of 3 interleaved rounds), and peak RSS of predict.py for
-                      10,000 and 30,000 sentences in fresh processes (bounded memory)
+                      sentences (median of 3 interleaved rounds)
+  predict-memory      peak RSS of predict.py for 10,000 and 30,000 sentences in fresh processes:
+                      flat means bounded
 """
 from __future__ import annotations
 
@@ -116,18 +117,36 @@ def linear_probe(train_csv: Path, test_csv: Path) -> float:
     return round(100 * float((probe.predict(features[1]) == labels[1]).mean()), 2)
 
 
-def throughput(n_rss: tuple[int, int] = (10_000, 30_000)) -> dict:
-    """predict.py's streaming against encode() on the same 10,000 sentences, and its peak memory."""
-    import torch
+def sentence_files(sizes: tuple[int, ...] = (10_000, 30_000)) -> None:
+    import data
 
+    phrases = data.load("sst2", "train").texts
+    for n in sizes:
+        (WORK / f"sentences-{n}.txt").write_text("\n".join(phrases[:n]) + "\n", encoding="utf-8")
+
+
+def peak_memory(sizes: tuple[int, ...] = (10_000, 30_000)) -> dict:
+    """Peak RSS of `predict.py --input` in a fresh process for each file size: flat means bounded."""
+    sentence_files(sizes)
+    rss = {}
+    for n in sizes:
+        script = ("import sys; sys.argv=['predict.py','--checkpoint',sys.argv[1],'--input',sys.argv[2],'--output',"
+                  "sys.argv[3]]; import predict; predict.main(); "
+                  "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])")
+        out = subprocess.run([sys.executable, "-c", script, str(WORK / "probe-2000"), str(WORK / f"sentences-{n}.txt"),
+                              str(WORK / "preds-rss.jsonl")], cwd=ROOT, capture_output=True, text=True, check=True)
+        rss[n] = round(int(out.stdout.strip().splitlines()[-1]) / 1024)
+    return {"peak_rss_mb": rss}
+
+
+def throughput(n: int = 10_000) -> dict:
+    """predict.py's streaming against encode() on the same sentences: median of 3 interleaved rounds."""
     import data
     from mpnet import SentenceEncoder
     from predict import Classifier, predict_file
 
-    phrases = data.load("sst2", "train").texts
-    for n in n_rss:
-        (WORK / f"sentences-{n}.txt").write_text("\n".join(phrases[:n]) + "\n", encoding="utf-8")
-    sentences = phrases[:n_rss[0]]
+    sentence_files((n,))
+    sentences = data.load("sst2", "train").texts[:n]
     encoder, clf = SentenceEncoder.from_pretrained(), Classifier.from_checkpoint(WORK / "probe-2000")
     times = {"encode": [], "predict": []}
     for _ in range(3):
@@ -135,20 +154,12 @@ def throughput(n_rss: tuple[int, int] = (10_000, 30_000)) -> dict:
         encoder.encode(sentences, batch_size=64)
         times["encode"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        predict_file(clf, WORK / f"sentences-{n_rss[0]}.txt", WORK / "preds.jsonl", None, 64)
+        predict_file(clf, WORK / f"sentences-{n}.txt", WORK / "preds.jsonl", None, 64)
         times["predict"].append(time.perf_counter() - t)
     rate = {k: len(sentences) / statistics.median(v) for k, v in times.items()}
-    rss = {}
-    for n in n_rss:
-        script = ("import sys; sys.argv=['predict.py','--checkpoint',sys.argv[1],'--input',sys.argv[2],'--output',"
-                  "sys.argv[3]]; import predict; predict.main(); "
-                  "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])")
-        out = subprocess.run([sys.executable, "-c", script, str(WORK / "probe-2000"), str(WORK / f"sentences-{n}.txt"),
-                              str(WORK / "preds-rss.jsonl")], cwd=ROOT, capture_output=True, text=True, check=True)
-        rss[n] = round(int(out.stdout.strip().splitlines()[-1]) / 1024)
     return {"sentences": len(sentences), "encode_per_s": round(rate["encode"], 1),
             "predict_per_s": round(rate["predict"], 1), "ratio": round(rate["predict"] / rate["encode"], 3),
-            "peak_rss_mb": rss, "rounds": {k: [round(x, 2) for x in v] for k, v in times.items()}}
+            "rounds": {k: [round(x, 2) for x in v] for k, v in times.items()}}
 
 
 def cell(name: str, compute) -> dict:
@@ -192,12 +203,14 @@ def table() -> str:
         lines += ["| examples | train.py, frozen backbone + head | logistic regression | seeds |",
                   "| --- | ---: | ---: | ---: |", *rows, "",
                   "Mean ± standard deviation over seeds; the seed picks the examples and the head's initialisation.", ""]
-    speed = load("predict-throughput")
+    speed, memory = load("predict-throughput"), load("predict-memory")
     if speed:
         lines += [f"Streaming: `predict.py --input` classifies {speed['sentences']:,} SST-2 phrases at "
                   f"{speed['predict_per_s']:.0f} sentences/s against {speed['encode_per_s']:.0f}/s for `encode()` on the "
-                  f"same sentences ({100 * speed['ratio']:.0f}%, median of 3 interleaved rounds, fp32). Peak RSS of "
-                  + ", ".join(f"{int(n):,} sentences: {mb} MB" for n, mb in speed["peak_rss_mb"].items()) + "."]
+                  f"same sentences ({100 * speed['ratio']:.0f}%, median of 3 interleaved rounds, fp32)."]
+    if memory:
+        lines += ["Peak RSS of `predict.py --input` in a fresh process: "
+                  + ", ".join(f"{int(n):,} sentences: {mb} MB" for n, mb in memory["peak_rss_mb"].items()) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -221,6 +234,7 @@ def main() -> None:
                 cell(f"fewshot-{k}-seed{seed}", lambda: train_run(path, test_csv, seed, f"fewshot-{k}-seed{seed}")
                      | {"probe": linear_probe(path, test_csv)})
         cell("predict-throughput", throughput)
+        cell("predict-memory", peak_memory)
     text = table()
     (HERE / "own_data.md").write_text(text)
     print(text)
