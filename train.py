@@ -375,21 +375,26 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, star
     # The best epoch has the lowest mean validation loss (as Hugging Face Trainer's default), ties
     # broken by accuracy. Cross-entropy moves smoothly with the model; accuracy on a few hundred
     # validation examples moves in steps of one example (0.5 points for 200) and mostly measures noise.
-    # Without validation data, the latest epoch.
-    score = ([-float(np.mean([v for k, v in metrics.items() if k.startswith("loss_")])),
-              float(np.mean([v for k, v in metrics.items() if k.startswith("acc_")]))]
-             if metrics else [float(progress["step"]), 0.0])
+    # Without validation data, the last epoch (see train()).
+    score = [-float(np.mean([v for k, v in metrics.items() if k.startswith("loss_")])),
+             float(np.mean([v for k, v in metrics.items() if k.startswith("acc_")]))] if metrics else None
     record = {"epoch": epoch + 1, "step": progress["step"], "elapsed_s": round(time.time() - started, 1),
               "train_s": round(train_s, 1), "cache_s": progress.get("cache_s", 0), "skipped": progress["skipped"],
               **{f"val_{k}": round(v, 4) for k, v in metrics.items()}}
     progress["history"].append(record)
     print(f"epoch {epoch + 1} done: {record}", file=sys.stderr, flush=True)
-    if score > progress["best"]:  # lists compare element by element: -loss, then accuracy
-        if not all_finite(run.model.state_dict()):
-            raise Diverged(f"the weights became non-finite by step {progress['step']}; not saved. Lower --lr.")
-        progress["best"], progress["best_metrics"] = score, record
-        save_weights(run.out / "best.safetensors", run.model.state_dict(), {"epoch": str(epoch + 1)})
+    if metrics and score > progress["best"]:  # lists compare element by element: -loss, then accuracy
+        progress["best"] = score
+        save_best(run, record)
     save_last(run)
+
+
+def save_best(run: Run, record: dict) -> None:
+    """best.safetensors: the weights alone, for eval.py and predict.py. Non-finite weights are never saved."""
+    if not all_finite(run.model.state_dict()):
+        raise Diverged(f"the weights became non-finite by step {run.progress['step']}; not saved. Lower --lr.")
+    run.progress["best_metrics"] = record
+    save_weights(run.out / "best.safetensors", run.model.state_dict(), {"epoch": str(record["epoch"])})
 
 
 def log_line(run: Run, epoch: int, window: dict[str, list[float]], tokens: int, started: float, start_step: int) -> None:
@@ -438,6 +443,8 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
             evaluate_and_save(run, epoch, val_sets, time.time() - epoch_start, started)
             if progress["step"] >= run.total_steps:
                 break
+        if not val_sets:  # no validation data: the model at the end is the one to keep, written once
+            save_best(run, progress["history"][-1])
         progress["done"] = True
         save_last(run)
     return progress["best_metrics"]
