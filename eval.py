@@ -163,7 +163,6 @@ def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "t
     """Reports for a train.py run: on a named dataset, or (dataset=None) on each task's saved test rows
     (a run on your own data saves them as test-a.jsonl / test-b.jsonl, so the same rows are scored)."""
     import data
-    from train import predict
 
     ds = data.load(dataset, split, data_dir) if dataset else None  # a bad name or folder fails before the model loads
     model, tokenizer, info = load_run(folder)
@@ -185,7 +184,7 @@ def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "t
     reports = []
     for task, ds in cases:
         names = ds.label_names
-        probs = predict(model, tokenizer, ds.texts, task).numpy()
+        probs = model.predict_proba(tokenizer, ds.texts)[task].numpy()
         y = np.array(ds.labels)
         report = classification_report(y, probs.argmax(axis=1), len(names))
         reports += [f"{folder}: task {task} on {ds.name} ({ds.split}, {len(ds)} examples)",

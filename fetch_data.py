@@ -8,8 +8,8 @@ For users outside this project's machines, where ../shared/data does not exist. 
 from the repository and commit that the dataset's SOURCE.md names (raw files on GitHub), goes
 through the same small conversion that produced the shared copy (a header, a column cut, a
 character set), and must then have the shared copy's sha256: anything else is refused and never
-placed. Files are written under a temporary name and renamed, so an interrupted fetch leaves no
-half-file, and a rerun starts that file again.
+placed. Files are written under a temporary name and renamed (checkpoint.write_atomic), so an
+interrupted fetch leaves no half-file, and a rerun starts that file again.
 
 Where the files go: --dir, else $MPNET_DATA_DIR, else the user data folder
 ($XDG_DATA_HOME or ~/.local/share)/mpnet-data, which data.py reads when ../shared/data is absent.
@@ -27,6 +27,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+from checkpoint import write_atomic
+from weights.fetch import sha256_of
 
 BASE_URL = "https://raw.githubusercontent.com"  # MPNET_DATA_BASE_URL replaces it (the tests use a local server)
 
@@ -99,7 +102,7 @@ SOURCES = {
 def fetch_file(source: Source, folder: Path, timeout: float = 30) -> str:
     """Download, convert, verify, rename into place. Returns 'present' or 'fetched'; raises on any failure."""
     target = folder / source.target
-    if target.is_file() and hashlib.sha256(target.read_bytes()).hexdigest() == source.sha256:
+    if target.is_file() and sha256_of(target) == source.sha256:
         return "present"
     url = f"{os.environ.get('MPNET_DATA_BASE_URL', BASE_URL)}/{source.url_path}"
     try:
@@ -113,9 +116,7 @@ def fetch_file(source: Source, folder: Path, timeout: float = 30) -> str:
         raise ValueError(f"{url}: sha256 {digest[:16]}... is not the expected {source.sha256[:16]}...; "
                          f"the file was not placed (a changed or damaged download)")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    write_atomic(lambda p: p.write_bytes(data), target)
     return "fetched"
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from data import IGNORE
-from mpnet import MPNet, mean_pool
+from mpnet import MPNet, length_sorted_batches, mean_pool
 
 
 class MultiTaskModel(nn.Module):
@@ -44,6 +44,23 @@ class MultiTaskModel(nn.Module):
     def classify(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
         """Heads only: (B, hidden) -> logits per task. Lets a frozen backbone's output be cached."""
         return {task: head(embeddings) for task, head in self.heads.items()}
+
+    @torch.no_grad()
+    def predict_proba(self, tokenizer, texts: list[str], batch_size: int = 64,
+                      autocast: bool = False) -> dict[str, torch.Tensor]:
+        """{task: (N, classes) probabilities}, rows in input order. Each text goes through the
+        backbone once, in length-sorted batches (little padding), and every head reads it."""
+        self.eval()
+        device = next(self.parameters()).device
+        ids = tokenizer.encode(texts)
+        probs = {task: torch.empty(len(ids), head[-1].out_features) for task, head in self.heads.items()}
+        for rows in length_sorted_batches(ids, batch_size):
+            batch = tokenizer.pad([ids[i] for i in rows])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = self.classify(self.embed(batch["input_ids"].to(device), batch["attention_mask"].to(device)))
+            for task, task_logits in logits.items():
+                probs[task][rows] = task_logits.float().softmax(-1).cpu()
+        return probs
 
 
 def multitask_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],

@@ -196,9 +196,8 @@ def plot_curves(run: Path, out: Path) -> None:
 
 
 def plot_confusion(run: Path, dataset: str | None, out: Path, max_classes: int = 15) -> None:
-    from eval import classification_report, load_run
-    from train import predict
     import data
+    from eval import classification_report, load_run
 
     plt = pyplot()
     model, tokenizer, info = load_run(run)
@@ -210,7 +209,7 @@ def plot_confusion(run: Path, dataset: str | None, out: Path, max_classes: int =
         ds = data.user_dataset(run / spec["test_rows"], rows, spec["label_names"], "test")
     else:
         ds = data.load(spec["dataset"], data.EVAL_SPLIT[spec["dataset"]])
-    cm = classification_report(np.array(ds.labels), predict(model, tokenizer, ds.texts, task).argmax(-1).numpy(),
+    cm = classification_report(np.array(ds.labels), model.predict_proba(tokenizer, ds.texts)[task].argmax(-1).numpy(),
                                len(ds.label_names))["confusion"]
     names, keep = ds.label_names, np.arange(len(ds.label_names))
     title = f"Confusion matrix, {spec['dataset']} (rows: true, columns: predicted)"

@@ -26,8 +26,9 @@ from typing import Iterator, Sequence
 
 import torch
 
+from checkpoint import write_atomic
 from cli import device, int_at_least
-from mpnet import check_batch_size, check_sentences, length_sorted_batches
+from mpnet import check_batch_size, check_sentences
 
 
 class Classifier:
@@ -44,19 +45,10 @@ class Classifier:
         model, tokenizer, info = load_run(folder)  # clear errors for a folder that is not a train.py run
         return cls(model.to(device), tokenizer, info)
 
-    @torch.inference_mode()
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> dict[str, torch.Tensor]:
-        """{task: (N, classes) probabilities}, rows in input order."""
+        """{task: (N, classes) probabilities}, rows in input order (MultiTaskModel.predict_proba)."""
         texts, batch_size = check_sentences(texts), check_batch_size(batch_size)
-        device = next(self.model.parameters()).device
-        ids = self.tokenizer.encode(texts)
-        probs = {t: torch.empty(len(ids), len(names)) for t, names in self.label_names.items()}
-        for rows in length_sorted_batches(ids, batch_size):
-            batch = self.tokenizer.pad([ids[i] for i in rows])
-            emb = self.model.embed(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            for task, logits in self.model.classify(emb).items():
-                probs[task][rows] = logits.float().softmax(-1).cpu()
-        return probs
+        return self.model.predict_proba(self.tokenizer, texts, batch_size)
 
     def predict(self, texts: Sequence[str], top: int = 3, batch_size: int = 64) -> list[dict]:
         """Per text: for each task the most probable label, its probability, and the next top-1 labels."""
@@ -122,20 +114,23 @@ def predict_file(clf: Classifier, source: Path, output: Path, column: str | None
                  chunk_size: int = 2048) -> int:
     """Stream source -> JSON lines in output (written to a temp file, renamed when complete)."""
     total = sum(1 for _ in read_texts(source, column))  # a cheap first pass: the ETA needs it
-    done, started = 0, time.time()
-    tmp = output.with_name(output.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
-        for chunk in chunks(read_texts(source, column), chunk_size):
-            for result in clf.predict(chunk, batch_size=batch_size):
-                out.write(json.dumps(result, ensure_ascii=False) + "\n")
-            done += len(chunk)
-            release_freed_memory()
-            rate = done / (time.time() - started)
-            print(f"\r{done:,}/{total:,} sentences, {rate:.0f}/s, eta {(total - done) / rate:.0f} s",
-                  end="", file=sys.stderr, flush=True)
-    tmp.replace(output)
+    started = time.time()
+
+    def write(path: Path) -> None:
+        done = 0
+        with open(path, "w", encoding="utf-8") as out:
+            for chunk in chunks(read_texts(source, column), chunk_size):
+                for result in clf.predict(chunk, batch_size=batch_size):
+                    out.write(json.dumps(result, ensure_ascii=False) + "\n")
+                done += len(chunk)
+                release_freed_memory()
+                rate = done / (time.time() - started)
+                print(f"\r{done:,}/{total:,} sentences, {rate:.0f}/s, eta {(total - done) / rate:.0f} s",
+                      end="", file=sys.stderr, flush=True)
+
+    write_atomic(write, output)
     print(file=sys.stderr)
-    return done
+    return total
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -41,7 +41,7 @@ from cli import device, fraction, int_at_least, nonnegative_float, positive_floa
 from feature_cache import FeatureCache, frozen_prefix
 from hardware import describe, resolve_dtype
 from heads import MultiTaskModel, balanced_class_weights, multitask_loss
-from mpnet import MPNetConfig, SentenceEncoder, length_sorted_batches
+from mpnet import MPNetConfig, SentenceEncoder
 
 
 @dataclass
@@ -116,11 +116,15 @@ def split_off(ds: data.LabelledTexts, fraction: float, seed: int) -> tuple[data.
     return pick(order[n_val:], "train"), pick(order[:n_val], "val")
 
 
+def task_datasets(cfg: TrainConfig) -> dict[str, str]:
+    """{task: dataset name or file}; tasks are 'a' and 'b' (no 'b' with --task-b none)."""
+    return {"a": cfg.task_a} | ({} if cfg.task_b == "none" else {"b": cfg.task_b})
+
+
 def load_tasks(cfg: TrainConfig) -> tuple[dict, dict, dict]:
-    """-> (train, validation, evaluation) datasets, each {task: LabelledTexts}; tasks are 'a' and 'b'."""
-    names = {"a": cfg.task_a} | ({} if cfg.task_b == "none" else {"b": cfg.task_b})
+    """-> (train, validation, evaluation) datasets, each {task: LabelledTexts}."""
     train, val, final, splits = {}, {}, {}, {}
-    for task, name in names.items():
+    for task, name in task_datasets(cfg).items():
         if data.is_user_file(name):
             full, final[task] = load_user_task(cfg, task, name, splits)
         else:
@@ -156,32 +160,16 @@ def load_user_task(cfg: TrainConfig, task: str, path: str, splits: dict) -> tupl
     return data.user_dataset(path, train_rows, names, "train"), data.user_dataset(test_path, test_rows, names, "test")
 
 
-def save_test_rows(out: Path, final_sets: dict, cfg: TrainConfig) -> dict[str, str]:
+TEST_ROWS = "test-{task}.jsonl"  # in the run folder; run.json names it for each task on your own data
+
+
+def save_test_rows(out: Path, final_sets: dict, cfg: TrainConfig) -> None:
     """Your own data's test rows, saved in the run folder so that eval.py later scores the same rows."""
-    saved = {}
-    for task, ds in final_sets.items():
-        if data.is_user_file(cfg.task_a if task == "a" else cfg.task_b):
+    for task, name in task_datasets(cfg).items():
+        if data.is_user_file(name):
+            ds = final_sets[task]
             lines = "".join(json.dumps({"text": t, "label": ds.label_names[y]}) + "\n" for t, y in zip(ds.texts, ds.labels))
-            write_atomic(lambda p: p.write_text(lines, encoding="utf-8"), out / f"test-{task}.jsonl")
-            saved[task] = f"test-{task}.jsonl"
-    return saved
-
-
-@torch.no_grad()
-def predict(model: MultiTaskModel, tokenizer, texts: list[str], task: str, batch_size: int = 64,
-            autocast: bool = False) -> torch.Tensor:
-    """Class probabilities (N, classes) for one task, in input order."""
-    model.eval()
-    device = next(model.parameters()).device
-    ids = tokenizer.encode(texts)
-    probs = torch.empty(len(ids), model.heads[task][-1].out_features)
-    for rows in length_sorted_batches(ids, batch_size):
-        batch = tokenizer.pad([ids[i] for i in rows])
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            emb = model.embed(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            logits = model.heads[task](emb)
-        probs[rows] = logits.float().softmax(-1).cpu()
-    return probs
+            write_atomic(lambda p: p.write_text(lines, encoding="utf-8"), out / TEST_ROWS.format(task=task))
 
 
 def accuracies(model, tokenizer, tasks: dict[str, data.LabelledTexts], autocast: bool,
@@ -189,7 +177,8 @@ def accuracies(model, tokenizer, tasks: dict[str, data.LabelledTexts], autocast:
     """acc_<task> for each task (and loss_<task>, the mean cross-entropy, with_loss)."""
     metrics = {}
     for task, ds in tasks.items():
-        probs, labels = predict(model, tokenizer, ds.texts, task, autocast=autocast), torch.tensor(ds.labels)
+        probs = model.predict_proba(tokenizer, ds.texts, autocast=autocast)[task]
+        labels = torch.tensor(ds.labels)
         metrics[f"acc_{task}"] = float((probs.argmax(-1) == labels).float().mean())
         if with_loss:
             metrics[f"loss_{task}"] = float(-probs[torch.arange(len(labels)), labels].clamp(min=1e-12).log().mean())
@@ -351,16 +340,21 @@ def train_step(run: Run, pool_idx: int, rows: list[int]) -> tuple[int, dict[str,
     return int(mask.sum()), per_task
 
 
-def save_last(run: Run) -> None:
-    """The resumable state as one atomic file, then metrics.jsonl rewritten from the saved history,
-    so the two always agree. Non-finite weights are never saved."""
+def ensure_finite(run: Run) -> None:
+    """Non-finite weights are never saved: stop instead, pointing at the last good checkpoint."""
     if not all_finite(run.model.state_dict()):
         raise Diverged(f"the weights became non-finite by step {run.progress['step']}; not saved. "
                        f"Last good checkpoint: {run.out / 'last.safetensors'}. Lower --lr.")
+
+
+def save_last(run: Run) -> None:
+    """The resumable state as one atomic file, then metrics.jsonl and losses.jsonl rewritten from the
+    saved history, so they always agree with it."""
+    ensure_finite(run)
     run.progress["unfrozen"] = run.unfreezer.unfrozen if run.unfreezer else 0
     save_training_state(run.out / "last.safetensors", run.model, run.optimizer, run.scheduler, run.sampler,
                         run.progress)
-    for name, records in (("metrics.jsonl", run.progress["history"]), ("losses.jsonl", run.progress.get("losses", []))):
+    for name, records in (("metrics.jsonl", run.progress["history"]), ("losses.jsonl", run.progress["losses"])):
         lines = "".join(json.dumps(record) + "\n" for record in records)
         write_atomic(lambda p: p.write_text(lines), run.out / name)
 
@@ -390,9 +384,8 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, star
 
 
 def save_best(run: Run, record: dict) -> None:
-    """best.safetensors: the weights alone, for eval.py and predict.py. Non-finite weights are never saved."""
-    if not all_finite(run.model.state_dict()):
-        raise Diverged(f"the weights became non-finite by step {run.progress['step']}; not saved. Lower --lr.")
+    """best.safetensors: the weights alone, for eval.py and predict.py."""
+    ensure_finite(run)
     run.progress["best_metrics"] = record
     save_weights(run.out / "best.safetensors", run.model.state_dict(), {"epoch": str(record["epoch"])})
 
@@ -403,7 +396,7 @@ def log_line(run: Run, epoch: int, window: dict[str, list[float]], tokens: int, 
     eta = elapsed / max(1, step - start_step) * (run.total_steps - step)
     means = {f"loss_{t}": round(sum(v) / len(v), 4) for t, v in window.items() if v}
     lr = run.scheduler.get_last_lr()[0]
-    run.progress.setdefault("losses", []).append({"step": step, "lr": lr, **means})
+    run.progress["losses"].append({"step": step, "lr": lr, **means})
     print(f"epoch {epoch + 1} step {step}/{run.total_steps} {' '.join(f'{k}={v:.3f}' for k, v in means.items())} "
           f"lr={lr:.2e} {tokens / max(elapsed, 1e-9):.0f} tok/s eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
 
@@ -461,9 +454,9 @@ def build(cfg: TrainConfig, train_sets: dict):
 
 def run_info(cfg: TrainConfig, backbone: MPNetConfig, train_sets: dict) -> dict:
     tasks = {t: {"dataset": ds.name, "label_names": ds.label_names} for t, ds in train_sets.items()}
-    for t in tasks:
-        if data.is_user_file(cfg.task_a if t == "a" else cfg.task_b):
-            tasks[t]["test_rows"] = f"test-{t}.jsonl"  # see save_test_rows
+    for t, name in task_datasets(cfg).items():
+        if data.is_user_file(name):
+            tasks[t]["test_rows"] = TEST_ROWS.format(task=t)  # see save_test_rows
     return {"config": asdict(cfg), "backbone": asdict(backbone), "tasks": tasks}
 
 
@@ -485,7 +478,7 @@ FLAG_TYPES = {"epochs": int_at_least(1), "batch_size": int_at_least(1), "max_ste
               "clip": positive_float, "temperature": positive_float, "seed": int_at_least(0),
               "log_every": int_at_least(1), "save_every": int_at_least(0), "max_bad_steps": int_at_least(1),
               "device": device}
-CHOICES = {"dtype": ["auto", "fp32", "bf16"], "task_b": None}
+CHOICES = {"dtype": ["auto", "fp32", "bf16"]}
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
@@ -526,8 +519,7 @@ def check_specs(cfg: TrainConfig) -> None:
             raise ValueError(f"argument {flag}: no file {path}")
     if (cfg.test_a and not data.is_user_file(cfg.task_a)) or (cfg.test_b and not data.is_user_file(cfg.task_b)):
         raise ValueError("--test-a/--test-b go with your own data files; built-in datasets bring their test split")
-    tasks = ["a"] + ([] if cfg.task_b == "none" else ["b"])
-    freeze.check_spec(cfg.freeze, MPNetConfig().num_hidden_layers, tasks)
+    freeze.check_spec(cfg.freeze, MPNetConfig().num_hidden_layers, list(task_datasets(cfg)))
     lr_groups.check_spec(cfg.lr_groups)
 
 

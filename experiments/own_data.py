@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from checkpoint import write_atomic  # noqa: E402
 from hardware import describe  # noqa: E402
 
 RESULTS = HERE / "results" / "own_data"
@@ -131,11 +132,10 @@ def peak_memory(sizes: tuple[int, ...] = (10_000, 30_000)) -> dict:
     rss = {}
     for n in sizes:
         script = ("import sys; sys.argv=['predict.py','--checkpoint',sys.argv[1],'--input',sys.argv[2],'--output',"
-                  "sys.argv[3]]; import predict; predict.main(); "
-                  "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])")
+                  "sys.argv[3]]; import predict; predict.main(); from train import peak_rss_mb; print(peak_rss_mb())")
         out = subprocess.run([sys.executable, "-c", script, str(WORK / "probe-2000"), str(WORK / f"sentences-{n}.txt"),
                               str(WORK / "preds-rss.jsonl")], cwd=ROOT, capture_output=True, text=True, check=True)
-        rss[n] = round(int(out.stdout.strip().splitlines()[-1]) / 1024)
+        rss[n] = int(out.stdout.strip().splitlines()[-1])
     return {"peak_rss_mb": rss}
 
 
@@ -168,9 +168,7 @@ def cell(name: str, compute) -> dict:
         return json.loads(path.read_text())
     result = compute() | {"cpu": describe()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
+    write_atomic(lambda p: p.write_text(json.dumps(result, indent=2)), path)
     return result
 
 

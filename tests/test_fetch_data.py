@@ -105,7 +105,7 @@ def test_a_corrupt_download_is_refused_and_never_placed(tmp_path, server, capsys
         fetch_data.main(["--dir", str(folder), "banking77"])
     assert (folder / "banking77" / "train.csv").is_file()  # fetched before the damaged one
     assert not (folder / "banking77" / "test.csv").exists()
-    assert not list(folder.rglob("*.partial"))
+    assert not list(folder.rglob("*.tmp"))
 
 
 def test_a_rerun_after_an_interruption_completes(tmp_path, server):
@@ -115,7 +115,7 @@ def test_a_rerun_after_an_interruption_completes(tmp_path, server):
         fetch_data.main(["--dir", str(folder), "banking77"])
     assert not (folder / "banking77" / "train.csv").exists()
     (folder / "banking77").mkdir(parents=True)
-    (folder / "banking77" / "test.csv.partial").write_bytes(b"left by a killed fetch")
+    (folder / "banking77" / "test.csv.tmp").write_bytes(b"left by a killed fetch")
     server()
     fetch_data.main(["--dir", str(folder), "banking77"])
     assert sha(folder / "banking77" / "test.csv") == fetch_data.SOURCES["banking77"][1].sha256
