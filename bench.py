@@ -3,6 +3,7 @@
     python bench.py                          # fp32 and bf16 on CPU (+ CUDA when present)
     python bench.py --compare                # + sentence-transformers on the same sentences
     python bench.py --compare --st-model /path/to/all-mpnet-base-v2
+    python bench.py --train                  # fine-tuning tokens/s: train.py vs its bound vs transformers
 
 Throughput: every engine encodes the same corpus once per round, engines
 interleaved within each round, and the median round is reported, so that noise
@@ -11,16 +12,28 @@ engine runs in a fresh process (`python bench.py --child ENGINE`) that loads the
 model, embeds one sentence (time to first embedding, counted from just before
 the process is spawned), then encodes the corpus and reports its peak RSS.
 The corpus is the STS-B test sentences from the data folder when present.
+
+--train: real training tokens/s of one full fine-tuning step (Banking77 + SST-2 batches drawn by
+train.py's own sampler, default batch 16), for train.py's train_step, for the bound (the forward
+pass alone on the same batches, / 3: a backward costs about two forwards), for train.py with the
+embeddings frozen (--freeze top-12), and for Hugging Face transformers' MPNetModel with the same
+mean pooling, heads, fused AdamW and batches in the same loop. fp32, and bf16 autocast where the
+CPU runs bf16 natively; rounds interleaved as above. Then where the time of one step goes.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import io
+import itertools
 import json
 import os
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -120,6 +133,157 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
+# ----------------------------------------------------------------------------- --train
+def train_run(dtype: str, freeze: str, out: Path, data_dir: str | None):
+    """train.py's own set-up (pretrained model, heads, lr groups, fused AdamW, schedule, sampler)."""
+    import train
+
+    cfg = train.TrainConfig(task_a="banking77", task_b="sst2", data_dir=data_dir, dtype=dtype, freeze=freeze,
+                            no_cache=True, val_fraction=0.0, out=str(out / f"{dtype}-{freeze}"))
+    train_sets, _, _ = train.load_tasks(cfg)
+    model, tokenizer = train.build(cfg, train_sets)
+    with contextlib.redirect_stderr(io.StringIO()):  # setup() prints its parameter tables
+        return train.setup(cfg, model, tokenizer, train_sets, resume=False)
+
+
+class HFMultiTask(torch.nn.Module):
+    """transformers' MPNetModel with the same mean pooling and heads: what a user would write instead."""
+
+    def __init__(self, heads: torch.nn.ModuleDict):
+        super().__init__()
+        from transformers import MPNetModel
+        from transformers.utils import logging
+
+        from weights.fetch import weights_dir
+        logging.set_verbosity_error()  # its load report lists the pooler we leave out on purpose
+        logging.disable_progress_bar()
+        self.backbone, self.heads = MPNetModel.from_pretrained(weights_dir(), add_pooling_layer=False), heads
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        from mpnet import mean_pool
+
+        pooled = mean_pool(self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state,
+                           attention_mask)
+        return {task: head(pooled) for task, head in self.heads.items()}
+
+
+def train_engines(run, batches: list, hf_available: bool) -> dict:
+    """name -> a function that runs every batch once and returns nothing."""
+    import data
+    import freeze
+    import train
+    from heads import multitask_loss
+
+    def ours() -> None:
+        freeze.train_mode(run.model)
+        for pool_idx, rows in batches:
+            train.train_step(run, pool_idx, rows)
+
+    def forward_only() -> None:
+        run.model.eval()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.use_bf16):
+            for pool_idx, rows in batches:
+                batch = data.collate(run.tokenizer, run.pools[pool_idx], rows)
+                run.model(batch["input_ids"], batch["attention_mask"])
+
+    names = {"forward only (bound x 3)": forward_only, "train.py": ours}
+    if hf_available:
+        hf = HFMultiTask(copy.deepcopy(run.model.heads))
+        optimizer = train.make_optimizer([
+            {"params": list(hf.backbone.parameters()), "lr": run.cfg.lr, "weight_decay": run.cfg.weight_decay},
+            {"params": list(hf.heads.parameters()), "lr": run.cfg.head_lr, "weight_decay": run.cfg.weight_decay}])
+
+        def transformers_loop() -> None:
+            hf.train()
+            for pool_idx, rows in batches:
+                batch = data.collate(run.tokenizer, run.pools[pool_idx], rows)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.use_bf16):
+                    logits = hf(batch["input_ids"], batch["attention_mask"])
+                loss, _ = multitask_loss(logits, batch["labels"])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(hf.parameters(), run.cfg.clip)
+                optimizer.step()
+        names["transformers MPNetModel"] = transformers_loop
+    return names
+
+
+def step_breakdown(run, batches: list) -> dict[str, float]:
+    """Median milliseconds per phase of train_step, timed phase by phase (the same calls, in order)."""
+    import data
+    import freeze
+    from heads import multitask_loss
+
+    freeze.train_mode(run.model)
+    phases = {"collate (tokenise, pad)": [], "forward + loss": [], "backward": [], "clip grad norm": [],
+              "AdamW step": []}
+    for pool_idx, rows in batches:
+        t0 = time.perf_counter()
+        batch = data.collate(run.tokenizer, run.pools[pool_idx], rows)
+        t1 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.use_bf16):
+            logits = run.model(batch["input_ids"], batch["attention_mask"])
+        loss, _ = multitask_loss(logits, batch["labels"])
+        t2 = time.perf_counter()
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t3 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip)
+        t4 = time.perf_counter()
+        run.optimizer.step()
+        t5 = time.perf_counter()
+        for phase, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            phases[phase].append(seconds)
+    return {phase: 1000 * statistics.median(v) for phase, v in phases.items()}
+
+
+def bench_train(args: argparse.Namespace) -> dict:
+    import train
+
+    try:
+        import transformers  # noqa: F401
+        hf_available = True
+    except ImportError:
+        hf_available = False
+        print("transformers is not installed: no transformers row (pip install -r requirements-bench.txt)")
+    print(f"CPU: {describe()}; {torch.get_num_threads()} threads; torch {torch.__version__}")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype in ["fp32"] + (["bf16"] if native_bf16() else []):
+            run = train_run(dtype, "none", Path(tmp), args.data_dir)
+            batches = list(itertools.islice(run.sampler, args.steps))
+            tokens = sum(len(ids) for pool_idx, rows in batches
+                         for ids in run.tokenizer.encode([run.pools[pool_idx].texts[i] for i in rows]))
+            engines = train_engines(run, batches, hf_available)
+            frozen = train_run(dtype, "top-12", Path(tmp), args.data_dir)
+            engines["train.py --freeze top-12"] = train_engines(frozen, batches, False)["train.py"]
+            times = {name: [] for name in engines}
+            for round_ in range(args.rounds + 1):  # round 0 warms up (allocates AdamW's state) and is dropped
+                for name, fn in engines.items():
+                    start = time.perf_counter()
+                    fn()
+                    if round_:
+                        times[name].append(time.perf_counter() - start)
+            per_s = {name: tokens / statistics.median(t) for name, t in times.items()}
+            bound = per_s.pop("forward only (bound x 3)") / 3
+            breakdown = step_breakdown(run, batches)
+            results[dtype] = {"tokens": tokens, "bound_tokens_per_s": bound, "tokens_per_s": per_s,
+                              "step_ms": breakdown}
+            print(f"\n{dtype}: {len(batches)} steps of batch {run.cfg.batch_size}, {tokens} real tokens, "
+                  f"median of {args.rounds} rounds")
+            print(f"  {'engine':28} {'tokens/s':>9} {'% bound':>8} {'x transformers':>15}")
+            print(f"  {'bound (forward / 3)':28} {bound:9.0f} {100:7.0f}%")
+            for name, v in per_s.items():
+                hf = per_s.get("transformers MPNetModel")
+                print(f"  {name:28} {v:9.0f} {100 * v / bound:7.0f}% {f'{v / hf:15.2f}' if hf else '':>15}")
+            total = sum(breakdown.values())
+            print(f"  one train.py step, median ms ({total:.0f} ms in all):")
+            for phase, ms in breakdown.items():
+                print(f"    {phase:26} {ms:7.1f} {100 * ms / total:5.1f}%")
+            del run, frozen, engines
+    return {"cpu": describe(), "batch_size": train.TrainConfig.batch_size, "steps": args.steps, "rounds": args.rounds, "results": results}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compare", action="store_true", help="also run sentence-transformers (if installed)")
@@ -129,11 +293,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int_at_least(1), default=5, help="throughput rounds; the median is reported")
     parser.add_argument("--startup-runs", type=int_at_least(1), default=3, help="fresh processes per engine; median")
     parser.add_argument("--data-dir", default=None, help=f"benchmark data folder (default ${DATA_ENV} or ../shared/data)")
+    parser.add_argument("--train", action="store_true", help="fine-tuning throughput instead of encoding")
+    parser.add_argument("--steps", type=int_at_least(1), default=12, help="--train: steps per round (default 12)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args.child, args)
+    if args.train:
+        report = bench_train(args)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+        return
 
     if args.compare:
         try:
