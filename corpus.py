@@ -1,0 +1,172 @@
+"""Embed a corpus too large for memory: a file of sentences in, an (N, 768) .npy out.
+
+    python mpnet.py --input sentences.txt --output emb.npy                 # one sentence a line
+    python mpnet.py --input docs.jsonl --field text --output emb.npy --output-dtype float16
+    torchrun --nproc_per_node=2 mpnet.py --input sentences.txt --output emb.npy
+
+Row i of the output is line i of the input (an empty line is embedded as the empty sentence), so
+the file lines up with whatever else is keyed by line number.
+
+How it stays small and restartable:
+
+    input file ──(chunk of 4,096 lines)──> encode() ──> rows [i*4096, (i+1)*4096) of emb.npy.partial
+         ^ read again each time, never held          (a memmap: written rows go to disk, not RAM)
+
+  * Memory: one chunk of text and its embeddings at a time, whatever N is. The output is a numpy
+    memmap, so written rows live in the page cache, which the kernel may drop at will.
+  * Restart: after each chunk is flushed to disk its number is recorded (emb.npy.partial.done-RANK,
+    replaced atomically). A rerun with the same input and settings skips the recorded chunks. Only
+    when every chunk is recorded is emb.npy.partial renamed to emb.npy: a file at the output path
+    is always complete.
+  * Several processes (torchrun): chunk i belongs to rank i % world_size. Every rank writes its
+    own rows of the same memmap, which is one file, so the result is the same, row for row, as with
+    one process (each chunk is encoded alone, the same way, wherever it runs). Rank 0 creates the
+    file first and renames it last; barriers (gloo) order the two.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from checkpoint import write_atomic
+
+CHUNK = 4096
+
+
+def read_sentences(path: Path, field: str | None) -> Iterator[str]:
+    """One sentence a line, or with `field` the value of that key in each line's JSON object."""
+    with open(path, encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if field is None:
+                yield line
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not a JSON object ({e.msg}); JSONL needs one object a line") from None
+            if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                raise ValueError(f"{path}:{number}: no string field {field!r} in this line's JSON object")
+            yield record[field]
+
+
+def count_sentences(path: Path, field: str | None) -> int:
+    """A cheap first pass: N sizes the output, and the whole input is checked before any embedding."""
+    return sum(1 for _ in read_sentences(path, field))
+
+
+class Shards:
+    """Rank and world size under torchrun (with a gloo group for the barriers), else rank 0 of 1."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("gloo")
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def embed_file(encoder, source: Path, output: Path, field: str | None = None, dtype: str = "float32",
+               batch_size: int = 32, chunk_size: int = CHUNK) -> int:
+    """Embed every sentence of `source` into the .npy file `output`; returns N. Resumes, and shards
+    over torchrun's processes, as the module docstring describes."""
+    shards = Shards()
+    n = count_sentences(source, field)
+    if n == 0:
+        raise ValueError(f"{source} has no lines to embed")
+    partial = output.with_name(output.name + ".partial")
+    settings = {"input": str(source.resolve()), "input_bytes": source.stat().st_size,
+                "input_mtime_ns": source.stat().st_mtime_ns, "field": field, "rows": n, "dtype": dtype,
+                "chunk": chunk_size, "dim": encoder.model.cfg.hidden_size}
+    n_chunks = -(-n // chunk_size)
+    if shards.rank == 0:
+        prepare(partial, settings)
+    shards.barrier()
+    done = finished_chunks(partial, settings)
+    mine = [c for c in range(n_chunks) if c % shards.world == shards.rank and c not in done]
+    if done and shards.rank == 0:
+        print(f"resuming {partial}: {len(done)} of {n_chunks} chunks already done", file=sys.stderr)
+    rows = np.load(partial, mmap_mode="r+")
+    own_done = sorted(c for c in done if c % shards.world == shards.rank)
+    started, embedded = time.time(), 0
+    for c, sentences in numbered_chunks(read_sentences(source, field), chunk_size):
+        if c not in mine:
+            continue
+        rows[c * chunk_size:c * chunk_size + len(sentences)] = encoder.encode(sentences, batch_size).numpy()
+        rows.flush()  # the rows are on disk before the chunk is recorded as done
+        own_done.append(c)
+        record = json.dumps(settings | {"chunks": own_done})
+        write_atomic(lambda p: p.write_text(record), done_file(partial, shards.rank))
+        embedded += len(sentences)
+        if shards.rank == 0:
+            rate = embedded / (time.time() - started)
+            left = (len(mine) - embedded / chunk_size) * chunk_size
+            print(f"\r{embedded:,} sentences embedded, {rate:.0f}/s"
+                  f"{f' per process, {shards.world} processes' if shards.world > 1 else ''}, eta {left / rate:.0f} s  ",
+                  end="", file=sys.stderr, flush=True)
+    del rows
+    shards.barrier()
+    if shards.rank == 0:
+        print(file=sys.stderr)
+        missing = set(range(n_chunks)) - finished_chunks(partial, settings)
+        if missing:
+            raise RuntimeError(f"chunks {sorted(missing)[:5]} were not embedded; run the command again to finish")
+        os.replace(partial, output)
+        for p in partial.parent.glob(partial.name + ".done-*"):
+            p.unlink()
+    shards.barrier()
+    return n
+
+
+def prepare(partial: Path, settings: dict) -> None:
+    """Keep a partial output whose records were all made with these settings (a resume); otherwise
+    (another input, dtype, chunk size; or nothing recorded yet) start a fresh one."""
+    records = [json.loads(p.read_text()) for p in done_files(partial)]
+    if partial.is_file() and records and all(without_chunks(r) == settings for r in records):
+        return
+    for p in done_files(partial):
+        p.unlink()
+    np.lib.format.open_memmap(partial, mode="w+", dtype=settings["dtype"], shape=(settings["rows"], settings["dim"]))
+
+
+def done_files(partial: Path) -> list[Path]:
+    return sorted(partial.parent.glob(partial.name + ".done-*"))
+
+
+def done_file(partial: Path, rank: int) -> Path:
+    return partial.with_name(f"{partial.name}.done-{rank}")
+
+
+def without_chunks(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k != "chunks"}
+
+
+def finished_chunks(partial: Path, settings: dict) -> set[int]:
+    """Chunks recorded as done by any rank (of this run, or of an earlier one with another process count)."""
+    done = set()
+    for p in done_files(partial):
+        record = json.loads(p.read_text())
+        if without_chunks(record) == settings:
+            done.update(record["chunks"])
+    return done
+
+
+def numbered_chunks(sentences: Iterator[str], size: int) -> Iterator[tuple[int, list[str]]]:
+    chunk, number = [], 0
+    for s in sentences:
+        chunk.append(s)
+        if len(chunk) == size:
+            yield number, chunk
+            chunk, number = [], number + 1
+    if chunk:
+        yield number, chunk

@@ -1,0 +1,140 @@
+"""Corpus embedding (corpus.py, `mpnet.py --input --output`): row order, float16, resume after a
+crash, one or two processes, and bad input refused before the model loads."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import corpus
+import mpnet
+
+ROOT = Path(__file__).resolve().parent.parent
+SENTENCES = ["A man is playing a guitar.", "", "Someone plays an instrument on a stage in front of a small crowd.",
+             "The cat sleeps.", "Stocks fell sharply on Monday after the central bank raised rates again.",
+             "  leading and trailing spaces  ", "Ein Mann spielt Gitarre.", "ok", "What is my card's PIN?",
+             "A woman is slicing an onion."]
+# Rows of a chunk and of a whole-list encode() go through the same arithmetic; only the batches
+# differ (length-sorted within a chunk vs over the whole list), which can change a GEMM's blocking and
+# so its summation order: at most a few ulps of float32 on unit-length rows (u = 6e-8), far below 1e-6.
+ROW_TOL = 1e-6
+
+
+@pytest.fixture()
+def lines(tmp_path):
+    path = tmp_path / "sentences.txt"
+    path.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    return path
+
+
+def test_rows_follow_the_lines_and_match_encode(encoder, lines, tmp_path):
+    out = tmp_path / "emb.npy"
+    assert encoder.encode_file(lines, out) == len(SENTENCES)
+    got = np.load(out)
+    assert got.shape == (len(SENTENCES), 768) and got.dtype == np.float32
+    torch.testing.assert_close(torch.from_numpy(got), encoder.encode(SENTENCES), rtol=0, atol=ROW_TOL)
+    assert not list(tmp_path.glob("emb.npy.*"))  # no partial file or chunk records left behind
+
+
+def test_small_chunks_and_float16_give_the_same_rows(encoder, lines, tmp_path):
+    out = tmp_path / "emb16.npy"
+    corpus.embed_file(encoder, lines, out, dtype="float16", chunk_size=3)
+    got = np.load(out)
+    assert got.dtype == np.float16
+    reference = encoder.encode(SENTENCES).numpy().astype(np.float16)
+    # float16 keeps 11 significant bits: a float32 difference of 1e-6 moves a rounding by at most one step
+    assert np.abs(got.astype(np.float32) - reference.astype(np.float32)).max() <= 2 ** -11 * 0.5
+
+
+def test_jsonl_field(encoder, tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "text": s}) + "\n" for i, s in enumerate(SENTENCES[:4])))
+    out = tmp_path / "emb.npy"
+    corpus.embed_file(encoder, path, out, field="text")
+    torch.testing.assert_close(torch.from_numpy(np.load(out)), encoder.encode(SENTENCES[:4]), rtol=0, atol=ROW_TOL)
+
+
+def test_a_crash_mid_corpus_resumes_to_the_same_file(encoder, lines, tmp_path, monkeypatch):
+    straight = tmp_path / "straight.npy"
+    corpus.embed_file(encoder, lines, straight, chunk_size=3)
+
+    out, calls = tmp_path / "emb.npy", []
+    real_encode = encoder.encode
+
+    def crash_on_third_chunk(sentences, batch_size=32):
+        calls.append(len(sentences))
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash")
+        return real_encode(sentences, batch_size)
+
+    monkeypatch.setattr(encoder, "encode", crash_on_third_chunk)
+    with pytest.raises(RuntimeError, match="simulated"):
+        corpus.embed_file(encoder, lines, out, chunk_size=3)
+    assert not out.exists()  # the output path only ever holds a complete file
+    assert json.loads((tmp_path / "emb.npy.partial.done-0").read_text())["chunks"] == [0, 1]
+
+    calls.clear()
+    corpus.embed_file(encoder, lines, out, chunk_size=3)
+    assert calls == [3, 1]  # chunks 0 and 1 were skipped: only chunks 2 (3 lines) and 3 (1 line) ran
+    assert np.array_equal(np.load(out), np.load(straight))
+
+
+def test_other_settings_start_over_instead_of_mixing(encoder, lines, tmp_path, monkeypatch):
+    out = tmp_path / "emb.npy"
+    real_encode, calls = encoder.encode, []
+
+    def crash_on_second_chunk(sentences, batch_size=32):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return real_encode(sentences, batch_size)
+
+    monkeypatch.setattr(encoder, "encode", crash_on_second_chunk)
+    with pytest.raises(RuntimeError):
+        corpus.embed_file(encoder, lines, out, chunk_size=3)
+    monkeypatch.undo()
+    corpus.embed_file(encoder, lines, out, dtype="float16", chunk_size=3)  # another dtype: nothing reused
+    assert np.load(out).dtype == np.float16
+    torch.testing.assert_close(torch.from_numpy(np.load(out).astype(np.float32)), encoder.encode(SENTENCES),
+                               rtol=0, atol=2 ** -11)
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "mpnet.py"), *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env=env)
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"text": "fine"}\nnot json\n', ":2: not a JSON object"),
+    ('{"text": "fine"}\n{"body": "no text field"}\n', ":2: no string field 'text'"),
+])
+def test_bad_jsonl_is_named_by_line_before_the_model_loads(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    env = os.environ | {"MPNET_WEIGHTS_DIR": str(tmp_path / "no-weights-here")}  # loading would try to fetch
+    proc = run_cli("--input", path, "--field", "text", "--output", tmp_path / "e.npy", env=env)
+    assert proc.returncode != 0 and message in proc.stderr and "fetching" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_output_must_be_a_npy_file(tmp_path, lines):
+    proc = run_cli("--input", lines, "--output", tmp_path / "emb.txt")
+    assert proc.returncode == 2 and "--output FILE.npy" in proc.stderr
+
+
+def test_two_processes_under_torchrun_write_the_same_file_as_one(lines, tmp_path):
+    """`torchrun --nproc_per_node=2 mpnet.py --input ...`: 2 gloo processes, chunk i on rank i % 2,
+    give the same bytes as one process (one thread each, so every chunk runs the same arithmetic)."""
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    flags = ["--input", lines, "--chunk-size", 3]
+    single = run_cli(*flags, "--output", tmp_path / "one.npy", env=env)
+    assert single.returncode == 0, single.stderr[-2000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "mpnet.py"),
+           *map(str, flags), "--output", str(tmp_path / "two.npy")]
+    double = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert double.returncode == 0, double.stderr[-2000:]
+    assert np.array_equal(np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy"))
