@@ -62,14 +62,18 @@ def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str,
 
 
 def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        scheduler, sampler, progress: dict) -> None:
-    """The whole resumable state as one file (see the module docstring)."""
+                        scheduler, sampler, progress: dict, rng_states: list[torch.Tensor] | None = None) -> None:
+    """The whole resumable state as one file (see the module docstring). rng_states: the torch RNG of
+    each process under torchrun, in rank order (default: this process's)."""
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for index, slots in opt["state"].items():
         for key, value in slots.items():
             tensors[f"optimizer.{index}.{key}"] = value.detach().contiguous()
-    tensors["rng.torch"] = torch.get_rng_state()
+    rng_states = rng_states or [torch.get_rng_state()]
+    tensors["rng.torch"] = rng_states[0]
+    for rank, rng in enumerate(rng_states[1:], 1):
+        tensors[f"rng.torch.{rank}"] = rng
     state = {"optimizer_groups": opt["param_groups"], "scheduler": scheduler.state_dict(),
              "sampler": sampler.state_dict(), "progress": progress}
     metadata = {"format": FORMAT, "state": json.dumps(state)}
@@ -77,7 +81,8 @@ def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
 
 
 def load_training_state(path: Path) -> tuple[dict, dict, dict]:
-    """-> (model state dict, optimizer state dict, the rest: scheduler, sampler, progress, torch_rng).
+    """-> (model state dict, optimizer state dict, the rest: scheduler, sampler, progress, torch_rng: a list
+    with each rank's RNG state).
 
     Refuses anything that is not a complete checkpoint written by save_training_state.
     """
@@ -102,7 +107,8 @@ def load_training_state(path: Path) -> tuple[dict, dict, dict]:
     for group in groups:
         if "betas" in group:
             group["betas"] = tuple(group["betas"])  # JSON made the tuple a list
-    state["torch_rng"] = tensors["rng.torch"]
+    ranks = sorted(int(name.rsplit(".", 1)[1]) for name in tensors if name.startswith("rng.torch."))
+    state["torch_rng"] = [tensors["rng.torch"]] + [tensors[f"rng.torch.{r}"] for r in ranks]  # one per rank
     return model, {"state": slots, "param_groups": groups}, state
 
 

@@ -72,12 +72,13 @@ class FeatureCache:
     def nbytes(self) -> int:
         return sum(f.numel() * f.element_size() for f in self.features)
 
-    def logits(self, model: MultiTaskModel, rows: list[int]) -> dict[str, torch.Tensor]:
-        """The heads' logits for these examples, running only what trains."""
+    def logits(self, model: torch.nn.Module, rows: list[int]) -> dict[str, torch.Tensor]:
+        """The heads' logits for these examples, running only what trains. model: the MultiTaskModel,
+        or its DDP wrapper (hence model(...), never model.classify: DDP sees only forward())."""
         device = next(model.parameters()).device
         if self.pooled:
-            return model.classify(torch.stack([self.features[i] for i in rows]).to(device))
+            return model(None, None, pooled=torch.stack([self.features[i] for i in rows]).to(device))
         lengths = torch.tensor([self.lengths[i] for i in rows])
         mask = (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long().to(device)
         packed = torch.cat([self.features[i] for i in rows]).to(device)  # (T, hidden): the packed layout
-        return model.classify(model.embed(None, mask, start=self.start, packed=packed))
+        return model(None, mask, start=self.start, packed=packed)

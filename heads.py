@@ -38,8 +38,14 @@ class MultiTaskModel(nn.Module):
         pooled = mean_pool(tokens, attention_mask)
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.classify(self.embed(input_ids, attention_mask))
+    def forward(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, start: int = 0,
+                packed: torch.Tensor | None = None, pooled: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """-> {task: logits}, from token ids; or from cached features (feature_cache.py): the token states
+        entering layer `start` (packed), or the sentence embeddings themselves (pooled). One entry point
+        for all three, so that DDP, which hooks forward(), sees every training step (ddp.py)."""
+        if pooled is None:
+            pooled = self.embed(input_ids, attention_mask, start=start, packed=packed)
+        return self.classify(pooled)
 
     def classify(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
         """Heads only: (B, hidden) -> logits per task. Lets a frozen backbone's output be cached."""
@@ -65,12 +71,15 @@ class MultiTaskModel(nn.Module):
 
 def multitask_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
                    task_weights: dict[str, float] | None = None,
-                   class_weights: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                   class_weights: dict[str, torch.Tensor] | None = None,
+                   normalizers: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum of per-task cross-entropies, each over the examples that carry that task's label.
 
     An example labelled IGNORE (-100) for a task adds nothing to that task's loss: a missing
     label is never guessed. A task with no labelled example in the batch adds zero.
-    Returns the total (for backward) and each task's mean loss (for logging; NaN if absent).
+    normalizers: divide each task's summed loss by this instead of taking the mean here (DDP: the
+    whole step's labelled examples, not this process's share; see ddp.py).
+    Returns the total (for backward) and each task's mean loss here (for logging; NaN if absent).
     """
     total = next(iter(logits.values())).new_zeros(())
     per_task = {}
@@ -80,9 +89,15 @@ def multitask_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tens
             per_task[task] = float("nan")
             continue
         weight = class_weights.get(task) if class_weights else None
-        loss = F.cross_entropy(task_logits.float(), target, ignore_index=IGNORE,
-                               weight=None if weight is None else weight.to(task_logits.device))
-        per_task[task] = float(loss.detach())
+        weight = None if weight is None else weight.to(task_logits.device)
+        if normalizers is None:
+            loss = F.cross_entropy(task_logits.float(), target, ignore_index=IGNORE, weight=weight)
+            per_task[task] = float(loss.detach())
+        else:
+            summed = F.cross_entropy(task_logits.float(), target, ignore_index=IGNORE, weight=weight, reduction="sum")
+            here = float((target != IGNORE).sum()) if weight is None else float(weight[target[target != IGNORE]].sum())
+            per_task[task] = float(summed.detach()) / here
+            loss = summed / normalizers[task]
         total = total + (task_weights or {}).get(task, 1.0) * loss
     return total, per_task
 

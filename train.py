@@ -42,6 +42,7 @@ import freeze
 import lr_groups
 from checkpoint import all_finite, load_training_state, read_progress, save_training_state, save_weights, write_atomic
 from cli import device, fraction, int_at_least, nonnegative_float, positive_float
+from ddp import World
 from feature_cache import FeatureCache, frozen_prefix
 from hardware import describe, resolve_dtype
 from heads import MultiTaskModel, balanced_class_weights, multitask_loss
@@ -183,15 +184,22 @@ def save_test_rows(out: Path, final_sets: dict, cfg: TrainConfig) -> None:
 
 
 def accuracies(model, tokenizer, tasks: dict[str, data.LabelledTexts], autocast: bool,
-               with_loss: bool = False) -> dict[str, float]:
-    """acc_<task> for each task (and loss_<task>, the mean cross-entropy, with_loss)."""
+               with_loss: bool = False, world: World = World()) -> dict[str, float]:
+    """acc_<task> for each task (and loss_<task>, the mean cross-entropy, with_loss).
+
+    Under torchrun each rank scores every N-th example and the counts are summed over ranks: N
+    processes validate N times faster, and every rank gets the same numbers, so all of them take the
+    same decisions (best checkpoint, early stopping) without sending any."""
     metrics = {}
     for task, ds in tasks.items():
-        probs = model.predict_proba(tokenizer, ds.texts, autocast=autocast)[task]
-        labels = torch.tensor(ds.labels)
-        metrics[f"acc_{task}"] = float((probs.argmax(-1) == labels).float().mean())
+        texts, labels = ds.texts[world.rank::world.size], torch.tensor(ds.labels[world.rank::world.size])
+        probs = model.predict_proba(tokenizer, texts, autocast=autocast)[task] if texts else torch.empty(0, 1)
+        correct = float((probs.argmax(-1) == labels).sum()) if texts else 0.0
+        nll = float(-probs[torch.arange(len(labels)), labels].clamp(min=1e-12).log().double().sum()) if texts else 0.0
+        correct, nll, n = world.sum([correct, nll, len(texts)])
+        metrics[f"acc_{task}"] = correct / n
         if with_loss:
-            metrics[f"loss_{task}"] = float(-probs[torch.arange(len(labels)), labels].clamp(min=1e-12).log().mean())
+            metrics[f"loss_{task}"] = nll / n
     return metrics
 
 
@@ -286,13 +294,16 @@ class Run:
     device: torch.device
     use_bf16: bool
     out: Path
+    world: World                        # rank and process count under torchrun (ddp.py); 0 of 1 otherwise
+    forward: torch.nn.Module            # the model, or its DDP wrapper: what training steps call
 
 
-def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, resume: bool) -> Run:
+def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, resume: bool,
+          world: World = World()) -> Run:
     """Sampler, freezing, optimizer groups and schedule; on resume, all of them as last saved."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(cfg.device)
+    device = world.device(cfg.device)
     model.to(device)
     pools = data.make_pools(train_sets)
     sampler = data.MultiTaskSampler([len(p) for p in pools], cfg.batch_size, cfg.temperature, cfg.seed)
@@ -312,7 +323,8 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
         optimizer.load_state_dict(optimizer_state)
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
+        rngs = state["torch_rng"]  # one per rank; a resume with more processes re-uses rank 0's for the new ones
+        torch.set_rng_state(rngs[world.rank] if world.rank < len(rngs) else rngs[0])
         progress = {"tokens": 0, "stale": 0} | state["progress"]  # (checkpoints from before --max-tokens/--patience)
         if unfreezer:
             unfreezer.catch_up(progress["unfrozen"])
@@ -320,6 +332,7 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     use_bf16 = uses_bf16(cfg)
     caches = None
     trainable = any(p.requires_grad for p in model.parameters())
+    # Under torchrun every rank caches every pool (its slices of later steps may hit any row).
     # Cache only when a frozen encoder layer is skipped: with just the embeddings frozen (top-12), the
     # cache would hold a (tokens, 768) copy of every training set to save a table lookup.
     if trainable and not cfg.no_cache and unfreezer is None and frozen_prefix(model) > 1:
@@ -328,7 +341,29 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
         print(f"feature cache: {sum(c.nbytes() for c in caches) / 1e6:.0f} MB of frozen-bottom outputs "
               f"in {progress['cache_s']} s", file=sys.stderr)
     return Run(cfg, model, tokenizer, pools, sampler, optimizer, scheduler, unfreezer, caches, class_weights,
-               total_steps, progress, device, use_bf16, out)
+               total_steps, progress, device, use_bf16, out, world, world.wrap(model))
+
+
+def unfreeze_next(run: Run) -> str | None:
+    """Gradual unfreezing's next group; under DDP, a new wrapper, since DDP syncs only the parameters
+    that were trainable when it was built."""
+    name = run.unfreezer.unfreeze_next()
+    if name and run.world.size > 1:
+        run.forward = run.world.wrap(run.model)
+    return name
+
+
+def loss_normalizers(run: Run, pool_idx: int, rows: list[int]) -> dict[str, float] | None:
+    """DDP: each task's labelled examples in the whole step (class-weighted), divided by the number of
+    processes, so that DDP's average of the ranks' gradients is the whole batch's mean (ddp.py)."""
+    if run.world.size == 1:
+        return None
+    totals = {}
+    for task, labels in run.pools[pool_idx].labels.items():
+        seen = [labels[i] for i in rows if labels[i] != data.IGNORE]
+        weights = run.class_weights[task][seen].tolist() if run.class_weights else [1.0] * len(seen)
+        totals[task] = max(sum(weights), 1e-12) / run.world.size
+    return totals
 
 
 def train_step(run: Run, pool_idx: int, rows: list[int]) -> tuple[int, dict[str, float]]:
@@ -337,13 +372,18 @@ def train_step(run: Run, pool_idx: int, rows: list[int]) -> tuple[int, dict[str,
     A non-finite loss or gradient norm skips the update (the batch is spent and the schedule
     advances, as a skipped mixed-precision step does); max_bad_steps such steps in a row raise Diverged.
     """
-    batch = data.collate(run.tokenizer, run.pools[pool_idx], rows)
+    here = run.world.slice(rows)  # this process's share of the step (all of it without torchrun)
+    batch = data.collate(run.tokenizer, run.pools[pool_idx], here)
     ids, mask = batch["input_ids"].to(run.device), batch["attention_mask"].to(run.device)
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.use_bf16):
-        logits = run.caches[pool_idx].logits(run.model, rows) if run.caches else run.model(ids, mask)
-    loss, per_task = multitask_loss(logits, batch["labels"], class_weights=run.class_weights)
+        logits = run.caches[pool_idx].logits(run.forward, here) if run.caches else run.forward(ids, mask)
+    loss, per_task = multitask_loss(logits, batch["labels"], class_weights=run.class_weights,
+                                    normalizers=loss_normalizers(run, pool_idx, rows))
     run.optimizer.zero_grad(set_to_none=True)
-    finite = bool(torch.isfinite(loss))
+    # Sums over ranks (none without torchrun), so that every rank takes the same decision: the step's
+    # tokens, and whether any rank's loss is non-finite.
+    tokens, bad = run.world.sum([float(mask.sum()), float(not torch.isfinite(loss))])
+    finite = bad == 0
     if finite:
         loss.backward()
         finite = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip)))
@@ -367,8 +407,8 @@ def train_step(run: Run, pool_idx: int, rows: list[int]) -> tuple[int, dict[str,
                        + (f"{run.out / 'last.safetensors'} (step {last['step']})" if last else "none was saved")
                        + ". Lower --lr or check the data.")
     if run.unfreezer and run.unfreezer.every_steps and progress["step"] % run.unfreezer.every_steps == 0:
-        run.unfreezer.unfreeze_next()
-    return int(mask.sum()), per_task
+        unfreeze_next(run)
+    return int(tokens), per_task
 
 
 def ensure_finite(run: Run) -> None:
@@ -383,8 +423,11 @@ def save_last(run: Run) -> None:
     saved history, so they always agree with it."""
     ensure_finite(run)
     run.progress["unfrozen"] = run.unfreezer.unfrozen if run.unfreezer else 0
+    rng_states = run.world.gather(torch.get_rng_state())  # every rank takes part; rank 0 alone writes
+    if not run.world.main:
+        return
     save_training_state(run.out / "last.safetensors", run.model, run.optimizer, run.scheduler, run.sampler,
-                        run.progress)
+                        run.progress, rng_states)
     for name, records in (("metrics.jsonl", run.progress["history"]), ("losses.jsonl", run.progress["losses"])):
         lines = "".join(json.dumps(record) + "\n" for record in records)
         write_atomic(lambda p: p.write_text(lines), run.out / name)
@@ -397,11 +440,11 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, star
     progress = run.progress
     if end_of_epoch:
         progress["epoch"] = epoch + 1
-        if run.unfreezer and not run.unfreezer.every_steps and (name := run.unfreezer.unfreeze_next()):
+        if run.unfreezer and not run.unfreezer.every_steps and (name := unfreeze_next(run)):
             print(f"gradual unfreezing: {name} now trains", file=sys.stderr)
         if progress["history"] and progress["history"][-1]["step"] == progress["step"]:
             return save_last(run)  # this step was just validated (--eval-every, early stop)
-    metrics = accuracies(run.model, run.tokenizer, val_sets, run.use_bf16, with_loss=True) if val_sets else {}
+    metrics = accuracies(run.model, run.tokenizer, val_sets, run.use_bf16, True, run.world) if val_sets else {}
     # The best epoch has the lowest mean validation loss (as Hugging Face Trainer's default), ties
     # broken by accuracy. Cross-entropy moves smoothly with the model; accuracy on a few hundred
     # validation examples moves in steps of one example (0.5 points for 200) and mostly measures noise.
@@ -433,7 +476,8 @@ def save_best(run: Run, record: dict) -> None:
     """best.safetensors: the weights alone, for eval.py and predict.py."""
     ensure_finite(run)
     run.progress["best_metrics"] = record
-    save_weights(run.out / "best.safetensors", run.model.state_dict(), {"epoch": str(record["epoch"])})
+    if run.world.main:
+        save_weights(run.out / "best.safetensors", run.model.state_dict(), {"epoch": str(record["epoch"])})
 
 
 def log_line(run: Run, epoch: int, window: dict[str, list[float]], tokens: int, started: float, start_step: int) -> None:
@@ -448,9 +492,9 @@ def log_line(run: Run, epoch: int, window: dict[str, list[float]], tokens: int, 
 
 
 def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, val_sets: dict,
-          resume: bool = False) -> dict:
-    """The loop. Returns the best validation metrics; writes checkpoints into cfg.out."""
-    run = setup(cfg, model, tokenizer, train_sets, resume)
+          resume: bool = False, world: World = World()) -> dict:
+    """The loop. Returns the best validation metrics; writes checkpoints into cfg.out (rank 0)."""
+    run = setup(cfg, model, tokenizer, train_sets, resume, world)
     progress = run.progress
     trainable = any(p.requires_grad for p in model.parameters())
     if not trainable:
@@ -474,10 +518,12 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
                 if step % cfg.log_every == 0 or step == run.total_steps:
                     log_line(run, epoch, window, tokens, started, start_step)
                     window = {}
-                if signals.signum is not None or (cfg.save_every and step % cfg.save_every == 0):
+                # torchrun sends the signal to every rank, not at the same instant: all stop if any got it
+                stop = run.world.sum([float(signals.signum is not None)])[0] > 0
+                if stop or (cfg.save_every and step % cfg.save_every == 0):
                     save_last(run)
-                if signals.signum is not None:
-                    raise Interrupted(signals.signum, step, run.out / "last.safetensors")
+                if stop:
+                    raise Interrupted(signals.signum or signal.SIGTERM, step, run.out / "last.safetensors")
                 if cfg.eval_every and step % cfg.eval_every == 0 and val_sets:
                     evaluate_and_save(run, epoch, val_sets, time.time() - epoch_start, started, end_of_epoch=False)
                     freeze.train_mode(model)
@@ -631,8 +677,25 @@ def check_resume_matches(info: dict, cfg: TrainConfig, backbone: MPNetConfig, tr
         raise ValueError(f"--resume: the data or model differ from {cfg.out}/run.json: {'; '.join(diffs)}")
 
 
+def quiet_unless_main(world: World) -> None:
+    """Under torchrun only rank 0 prints (its lines hold the numbers of all ranks); the others'
+    tracebacks still reach the terminal."""
+    if world.main:
+        return
+    import traceback
+
+    terminal = sys.stderr
+    sys.stdout = sys.stderr = open(os.devnull, "w")
+    sys.excepthook = lambda kind, value, tb: traceback.print_exception(kind, value, tb, file=terminal)
+
+
 def main(argv: list[str] | None = None) -> None:
     cfg, resume = parse_args(argv)
+    world = World.from_env(cfg.device)
+    quiet_unless_main(world)
+    if cfg.batch_size < world.size:
+        sys.exit(f"error: --batch-size {cfg.batch_size} is the global batch and must be at least the number of "
+                 f"processes ({world.size}), so that each one gets an example")
     try:
         info = check_out_folder(cfg, resume)
         seed_everything(cfg.seed)
@@ -650,25 +713,30 @@ def main(argv: list[str] | None = None) -> None:
     print(f"tasks: {sizes}", file=sys.stderr)
     print(f"CPU: {describe()}; {'bf16 autocast' if uses_bf16(cfg) else 'fp32'} on {cfg.device}", file=sys.stderr)
     model, tokenizer = build(cfg, train_sets)
-    if not resume:
+    if world.size > 1:
+        torch.manual_seed(cfg.seed + world.rank)  # the same initial heads everywhere, then each rank its own dropout
+    world.barrier()  # every rank has checked the folder before rank 0 changes it
+    if not resume and world.main:
         clear_finished_run(Path(cfg.out))
         write_run_info(cfg, model, train_sets)
         save_test_rows(Path(cfg.out), final_sets, cfg)
     start = time.time()
     try:
-        best = train(cfg, model, tokenizer, train_sets, val_sets, resume=resume)
+        best = train(cfg, model, tokenizer, train_sets, val_sets, resume=resume, world=world)
     except Interrupted as e:
         print(f"{e}\nresume with:\n  {resume_command(cfg)}", file=sys.stderr, flush=True)
         sys.exit(128 + e.signum)
     except Diverged as e:
         sys.exit(f"error: {e}")
+    world.barrier()  # rank 0 has written best.safetensors
     model.load_state_dict(load_file(Path(cfg.out) / "best.safetensors"))
-    final = accuracies(model, tokenizer, final_sets, uses_bf16(cfg))
+    final = accuracies(model, tokenizer, final_sets, uses_bf16(cfg), world=world)
     result = {"out": cfg.out, "cpu": describe(), "train_s": round(time.time() - start, 1), "best_epoch": best.get("epoch"),
               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "peak_rss_mb": peak_rss_mb(), "cache_s": best.get("cache_s", 0), "epoch_train_s": best.get("train_s"),
               **{f"{k}_{final_sets[k[-1]].name}_{final_sets[k[-1]].split}": round(100 * v, 2) for k, v in final.items()}}
     print(json.dumps(result))
+    world.close()
 
 
 if __name__ == "__main__":

@@ -114,13 +114,13 @@ def test_a_save_that_dies_leaves_the_previous_checkpoint_whole(tmp_path, tokeniz
     cfg = run_cfg(tmp_path, save_every=2)
     real_save = checkpoint.save_training_state
 
-    def save(path, model, optimizer, scheduler, sampler, progress):
+    def save(path, model, optimizer, scheduler, sampler, progress, rng_states=None):
         if progress["step"] == MID:  # the save after step 6 dies; the one after step 4 went through
             if where == "while writing":
                 monkeypatch.setattr(checkpoint, "save_file", fail_writing_halfway)
             else:
                 monkeypatch.setattr(checkpoint.os, "replace", fail_before_rename)
-        real_save(path, model, optimizer, scheduler, sampler, progress)
+        real_save(path, model, optimizer, scheduler, sampler, progress, rng_states)
 
     monkeypatch.setattr(train_mod, "save_training_state", save)
     with pytest.raises(OSError, match="simulated"):
