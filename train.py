@@ -73,6 +73,7 @@ class TrainConfig:
     head_lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: float = 0.1                 # fraction of all steps
+    schedule: str = "linear"            # after warmup: linear (decay to 0 at the last step) | constant
     clip: float = 1.0
     temperature: float = 2.0            # multi-task sampling, see data.MultiTaskSampler
     class_weights: bool = False         # balanced class weights in each task's loss
@@ -184,16 +185,27 @@ def save_test_rows(out: Path, final_sets: dict, cfg: TrainConfig) -> None:
 
 
 def accuracies(model, tokenizer, tasks: dict[str, data.LabelledTexts], autocast: bool,
-               with_loss: bool = False, world: World = World()) -> dict[str, float]:
+               with_loss: bool = False, world: World = World(), caches: dict | None = None) -> dict[str, float]:
     """acc_<task> for each task (and loss_<task>, the mean cross-entropy, with_loss).
 
     Under torchrun each rank scores every N-th example and the counts are summed over ranks: N
     processes validate N times faster, and every rank gets the same numbers, so all of them take the
-    same decisions (best checkpoint, early stopping) without sending any."""
+    same decisions (best checkpoint, early stopping) without sending any.
+    caches: {task: FeatureCache of its texts' embeddings} when the whole backbone is frozen: only the
+    heads run (a validation costs milliseconds, not a pass of the backbone)."""
     metrics = {}
     for task, ds in tasks.items():
-        texts, labels = ds.texts[world.rank::world.size], torch.tensor(ds.labels[world.rank::world.size])
-        probs = model.predict_proba(tokenizer, texts, autocast=autocast)[task] if texts else torch.empty(0, 1)
+        rows = list(range(world.rank, len(ds), world.size))
+        texts, labels = [ds.texts[i] for i in rows], torch.tensor([ds.labels[i] for i in rows])
+        if not texts:
+            probs = torch.empty(0, 1)
+        elif caches:
+            model.eval()
+            device = next(model.parameters()).device
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                probs = caches[task].logits(model, rows)[task].float().softmax(-1)
+        else:
+            probs = model.predict_proba(tokenizer, texts, autocast=autocast)[task]
         correct = float((probs.argmax(-1) == labels).sum()) if texts else 0.0
         nll = float(-probs[torch.arange(len(labels)), labels].clamp(min=1e-12).log().double().sum()) if texts else 0.0
         correct, nll, n = world.sum([correct, nll, len(texts)])
@@ -224,11 +236,17 @@ def planned_steps(cfg: TrainConfig, tokenizer, pools: list, sampler: data.MultiT
     return steps
 
 
-def lr_lambda(total_steps: int, warmup_steps: int):
-    """Linear warmup from 0, then linear decay to 0 at the last step."""
+def lr_lambda(total_steps: int, warmup_steps: int, schedule: str = "linear"):
+    """Linear warmup from 0, then linear decay to 0 at the last step, or constant.
+
+    Constant suits heads on a frozen backbone: a linear head is a convex problem that early stopping
+    ends (--patience), so there is no planned last step to decay towards; fine-tuning the whole network
+    is better served by decay (BERT's recipe)."""
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
     return factor
 
@@ -294,12 +312,13 @@ class Run:
     device: torch.device
     use_bf16: bool
     out: Path
+    val_caches: dict | None             # with the whole backbone frozen: the validation texts' embeddings
     world: World                        # rank and process count under torchrun (ddp.py); 0 of 1 otherwise
     forward: torch.nn.Module            # the model, or its DDP wrapper: what training steps call
 
 
 def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, resume: bool,
-          world: World = World()) -> Run:
+          world: World = World(), val_sets: dict | None = None) -> Run:
     """Sampler, freezing, optimizer groups and schedule; on resume, all of them as last saved."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -312,7 +331,8 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     groups = lr_groups.build(model, cfg.lr_groups, base_lr=cfg.lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
     optimizer = make_optimizer(groups)
     print(freeze.summary(model) + "\n" + lr_groups.table(groups), file=sys.stderr)  # before warmup scales the lrs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, int(cfg.warmup * total_steps)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, int(cfg.warmup * total_steps),
+                                                                            cfg.schedule))
     class_weights = ({t: balanced_class_weights(ds.labels, len(ds.label_names)) for t, ds in train_sets.items()}
                      if cfg.class_weights else None)
     progress = {"epoch": 0, "step": 0, "tokens": 0, "best": [-1e30, -1.0], "best_metrics": {}, "stale": 0,
@@ -337,11 +357,15 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     # cache would hold a (tokens, 768) copy of every training set to save a table lookup.
     if trainable and not cfg.no_cache and unfreezer is None and frozen_prefix(model) > 1:
         caches = [FeatureCache(model, tokenizer, pool.texts, autocast=use_bf16) for pool in pools]
-        progress["cache_s"] = round(sum(c.seconds for c in caches), 1)
+    val_caches = None
+    if caches and caches[0].pooled and val_sets:
+        val_caches = {t: FeatureCache(model, tokenizer, ds.texts, autocast=use_bf16) for t, ds in val_sets.items()}
+    if caches:
+        progress["cache_s"] = round(sum(c.seconds for c in caches + list((val_caches or {}).values())), 1)
         print(f"feature cache: {sum(c.nbytes() for c in caches) / 1e6:.0f} MB of frozen-bottom outputs "
               f"in {progress['cache_s']} s", file=sys.stderr)
     return Run(cfg, model, tokenizer, pools, sampler, optimizer, scheduler, unfreezer, caches, class_weights,
-               total_steps, progress, device, use_bf16, out, world, world.wrap(model))
+               total_steps, progress, device, use_bf16, out, val_caches, world, world.wrap(model))
 
 
 def unfreeze_next(run: Run) -> str | None:
@@ -444,7 +468,8 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, star
             print(f"gradual unfreezing: {name} now trains", file=sys.stderr)
         if progress["history"] and progress["history"][-1]["step"] == progress["step"]:
             return save_last(run)  # this step was just validated (--eval-every, early stop)
-    metrics = accuracies(run.model, run.tokenizer, val_sets, run.use_bf16, True, run.world) if val_sets else {}
+    metrics = (accuracies(run.model, run.tokenizer, val_sets, run.use_bf16, True, run.world, run.val_caches)
+               if val_sets else {})
     # The best epoch has the lowest mean validation loss (as Hugging Face Trainer's default), ties
     # broken by accuracy. Cross-entropy moves smoothly with the model; accuracy on a few hundred
     # validation examples moves in steps of one example (0.5 points for 200) and mostly measures noise.
@@ -494,7 +519,7 @@ def log_line(run: Run, epoch: int, window: dict[str, list[float]], tokens: int, 
 def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, val_sets: dict,
           resume: bool = False, world: World = World()) -> dict:
     """The loop. Returns the best validation metrics; writes checkpoints into cfg.out (rank 0)."""
-    run = setup(cfg, model, tokenizer, train_sets, resume, world)
+    run = setup(cfg, model, tokenizer, train_sets, resume, world, val_sets)
     progress = run.progress
     trainable = any(p.requires_grad for p in model.parameters())
     if not trainable:
@@ -575,7 +600,7 @@ FLAG_TYPES = {"epochs": int_at_least(1), "batch_size": int_at_least(1), "max_ste
               "clip": positive_float, "temperature": positive_float, "seed": int_at_least(0),
               "log_every": int_at_least(1), "save_every": int_at_least(0), "max_bad_steps": int_at_least(1),
               "device": device}
-CHOICES = {"dtype": ["auto", "fp32", "bf16"]}
+CHOICES = {"dtype": ["auto", "fp32", "bf16"], "schedule": ["linear", "constant"]}
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:

@@ -86,3 +86,26 @@ def test_a_run_stopped_by_its_token_budget_resumes_to_the_same_weights(tmp_path,
     train_mod.train(cfg, resumed, tokenizer, tasks(), tasks(), resume=True)
     for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def test_constant_schedule_holds_the_peak_after_warmup():
+    constant, linear = train_mod.lr_lambda(100, 10, "constant"), train_mod.lr_lambda(100, 10)
+    assert [constant(s) for s in (0, 9, 10, 50, 99)] == [0.1, 1.0, 1.0, 1.0, 1.0]
+    assert linear(55) == 0.5 and linear(99) == pytest.approx(1 / 90)
+
+
+def test_validation_from_cached_embeddings_equals_running_the_backbone(tokenizer):  # noqa: F811
+    """With the whole backbone frozen, validation reads the cached embeddings: the same numbers
+    (the same batches of 64 length-sorted texts go through the same backbone either way)."""
+    from feature_cache import FeatureCache
+    from freeze import freeze_backbone
+
+    model = tiny_model()
+    freeze_backbone(model)
+    sets = tasks()
+    caches = {t: FeatureCache(model, tokenizer, ds.texts) for t, ds in sets.items()}
+    direct = train_mod.accuracies(model, tokenizer, sets, autocast=False, with_loss=True)
+    cached = train_mod.accuracies(model, tokenizer, sets, autocast=False, with_loss=True, caches=caches)
+    assert direct.keys() == cached.keys()
+    for key in direct:
+        assert cached[key] == pytest.approx(direct[key], rel=1e-6, abs=1e-7), key
