@@ -1,6 +1,7 @@
 """Benchmark mpnet.py: encode throughput, time to first embedding, peak memory.
 
-    python bench.py                          # fp32 and bf16 on CPU (+ CUDA when present)
+    python bench.py                          # fp32 and bf16 on CPU
+    python bench.py --device cuda --compare --batch-size 128   # on a GPU, against sentence-transformers fp16
     python bench.py --compare                # + sentence-transformers on the same sentences
     python bench.py --compare --st-model /path/to/all-mpnet-base-v2
     python bench.py --train                  # fine-tuning tokens/s: train.py vs its bound vs transformers
@@ -60,12 +61,12 @@ def load_corpus(data_dir: str | None, n: int) -> tuple[list[str], str]:
     return unique[:n], f"first {min(n, len(unique))} unique STS-B test sentences"
 
 
-def engines(compare: bool) -> list[str]:
-    names = ["ours-cpu-fp32", "ours-cpu-bf16"]
-    if torch.cuda.is_available():
-        names += ["ours-cuda-fp32", "ours-cuda-bf16"]
+def engines(compare: bool, device: str) -> list[str]:
+    """ours-DEVICE-fp32 first (the reference of the cosine column), then bf16, then sentence-transformers:
+    fp32 on CPU, fp16 (model.half(), its fast GPU setting) on a GPU."""
+    names = [f"ours-{device}-fp32", f"ours-{device}-bf16"]
     if compare:
-        names.append("st-cpu-fp32")
+        names.append("st-cuda-fp16" if device == "cuda" else "st-cpu-fp32")
     return names
 
 
@@ -76,7 +77,9 @@ def load_engine(name: str, st_model: str):
         from sentence_transformers import SentenceTransformer
 
         st = SentenceTransformer(st_model, device=device)
-        return lambda s, bs: torch.as_tensor(st.encode(s, batch_size=bs, convert_to_numpy=True))
+        if precision == "fp16":
+            st.half()
+        return lambda s, bs: torch.as_tensor(st.encode(s, batch_size=bs, convert_to_numpy=True)).float()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     enc = SentenceEncoder.from_pretrained(device=device, dtype=dtype)
     return lambda s, bs: enc.encode(s, batch_size=bs)
@@ -122,13 +125,18 @@ def fresh_process(name: str, args: argparse.Namespace) -> dict:
     return report
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10, device: str = "cpu") -> float:
+    """Achieved GEMM throughput in this run: the peak that %limit compares the encoder with."""
+    if device == "cuda":
+        n, reps = 8192, 50  # a GPU needs a large product to reach its peak
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
     times = []
     for _ in range(reps):
+        sync(device)
         t = time.perf_counter()
         a @ b
+        sync(device)
         times.append(time.perf_counter() - t)
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
@@ -293,6 +301,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int_at_least(1), default=5, help="throughput rounds; the median is reported")
     parser.add_argument("--startup-runs", type=int_at_least(1), default=3, help="fresh processes per engine; median")
     parser.add_argument("--data-dir", default=None, help=f"benchmark data folder (default ${DATA_ENV} or ../shared/data)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the encoders run")
     parser.add_argument("--train", action="store_true", help="fine-tuning throughput instead of encoding")
     parser.add_argument("--steps", type=int_at_least(1), default=12, help="--train: steps per round (default 12)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
@@ -312,7 +321,7 @@ def main() -> None:
         except ImportError:
             sys.exit("--compare needs sentence-transformers: pip install sentence-transformers")
     corpus, corpus_desc = load_corpus(args.data_dir, args.sentences)
-    names = engines(args.compare)
+    names = engines(args.compare, args.device)
     encoders = {n: load_engine(n, args.st_model) for n in names}
     tokens = sum(len(ids) for ids in SentenceEncoder.from_pretrained().tokenizer.encode(corpus))
     print(f"CPU: {describe()}" + ("" if native_bf16() else "  (no native bf16: the bf16 row is emulated)"))
@@ -330,6 +339,7 @@ def main() -> None:
     del encoders
 
     fp32_peak = matmul_gflops(torch.float32)
+    gpu_bf16_peak = matmul_gflops(torch.bfloat16, device="cuda") if args.device == "cuda" else None
     results = {}
     for n in names:
         med = statistics.median(times[n])
@@ -340,22 +350,27 @@ def main() -> None:
             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in starts),
             "peak_gpu_mb": starts[0]["peak_gpu_mb"],
             "cosine_to_fp32_min": float(torch.nn.functional.cosine_similarity(
-                embeddings[n], embeddings["ours-cpu-fp32"]).min()),
+                embeddings[n], embeddings[names[0]]).min()),
         }
-    base = results.get("st-cpu-fp32")
     print(f"fp32 matmul peak, 2048^3 GEMM in this run: {fp32_peak:.0f} GFLOP/s "
           f"-> encoder limit {fp32_peak * 1e9 / FLOPS_PER_TOKEN:.0f} tokens/s")
+    if gpu_bf16_peak:
+        print(f"GPU {torch.cuda.get_device_name()}: bf16 matmul peak, 8192^3 GEMM in this run: "
+              f"{gpu_bf16_peak / 1000:.0f} TFLOP/s (the %limit of ours-cuda-bf16)")
     print(f"{'engine':16} {'sent/s':>8} {'tok/s':>8} {'x ST':>6} {'%limit':>7} {'start s':>8} "
           f"{'x ST':>6} {'RSS MB':>7} {'x ST':>6} {'cos>=':>8}")
     for n, r in results.items():
+        # x ST: against sentence-transformers on the same device (fp32 on CPU, fp16 on a GPU)
+        base = results.get("st-cuda-fp16" if "cuda" in n else "st-cpu-fp32")
         ratio = (lambda k: f"{r[k] / base[k]:6.2f}") if base else (lambda k: f"{'-':>6}")
-        limit = f"{100 * r['tokens_per_s'] * FLOPS_PER_TOKEN / (fp32_peak * 1e9):6.0f}%" if "cpu-fp32" in n else f"{'':>7}"
+        peak = fp32_peak if "cpu-fp32" in n else gpu_bf16_peak if n == "ours-cuda-bf16" else None
+        limit = f"{100 * r['tokens_per_s'] * FLOPS_PER_TOKEN / (peak * 1e9):6.0f}%" if peak else f"{'':>7}"
         print(f"{n:16} {r['sentences_per_s']:8.1f} {r['tokens_per_s']:8.0f} {ratio('tokens_per_s')} {limit} "
               f"{r['startup_s']:8.2f} {ratio('startup_s')} {r['peak_rss_mb']:7.0f} {ratio('peak_rss_mb')} "
               f"{r['cosine_to_fp32_min']:8.5f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": describe(), "corpus": corpus_desc, "tokens": tokens, "fp32_matmul_gflops": fp32_peak,
-                                               "results": results}, indent=2))
+                                               "gpu_bf16_matmul_gflops": gpu_bf16_peak, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -39,9 +39,16 @@ class World:
         if size == 1:
             return cls()
         world = cls(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+        if device.startswith("cuda"):
+            torch.cuda.set_device(world.local_rank)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         return world
+
+    @property
+    def comm_device(self) -> torch.device:
+        """Where collectives' tensors must live: nccl moves only GPU tensors, gloo CPU ones."""
+        return torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
 
     @property
     def main(self) -> bool:
@@ -61,7 +68,7 @@ class World:
         """Element-wise sum over ranks (one all-reduce for several numbers)."""
         if self.size == 1:
             return values
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self.comm_device)
         dist.all_reduce(t)
         return t.tolist()
 
@@ -69,9 +76,10 @@ class World:
         """Every rank's copy of a CPU tensor of the same shape, in rank order (on every rank)."""
         if self.size == 1:
             return [tensor]
-        out = [torch.empty_like(tensor) for _ in range(self.size)]
-        dist.all_gather(out, tensor)
-        return out
+        here = tensor.to(self.comm_device)
+        out = [torch.empty_like(here) for _ in range(self.size)]
+        dist.all_gather(out, here)
+        return [t.cpu() for t in out]
 
     def barrier(self) -> None:
         if self.size > 1:
@@ -84,7 +92,9 @@ class World:
         takes no part in the loss; DDP must be told, or it waits forever for that head's gradient."""
         if self.size == 1 or not any(p.requires_grad for p in model.parameters()):
             return model
-        return torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        on_gpu = next(model.parameters()).is_cuda
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.local_rank] if on_gpu else None,
+                                                         find_unused_parameters=True)
 
     def close(self) -> None:
         if self.size > 1 and dist.is_initialized():

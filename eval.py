@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cli import device
+
 
 # ----------------------------------------------------------------------------- classification
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -159,13 +161,14 @@ def load_run(folder: str | Path):
 
 
 def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "test",
-                        data_dir: str | None = None) -> str:
+                        data_dir: str | None = None, device: str = "cpu") -> str:
     """Reports for a train.py run: on a named dataset, or (dataset=None) on each task's saved test rows
     (a run on your own data saves them as test-a.jsonl / test-b.jsonl, so the same rows are scored)."""
     import data
 
     ds = data.load(dataset, split, data_dir) if dataset else None  # a bad name or folder fails before the model loads
     model, tokenizer, info = load_run(folder)
+    model.to(device)
     if dataset is None:
         saved = {t: v for t, v in info["tasks"].items() if "test_rows" in v}
         if not saved:
@@ -205,6 +208,7 @@ def main() -> None:
     parser.add_argument("--stsb", metavar="SPLIT", choices=["train", "dev", "test"], help="STS-B split")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="for --stsb")
+    parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
     if args.checkpoint and not (Path(args.checkpoint) / "run.json").is_file():
         parser.error(f"--checkpoint {args.checkpoint}: no run.json there; give a train.py output folder")
@@ -214,11 +218,11 @@ def main() -> None:
         from mpnet import SentenceEncoder
 
         dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-        score = stsb_spearman(SentenceEncoder.from_pretrained(dtype=dtype), args.stsb, args.data_dir)
+        score = stsb_spearman(SentenceEncoder.from_pretrained(device=args.device, dtype=dtype), args.stsb, args.data_dir)
         print(f"STS-B {args.stsb} cosine-Spearman ({args.dtype}): {score:.2f}")
     elif args.checkpoint:
         try:
-            print(evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.data_dir))
+            print(evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.data_dir, args.device))
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"error: {e}")
     else:
