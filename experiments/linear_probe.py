@@ -115,7 +115,7 @@ def table() -> str:
         "",
         "| classifier on the frozen embeddings | training rows | Banking77 test | wall time |",
         "| --- | ---: | ---: | ---: |",
-        f"| train.py head (`{' '.join(RECIPE[6:16])}`) | 9,003 | {spread(acc)} | "
+        f"| train.py head (`{' '.join(RECIPE[6:20])}`) | 9,003 | {spread(acc)} | "
         f"{statistics.median(h['wall_s'] for h in heads):.0f} s (incl. cache pass {statistics.median(h['cache_s'] for h in heads):.0f} s) |",
         f"| scikit-learn LogisticRegression, same rows | 9,003 | {spread(lr_acc)} | embeddings {lr['embed_s']:.0f} s |",
         f"| scikit-learn LogisticRegression, all rows | 10,003 | {lr['all_10003_rows']:.2f} | |",

@@ -1,0 +1,138 @@
+"""Embedding a corpus with `mpnet.py --input/--output` (corpus.py): throughput against encode(), one
+and two processes, and peak memory as the corpus grows.
+
+    python experiments/corpus_scale.py            # every cell whose result is missing
+    python experiments/corpus_scale.py --table-only
+
+The corpus: SST-2's 67,349 training phrases followed by STS-B's train/dev/test sentences, repeated
+until N lines (git-ignored files in runs/corpus/). Cells, one JSON each in experiments/results/corpus/:
+  memory-N       peak RSS of `python mpnet.py --input ... --output ... --output-dtype float16` in a
+                 fresh process (its own rusage, from wait4), for N = 10k, 30k, 100k: flat means bounded
+  speed-N        sentences/s on the first N lines, each way in a fresh process that loads the model:
+                 encode() on a list held in memory (then np.save), mpnet.py --input with 1 process and
+                 2 threads, torchrun with 2 processes of 1 thread; median of 3 interleaved rounds
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from checkpoint import write_atomic  # noqa: E402
+from hardware import describe  # noqa: E402
+
+RESULTS = HERE / "results" / "corpus"
+WORK = ROOT / "runs" / "corpus"
+MEMORY_SIZES = (10_000, 30_000, 100_000)
+SPEED_SIZE = 5_000
+ENCODE = ("import sys, numpy as np; from mpnet import SentenceEncoder; "
+          "lines = open(sys.argv[1], encoding='utf-8').read().split('\\n')[:-1]; "
+          "np.save(sys.argv[2], SentenceEncoder.from_pretrained().encode(lines).numpy())")
+
+
+def corpus_file(n: int) -> Path:
+    import data
+
+    path = WORK / f"corpus-{n}.txt"
+    if not path.is_file():
+        base = data.load("sst2", "train").texts + [s for split in ("train", "dev", "test")
+                                                   for pair in data.read_stsb(split, None) for s in pair[:2]]
+        lines = (base * (n // len(base) + 1))[:n]
+        WORK.mkdir(parents=True, exist_ok=True)
+        write_atomic(lambda p: p.write_text("\n".join(lines) + "\n", encoding="utf-8"), path)
+    return path
+
+
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB of the largest process: wait4 gives this child's own rusage)."""
+    started = time.time()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=os.environ | (env or {}), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read()[-2000:]}")
+    return time.time() - started, usage.ru_maxrss / 1024
+
+
+def memory(n: int) -> dict:
+    out = WORK / "emb16.npy"
+    out.unlink(missing_ok=True)
+    wall, rss = timed([sys.executable, "mpnet.py", "--input", str(corpus_file(n)), "--output", str(out),
+                       "--output-dtype", "float16"])
+    return {"sentences": n, "peak_rss_mb": round(rss), "wall_s": round(wall, 1), "sentences_per_s": round(n / wall, 1)}
+
+
+def speed(n: int) -> dict:
+    source, out = corpus_file(n), WORK / "emb-speed.npy"
+    ways = {
+        "encode() on a list": ([sys.executable, "-c", ENCODE, str(source), str(out)], None),
+        "mpnet.py --input, 1 process": ([sys.executable, "mpnet.py", "--input", str(source), "--output", str(out)], None),
+        "torchrun, 2 processes x 1 thread": ([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                              "--nproc_per_node=2", "mpnet.py", "--input", str(source), "--output",
+                                              str(out)], {"OMP_NUM_THREADS": "1"}),
+    }
+    walls = {name: [] for name in ways}
+    for _ in range(3):
+        for name, (cmd, env) in ways.items():
+            out.unlink(missing_ok=True)
+            walls[name].append(timed(cmd, env)[0])
+    return {"sentences": n, "sentences_per_s": {k: round(n / statistics.median(v), 1) for k, v in walls.items()},
+            "rounds_s": {k: [round(x, 1) for x in v] for k, v in walls.items()}}
+
+
+def cell(name: str, compute) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute() | {"cpu": describe()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_atomic(lambda p: p.write_text(json.dumps(result, indent=2)), path)
+    return result
+
+
+def table() -> str:
+    lines = []
+    mem = [json.loads(p.read_text()) for n in MEMORY_SIZES if (p := RESULTS / f"memory-{n}.json").is_file()]
+    if mem:
+        lines += [f"Peak RSS of `python mpnet.py --input corpus.txt --output emb.npy --output-dtype float16` "
+                  f"(fresh process; CPU: {mem[0]['cpu']}):", "",
+                  "| sentences | peak RSS | wall time | sentences/s |", "| ---: | ---: | ---: | ---: |"]
+        lines += [f"| {m['sentences']:,} | {m['peak_rss_mb']:,} MB | {m['wall_s']:.0f} s | {m['sentences_per_s']:.1f} |"
+                  for m in mem] + [""]
+    path = RESULTS / f"speed-{SPEED_SIZE}.json"
+    if path.is_file():
+        sp = json.loads(path.read_text())
+        base = sp["sentences_per_s"]["encode() on a list"]
+        lines += [f"Throughput on {sp['sentences']:,} sentences, each way a fresh process including model load "
+                  f"(median of 3 interleaved rounds; CPU: {sp['cpu']}):", "",
+                  "| how | sentences/s | × encode() |", "| --- | ---: | ---: |"]
+        lines += [f"| {k} | {v:.1f} | {v / base:.2f} |" for k, v in sp["sentences_per_s"].items()] + [""]
+    return "\n".join(lines) + "Generated by `python experiments/corpus_scale.py`.\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--only", choices=["memory", "speed"], help="run only these cells")
+    args = parser.parse_args()
+    if not args.table_only:
+        if args.only != "speed":
+            for n in MEMORY_SIZES:
+                cell(f"memory-{n}", lambda: memory(n))
+        if args.only != "memory":
+            cell(f"speed-{SPEED_SIZE}", lambda: speed(SPEED_SIZE))
+    (HERE / "corpus_scale.md").write_text(table())
+    print(table())
+
+
+if __name__ == "__main__":
+    main()
