@@ -25,6 +25,7 @@ How it stays small and restartable:
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -170,3 +171,35 @@ def numbered_chunks(sentences: Iterator[str], size: int) -> Iterator[tuple[int, 
             chunk, number = [], number + 1
     if chunk:
         yield number, chunk
+
+
+# ----------------------------------------------------------------------------- mpnet.py's command line
+def add_corpus_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", type=Path, help="a file of sentences, one a line (or JSONL with --field)")
+    parser.add_argument("--field", help="--input is JSONL: embed this field of each line's object")
+    parser.add_argument("--output", type=Path, help="--input's embeddings: an (N, 768) .npy file")
+    parser.add_argument("--output-dtype", choices=["float32", "float16"], default="float32")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--chunk-size", type=int, default=CHUNK,
+                        help="--input: sentences per chunk (the unit of memory, of resuming and of sharding)")
+
+
+def embed_file_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`mpnet.py --input F --output E.npy`: every flag and the whole input checked before the model loads."""
+    from mpnet import SentenceEncoder
+
+    if bool(args.sentences) == bool(args.input):
+        parser.error("give sentences on the command line, or --input FILE --output FILE.npy (not both)")
+    if not args.input.is_file():
+        parser.error(f"--input {args.input}: no such file")
+    if args.output is None or args.output.suffix != ".npy":
+        parser.error("--input needs --output FILE.npy")
+    if min(args.batch_size, args.chunk_size) < 1:
+        parser.error("--batch-size and --chunk-size must be positive integers")
+    try:
+        count_sentences(args.input, args.field)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    encoder = SentenceEncoder.from_pretrained(dtype=args.dtype)
+    n = embed_file(encoder, args.input, args.output, args.field, args.output_dtype, args.batch_size, args.chunk_size)
+    print(f"{n:,} embeddings in {args.output}", file=sys.stderr)

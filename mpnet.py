@@ -433,38 +433,18 @@ class SentenceEncoder(nn.Module):
 def main(argv: list[str]) -> None:
     import argparse
 
+    from corpus import add_corpus_flags, embed_file_command
+
     parser = argparse.ArgumentParser(description="Embed sentences with all-mpnet-base-v2 and print their "
                                                  "cosine similarities, or embed a file of them into a .npy.")
     parser.add_argument("sentences", nargs="*", help="one or more sentences (or --input)")
     parser.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="fp32",
                         help="auto: bf16 where this CPU runs it natively, else fp32 (default: fp32)")
-    parser.add_argument("--input", type=Path, help="a file of sentences, one a line (or JSONL with --field)")
-    parser.add_argument("--field", help="--input is JSONL: embed this field of each line's object")
-    parser.add_argument("--output", type=Path, help="--input's embeddings: an (N, 768) .npy file")
-    parser.add_argument("--output-dtype", choices=["float32", "float16"], default="float32")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--chunk-size", type=int, default=4096, help="--input: sentences per chunk (the unit of "
-                                                                     "memory, of resuming and of sharding)")
+    add_corpus_flags(parser)  # --input, --output and their options: corpus.py
     args = parser.parse_args(argv)
-    if bool(args.sentences) == bool(args.input):
-        parser.error("give sentences on the command line, or --input FILE --output FILE.npy (not both)")
-    if args.input and (not args.input.is_file() or args.output is None or args.output.suffix != ".npy"):
-        parser.error(f"--input {args.input}: no such file" if not args.input.is_file()
-                     else "--input needs --output FILE.npy")
-    if min(args.batch_size, args.chunk_size) < 1:
-        parser.error("--batch-size and --chunk-size must be positive integers")
-    if args.input:
-        from corpus import count_sentences
-        try:
-            count_sentences(args.input, args.field)  # the whole input is checked before the model loads
-        except ValueError as e:
-            sys.exit(f"error: {e}")
+    if args.input or not args.sentences:
+        return embed_file_command(parser, args)
     encoder = SentenceEncoder.from_pretrained(dtype=args.dtype)
-    if args.input:
-        from corpus import embed_file
-        n = embed_file(encoder, args.input, args.output, args.field, args.output_dtype, args.batch_size, args.chunk_size)
-        print(f"{n:,} embeddings in {args.output}", file=sys.stderr)
-        return
     emb = encoder.encode(args.sentences)
     for s, e in zip(args.sentences, emb):
         print(f"{tuple(e.shape)}  [{', '.join(f'{v:+.4f}' for v in e[:6])}, ...]  {s!r}")

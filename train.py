@@ -672,7 +672,8 @@ def check_out_folder(cfg: TrainConfig, resume: bool) -> dict | None:
         raise ValueError(f"--resume: {out} has no {missing}, so there is nothing to resume; "
                          f"run without --resume to start a fresh run there")
     info = json.loads(info_path.read_text())
-    saved, now = info["config"], asdict(cfg)
+    # A flag missing from run.json did not exist when the run started: it ran with the default.
+    saved, now = asdict(TrainConfig()) | info["config"], asdict(cfg)
     diffs = [f"--{k.replace('_', '-')} {now[k]!r} (run.json: {saved.get(k)!r})" for k in now
              if k not in MAY_DIFFER_ON_RESUME and saved.get(k) != now[k]]
     if diffs:

@@ -43,7 +43,8 @@ def test_train_flags_are_checked_before_anything_loads(capsys, flags, message):
     ("eval.py", ["--checkpoint", "nowhere", "--dataset", "sst2"], "--checkpoint nowhere: no run.json there"),
     ("eval.py", ["--checkpoint", "x", "--dataset", "imdb"], "argument --dataset: invalid choice: 'imdb'"),
     ("mpnet.py", ["--dtype", "int4", "hello"], "argument --dtype: invalid choice: 'int4'"),
-    ("mpnet.py", [], "the following arguments are required: sentences"),
+    ("mpnet.py", [], "give sentences on the command line, or --input FILE --output FILE.npy"),
+    ("mpnet.py", ["--input", "nowhere.txt", "--output", "e.npy"], "--input nowhere.txt: no such file"),
 ])
 def test_other_commands_refuse_bad_flags_in_one_line(script, flags, message):
     done = subprocess.run([sys.executable, script, *flags], cwd=ROOT_DIR, capture_output=True, text=True, timeout=60)
