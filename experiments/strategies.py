@@ -1,6 +1,6 @@
 """Training strategies on the real multi-task benchmark: Task A = Banking77, Task B = SST-2.
 
-    python experiments/strategies.py                 # every row (about an hour on 2 CPU cores)
+    python experiments/strategies.py                 # every row without a stored result (all: ~1 hour on 2 cores)
     python experiments/strategies.py --only flat backbone
 
 Every row trains for the same budget: 400 optimizer steps of 16 examples (6,400 examples seen),
@@ -83,12 +83,13 @@ def table() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", nargs="*", help="row names to (re)run; the table uses every stored result")
+    parser.add_argument("--only", nargs="*", help="row names to (re)run, even if stored; the table uses every stored result")
     parser.add_argument("--table-only", action="store_true", help="rebuild the table from stored results")
     args = parser.parse_args()
     if not args.table_only:
         for name, _, flags in ROWS:
-            if not args.only or name in args.only:
+            stored = (HERE / "results" / f"{name}.json").is_file()
+            if (name in args.only) if args.only else not stored:  # by default, only the rows not run yet
                 run(name, flags)
     text = table()
     (HERE / "strategies.md").write_text(text)
