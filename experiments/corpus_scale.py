@@ -28,7 +28,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from checkpoint import write_atomic  # noqa: E402
-from hardware import describe  # noqa: E402
+from cells import cell  # noqa: E402
 
 RESULTS = HERE / "results" / "corpus"
 WORK = ROOT / "runs" / "corpus"
@@ -89,16 +89,6 @@ def speed(n: int) -> dict:
             "rounds_s": {k: [round(x, 1) for x in v] for k, v in walls.items()}}
 
 
-def cell(name: str, compute) -> dict | None:
-    path = RESULTS / f"{name}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    result = compute() | {"cpu": describe()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_atomic(lambda p: p.write_text(json.dumps(result, indent=2)), path)
-    return result
-
-
 def table() -> str:
     lines = []
     mem = [json.loads(p.read_text()) for n in MEMORY_SIZES if (p := RESULTS / f"memory-{n}.json").is_file()]
@@ -127,9 +117,9 @@ def main() -> None:
     if not args.table_only:
         if args.only != "speed":
             for n in MEMORY_SIZES:
-                cell(f"memory-{n}", lambda: memory(n))
+                cell(RESULTS, f"memory-{n}", lambda: memory(n))
         if args.only != "memory":
-            cell(f"speed-{SPEED_SIZE}", lambda: speed(SPEED_SIZE))
+            cell(RESULTS, f"speed-{SPEED_SIZE}", lambda: speed(SPEED_SIZE))
     (HERE / "corpus_scale.md").write_text(table())
     print(table())
 

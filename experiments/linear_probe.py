@@ -31,8 +31,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from checkpoint import write_atomic  # noqa: E402
 from hardware import describe  # noqa: E402
+from cells import cell  # noqa: E402
 
 RESULTS = HERE / "results" / "linear_probe"
 SEEDS = (0, 1, 2)
@@ -90,16 +90,6 @@ def logreg() -> dict:
             "embed_s": round(embed_s, 1), "cpu": describe()}
 
 
-def cell(name: str, compute) -> dict:
-    path = RESULTS / f"{name}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    result = compute()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_atomic(lambda p: p.write_text(json.dumps(result, indent=2)), path)
-    return result
-
-
 def table() -> str:
     heads = [json.loads((RESULTS / f"head-seed{s}.json").read_text()) for s in SEEDS
              if (RESULTS / f"head-seed{s}.json").is_file()]
@@ -131,8 +121,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.table_only:
         for seed in SEEDS:
-            cell(f"head-seed{seed}", lambda: head(seed))
-        cell("logreg", logreg)
+            cell(RESULTS, f"head-seed{seed}", lambda: head(seed))
+        cell(RESULTS, "logreg", logreg)
     (HERE / "linear_probe.md").write_text(table())
     print(table())
 

@@ -38,8 +38,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from checkpoint import write_atomic  # noqa: E402
-from hardware import describe  # noqa: E402
+from cells import cell  # noqa: E402
 
 RESULTS = HERE / "results" / "own_data"
 WORK = ROOT / "runs" / "own-data"
@@ -162,16 +161,6 @@ def throughput(n: int = 10_000) -> dict:
             "rounds": {k: [round(x, 2) for x in v] for k, v in times.items()}}
 
 
-def cell(name: str, compute) -> dict:
-    path = RESULTS / f"{name}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    result = compute() | {"cpu": describe()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_atomic(lambda p: p.write_text(json.dumps(result, indent=2)), path)
-    return result
-
-
 def table() -> str:
     load = lambda name: json.loads((RESULTS / f"{name}.json").read_text()) if (RESULTS / f"{name}.json").is_file() else None
     lines = []
@@ -218,21 +207,21 @@ def main() -> None:
     args = parser.parse_args()
     if not args.table_only:
         train_csv, test_csv, train = write_sets()
-        cell("probe-2000", lambda: train_run(train_csv, test_csv, 0, "probe-2000") | {"probe": linear_probe(train_csv, test_csv)})
+        cell(RESULTS, "probe-2000", lambda: train_run(train_csv, test_csv, 0, "probe-2000") | {"probe": linear_probe(train_csv, test_csv)})
         probe = json.loads((RESULTS / "probe-2000.json").read_text())["probe"]  # deterministic: computed once
         for seed in (1, 2):
-            cell(f"probe-2000-seed{seed}", lambda: train_run(train_csv, test_csv, seed, f"probe-2000-seed{seed}")
+            cell(RESULTS, f"probe-2000-seed{seed}", lambda: train_run(train_csv, test_csv, seed, f"probe-2000-seed{seed}")
                  | {"probe": probe})
         for seed in (0, 1, 2):
-            cell(f"probe-2000-allrows-seed{seed}", lambda: train_run(train_csv, test_csv, seed, f"probe-2000-allrows-seed{seed}",
+            cell(RESULTS, f"probe-2000-allrows-seed{seed}", lambda: train_run(train_csv, test_csv, seed, f"probe-2000-allrows-seed{seed}",
                                                                      ("--val-fraction", "0")) | {"probe": probe})
         for k in (8, 32, 128):
             for seed in (0, 1, 2):
                 path = few_shot_csv(train, k, seed)
-                cell(f"fewshot-{k}-seed{seed}", lambda: train_run(path, test_csv, seed, f"fewshot-{k}-seed{seed}")
+                cell(RESULTS, f"fewshot-{k}-seed{seed}", lambda: train_run(path, test_csv, seed, f"fewshot-{k}-seed{seed}")
                      | {"probe": linear_probe(path, test_csv)})
-        cell("predict-throughput", throughput)
-        cell("predict-memory", peak_memory)
+        cell(RESULTS, "predict-throughput", throughput)
+        cell(RESULTS, "predict-memory", peak_memory)
     text = table()
     (HERE / "own_data.md").write_text(text)
     print(text)
