@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from checkpoint import write_atomic
+from predict import chunks
 
 CHUNK = 4096
 
@@ -100,7 +101,7 @@ def embed_file(encoder, source: Path, output: Path, field: str | None = None, dt
     rows = np.load(partial, mmap_mode="r+")
     own_done = sorted(c for c in done if c % shards.world == shards.rank)
     started, embedded = time.time(), 0
-    for c, sentences in numbered_chunks(read_sentences(source, field), chunk_size):
+    for c, sentences in enumerate(chunks(read_sentences(source, field), chunk_size)):
         if c not in mine:
             continue
         rows[c * chunk_size:c * chunk_size + len(sentences)] = encoder.encode(sentences, batch_size).numpy()
@@ -111,7 +112,7 @@ def embed_file(encoder, source: Path, output: Path, field: str | None = None, dt
         embedded += len(sentences)
         if shards.rank == 0:
             rate = embedded / (time.time() - started)
-            left = (len(mine) - embedded / chunk_size) * chunk_size
+            left = len(mine) * chunk_size - embedded  # (the last chunk may be shorter: an upper bound)
             print(f"\r{embedded:,} sentences embedded, {rate:.0f}/s"
                   f"{f' per process, {shards.world} processes' if shards.world > 1 else ''}, eta {left / rate:.0f} s  ",
                   end="", file=sys.stderr, flush=True)
@@ -160,17 +161,6 @@ def finished_chunks(partial: Path, settings: dict) -> set[int]:
         if without_chunks(record) == settings:
             done.update(record["chunks"])
     return done
-
-
-def numbered_chunks(sentences: Iterator[str], size: int) -> Iterator[tuple[int, list[str]]]:
-    chunk, number = [], 0
-    for s in sentences:
-        chunk.append(s)
-        if len(chunk) == size:
-            yield number, chunk
-            chunk, number = [], number + 1
-    if chunk:
-        yield number, chunk
 
 
 # ----------------------------------------------------------------------------- mpnet.py's command line
