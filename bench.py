@@ -1,8 +1,8 @@
 """Benchmark mpnet.py: encode throughput, time to first embedding, peak memory.
 
-    python bench.py                          # fp32 and bf16 on CPU
+    python bench.py                          # fp32, bf16 and int8 on CPU
     python bench.py --device cuda --compare --batch-size 128   # on a GPU, against sentence-transformers fp16
-    python bench.py --compare                # + sentence-transformers on the same sentences
+    python bench.py --compare                # + sentence-transformers (torch, ONNX Runtime, OpenVINO: peers.py)
     python bench.py --compare --st-model /path/to/all-mpnet-base-v2
     python bench.py --train                  # fine-tuning tokens/s: train.py vs its bound vs transformers
 
@@ -12,7 +12,8 @@ on a shared machine hits all engines alike. Start-up and peak memory: each
 engine runs in a fresh process (`python bench.py --child ENGINE`) that loads the
 model, embeds one sentence (time to first embedding, counted from just before
 the process is spawned), then encodes the corpus and reports its peak RSS.
-The corpus is the STS-B test sentences from the data folder when present.
+The corpus is the STS-B test sentences from the data folder when present. With --compare, each
+engine's STS-B test Spearman (all 1,379 pairs) is measured in the same run.
 
 --train: real training tokens/s of one full fine-tuning step (Banking77 + SST-2 batches drawn by
 train.py's own sampler, default batch 16), for train.py's train_step, for the bound (the forward
@@ -38,15 +39,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cli import int_at_least
 from data import DATA_ENV, read_stsb
-from hardware import describe, native_bf16
+from eval import spearman
+from hardware import describe, encoder_precision, native_bf16
 from mpnet import SentenceEncoder
+from weights.fetch import fetch
 
 ROOT = Path(__file__).resolve().parent
-ST_HUB_ID = "sentence-transformers/all-mpnet-base-v2"
 # Multiply-adds per token in the encoder's linear layers: per layer q, k, v, o (4 x D x D) + FFN (2 x D x 4D).
 FLOPS_PER_TOKEN = 2 * 12 * (4 * 768 * 768 + 2 * 768 * 3072)
 
@@ -62,17 +65,26 @@ def load_corpus(data_dir: str | None, n: int) -> tuple[list[str], str]:
 
 
 def engines(compare: bool, device: str) -> list[str]:
-    """ours-DEVICE-fp32 first (the reference of the cosine column), then bf16, then sentence-transformers:
-    fp32 on CPU, fp16 (model.half(), its fast GPU setting) on a GPU."""
-    names = [f"ours-{device}-fp32", f"ours-{device}-bf16"]
+    """ours-DEVICE-fp32 first (the reference of the cosine column), then bf16 (and int8 on a CPU), then
+    sentence-transformers: fp32 on CPU, fp16 (model.half(), its fast GPU setting) on a GPU; then, on a
+    CPU, its ONNX Runtime and OpenVINO backends where installed (peers.py)."""
+    names = [f"ours-{device}-fp32", f"ours-{device}-bf16"] + (["ours-cpu-int8"] if device == "cpu" else [])
     if compare:
         names.append("st-cuda-fp16" if device == "cuda" else "st-cpu-fp32")
+        if device == "cpu":
+            import peers
+
+            names += peers.available()
     return names
 
 
 def load_engine(name: str, st_model: str):
     """-> encode(list[str]) -> (N, 768) float32 CPU tensor."""
     who, device, precision = name.split("-")
+    if who in ("onnx", "openvino"):
+        import peers
+
+        return peers.load(name, Path(st_model))
     if who == "st":
         from sentence_transformers import SentenceTransformer
 
@@ -80,9 +92,17 @@ def load_engine(name: str, st_model: str):
         if precision == "fp16":
             st.half()
         return lambda s, bs: torch.as_tensor(st.encode(s, batch_size=bs, convert_to_numpy=True)).float()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    enc = SentenceEncoder.from_pretrained(device=device, dtype=dtype)
+    enc = SentenceEncoder.from_pretrained(device=device, dtype=precision)
     return lambda s, bs: enc.encode(s, batch_size=bs)
+
+
+def stsb_test(encode, args: argparse.Namespace) -> float:
+    """STS-B test cosine-Spearman x100 over all 1,379 pairs, for any engine's encode()."""
+    pairs = read_stsb("test", args.data_dir)
+    unique = list(dict.fromkeys(s for p in pairs for s in p[:2]))
+    emb = dict(zip(unique, torch.nn.functional.normalize(encode(unique, args.batch_size), dim=1)))
+    cosine = [float(emb[a] @ emb[b]) for a, b, _ in pairs]
+    return 100 * spearman(np.array(cosine), np.array([p[2] for p in pairs]))
 
 
 def sync(name: str) -> None:
@@ -115,7 +135,7 @@ def child(name: str, args: argparse.Namespace) -> None:
 
 def fresh_process(name: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, str(ROOT / "bench.py"), "--child", name, "--sentences", str(args.sentences),
-           "--batch-size", str(args.batch_size), "--st-model", args.st_model]
+           "--batch-size", str(args.batch_size)] + (["--st-model", args.st_model] if args.st_model else [])
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     spawned = time.time()
@@ -295,7 +315,9 @@ def bench_train(args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--compare", action="store_true", help="also run sentence-transformers (if installed)")
-    parser.add_argument("--st-model", default=ST_HUB_ID, help="Hub id or local folder for --compare")
+    parser.add_argument("--st-model", default=None,
+                        help="local sentence-transformers folder or Hub id for --compare (default: the weights "
+                             "folder, which weights/fetch.py fills with sentence-transformers' files too)")
     parser.add_argument("--sentences", type=int_at_least(1), default=512, help="corpus size (default 512)")
     parser.add_argument("--batch-size", type=int_at_least(1), default=32)
     parser.add_argument("--rounds", type=int_at_least(1), default=5, help="throughput rounds; the median is reported")
@@ -319,12 +341,20 @@ def main() -> None:
         try:
             import sentence_transformers  # noqa: F401
         except ImportError:
-            sys.exit("--compare needs sentence-transformers: pip install sentence-transformers")
+            sys.exit("--compare needs sentence-transformers: pip install -r requirements-bench.txt")
     corpus, corpus_desc = load_corpus(args.data_dir, args.sentences)
     names = engines(args.compare, args.device)
+    if args.compare and args.st_model is None:
+        args.st_model = str(fetch(sentence_transformers=True))
+    if any(n.split("-")[0] in ("onnx", "openvino") for n in names):
+        import peers
+
+        calibration = [p[0] for p in read_stsb("train", args.data_dir)]  # OpenVINO int8; never the test split
+        args.st_model = str(peers.prepare(names, Path(args.st_model), calibration))
     encoders = {n: load_engine(n, args.st_model) for n in names}
     tokens = sum(len(ids) for ids in SentenceEncoder.from_pretrained().tokenizer.encode(corpus))
     print(f"CPU: {describe()}" + ("" if native_bf16() else "  (no native bf16: the bf16 row is emulated)"))
+    print(f"dtype='auto' here: {' - '.join(encoder_precision('auto', args.device))}")
     print(f"corpus: {corpus_desc}, {tokens} real tokens; batch {args.batch_size}; "
           f"{torch.get_num_threads()} threads; torch {torch.__version__}")
 
@@ -336,6 +366,7 @@ def main() -> None:
             embeddings[n] = encoders[n](corpus, args.batch_size)
             sync(n)
             times[n].append(time.perf_counter() - start)
+    stsb = {n: stsb_test(encoders[n], args) for n in names} if args.compare else {}
     del encoders
 
     fp32_peak = matmul_gflops(torch.float32)
@@ -351,6 +382,7 @@ def main() -> None:
             "peak_gpu_mb": starts[0]["peak_gpu_mb"],
             "cosine_to_fp32_min": float(torch.nn.functional.cosine_similarity(
                 embeddings[n], embeddings[names[0]]).min()),
+            "stsb_test_spearman": stsb.get(n),
         }
     print(f"fp32 matmul peak, 2048^3 GEMM in this run: {fp32_peak:.0f} GFLOP/s "
           f"-> encoder limit {fp32_peak * 1e9 / FLOPS_PER_TOKEN:.0f} tokens/s")
@@ -358,7 +390,7 @@ def main() -> None:
         print(f"GPU {torch.cuda.get_device_name()}: bf16 matmul peak, 8192^3 GEMM in this run: "
               f"{gpu_bf16_peak / 1000:.0f} TFLOP/s (the %limit of ours-cuda-bf16)")
     print(f"{'engine':16} {'sent/s':>8} {'tok/s':>8} {'x ST':>6} {'%limit':>7} {'start s':>8} "
-          f"{'x ST':>6} {'RSS MB':>7} {'x ST':>6} {'cos>=':>8}")
+          f"{'x ST':>6} {'RSS MB':>7} {'x ST':>6} {'cos>=':>8} {'STS-B':>6}")
     for n, r in results.items():
         # x ST: against sentence-transformers on the same device (fp32 on CPU, fp16 on a GPU)
         base = results.get("st-cuda-fp16" if "cuda" in n else "st-cpu-fp32")
@@ -367,7 +399,7 @@ def main() -> None:
         limit = f"{100 * r['tokens_per_s'] * FLOPS_PER_TOKEN / (peak * 1e9):6.0f}%" if peak else f"{'':>7}"
         print(f"{n:16} {r['sentences_per_s']:8.1f} {r['tokens_per_s']:8.0f} {ratio('tokens_per_s')} {limit} "
               f"{r['startup_s']:8.2f} {ratio('startup_s')} {r['peak_rss_mb']:7.0f} {ratio('peak_rss_mb')} "
-              f"{r['cosine_to_fp32_min']:8.5f}")
+              f"{r['cosine_to_fp32_min']:8.5f} {r['stsb_test_spearman'] or float('nan'):6.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": describe(), "corpus": corpus_desc, "tokens": tokens, "fp32_matmul_gflops": fp32_peak,
                                                "gpu_bf16_matmul_gflops": gpu_bf16_peak, "results": results}, indent=2))

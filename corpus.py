@@ -10,10 +10,12 @@ the file lines up with whatever else is keyed by line number.
 How it stays small and restartable:
 
     input file ──(chunk of 4,096 lines)──> encode() ──> rows [i*4096, (i+1)*4096) of emb.npy.partial
-         ^ read again each time, never held          (a memmap: written rows go to disk, not RAM)
+         ^ read again each time, never held          (written at their byte offset, then fsynced)
 
-  * Memory: one chunk of text and its embeddings at a time, whatever N is. The output is a numpy
-    memmap, so written rows live in the page cache, which the kernel may drop at will.
+  * Memory: one chunk of text and its embeddings at a time, whatever N is. The rows are written
+    with plain positioned writes, not through a memmap: pages of a mapped file that the process
+    has touched count in its resident size until the kernel needs them back, so a 1M-row float16
+    memmap alone would add 1.5 GB to the peak RSS.
   * Restart: after each chunk is flushed to disk its number is recorded (emb.npy.partial.done-RANK,
     replaced atomically). A rerun with the same input and settings skips the recorded chunks. Only
     when every chunk is recorded is emb.npy.partial renamed to emb.npy: a file at the output path
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 
 from checkpoint import write_atomic
-from predict import chunks
+from predict import bound_kernel_cache, chunks
 
 CHUNK = 4096
 
@@ -98,14 +100,19 @@ def embed_file(encoder, source: Path, output: Path, field: str | None = None, dt
     mine = [c for c in range(n_chunks) if c % shards.world == shards.rank and c not in done]
     if done and shards.rank == 0:
         print(f"resuming {partial}: {len(done)} of {n_chunks} chunks already done", file=sys.stderr)
-    rows = np.load(partial, mmap_mode="r+")
+    header_bytes = np.load(partial, mmap_mode="r").offset  # where row 0 starts in the .npy file
+    row_bytes = settings["dim"] * np.dtype(dtype).itemsize
     own_done = sorted(c for c in done if c % shards.world == shards.rank)
     started, embedded = time.time(), 0
     for c, sentences in enumerate(chunks(read_sentences(source, field), chunk_size)):
         if c not in mine:
             continue
-        rows[c * chunk_size:c * chunk_size + len(sentences)] = encoder.encode(sentences, batch_size).numpy()
-        rows.flush()  # the rows are on disk before the chunk is recorded as done
+        rows = encoder.encode(sentences, batch_size).numpy().astype(dtype)
+        with open(partial, "r+b") as f:
+            f.seek(header_bytes + c * chunk_size * row_bytes)
+            f.write(rows.tobytes())
+            f.flush()
+            os.fsync(f.fileno())  # the rows are on disk before the chunk is recorded as done
         own_done.append(c)
         record = json.dumps(settings | {"chunks": own_done})
         write_atomic(lambda p: p.write_text(record), done_file(partial, shards.rank))
@@ -116,7 +123,6 @@ def embed_file(encoder, source: Path, output: Path, field: str | None = None, dt
             print(f"\r{embedded:,} sentences embedded, {rate:.0f}/s"
                   f"{f' per process, {shards.world} processes' if shards.world > 1 else ''}, eta {left / rate:.0f} s  ",
                   end="", file=sys.stderr, flush=True)
-    del rows
     shards.barrier()
     if shards.rank == 0:
         print(file=sys.stderr)
@@ -190,6 +196,7 @@ def embed_file_command(parser: argparse.ArgumentParser, args: argparse.Namespace
         count_sentences(args.input, args.field)
     except ValueError as e:
         sys.exit(f"error: {e}")
+    bound_kernel_cache()
     encoder = SentenceEncoder.from_pretrained(dtype=args.dtype)
     n = embed_file(encoder, args.input, args.output, args.field, args.output_dtype, args.batch_size, args.chunk_size)
     print(f"{n:,} embeddings in {args.output}", file=sys.stderr)

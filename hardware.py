@@ -2,7 +2,8 @@
 
     from hardware import describe, resolve_dtype
     print(describe())                 # "AMD EPYC (x86_64, 2 threads): avx2 avx512f avx512_bf16 ..."
-    dtype = resolve_dtype("auto")     # bf16 where the CPU runs it natively, else fp32
+    dtype = resolve_dtype("auto")     # training: bf16 where the CPU runs it natively, else fp32
+    encoder_precision("auto")         # encoding: ("bf16" | "int8" | "fp32", why)
 
 Why it matters: a bf16 matrix multiply is fast only where the hardware has bf16 dot-product
 instructions (x86: AVX-512 BF16 or AMX; ARM: the BF16 extension). Elsewhere PyTorch emulates
@@ -73,6 +74,27 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
 
 
 _warned = False
+
+
+def encoder_precision(dtype: str | torch.dtype | None, device: str | torch.device = "cpu") -> tuple[str, str]:
+    """The encoder's precision, "fp32", "bf16" or "int8", and why, for SentenceEncoder.from_pretrained.
+
+    'auto' picks the fastest path that keeps the model's quality on this hardware (bench.py --compare
+    and experiments/int8_layers.py measured both): bf16 where it runs natively; else, on a CPU, int8
+    linear layers (quant.py); else fp32. Training has no int8 path: it uses resolve_dtype below.
+    """
+    device = torch.device(device)
+    if dtype == "int8":
+        if device.type != "cpu":
+            raise ValueError("dtype='int8' is a CPU path (torch._int_mm on oneDNN); on a GPU use 'bf16' or 'auto'")
+        return "int8", "as asked"
+    if dtype == "auto":
+        if native_bf16(device):
+            return "bf16", "this device runs bf16 natively"
+        if device.type == "cpu":
+            return "int8", "no native bf16 on this CPU; int8 linear layers are the fastest accurate path"
+        return "fp32", "this GPU has no bf16"
+    return ("bf16" if resolve_dtype(dtype, device) == torch.bfloat16 else "fp32"), "as asked"
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hardware import resolve_dtype
+from hardware import encoder_precision
 from weights.fetch import FILES, fetch, is_complete, weights_dir
 
 
@@ -383,11 +383,14 @@ class SentenceEncoder(nn.Module):
 
         path defaults to $MPNET_WEIGHTS_DIR or weights/all-mpnet-base-v2; if the files
         are missing there, they are fetched first (see weights/fetch.py).
-        dtype: None or "fp32", "bf16" or a torch dtype, or "auto": bf16 where this CPU (or GPU)
-        runs it natively, else fp32. bf16 where it is emulated runs, with a warning (hardware.py).
+        dtype: None or "fp32", "bf16" or a torch dtype; "int8": int8 linear layers on a CPU (quant.py);
+        "auto": bf16 where this CPU (or GPU) runs it natively, else int8 on a CPU, and it prints its
+        choice. bf16 where it is emulated runs, with a warning (hardware.py).
         """
         device = torch.device(device or "cpu")
-        dtype = resolve_dtype(dtype, device)
+        precision, why = encoder_precision(dtype, device)
+        if dtype == "auto":
+            print(f"dtype auto: {precision} ({why})", file=sys.stderr)
         folder = weights_dir(path)
         if not is_complete(folder):
             print(f"all-mpnet-base-v2 weights not found in {folder} (need {', '.join(FILES)}); "
@@ -395,8 +398,13 @@ class SentenceEncoder(nn.Module):
             fetch(folder)
         cfg = MPNetConfig.from_json(folder / "config.json")
         model = load_checkpoint(folder / "model.safetensors", cfg)
-        model = model.to(device=device, dtype=dtype).eval()
-        return cls(model, Tokenizer(folder / "tokenizer.json", pad_id=cfg.pad_token_id))
+        model = model.to(device=device, dtype=torch.bfloat16 if precision == "bf16" else torch.float32).eval()
+        encoder = cls(model, Tokenizer(folder / "tokenizer.json", pad_id=cfg.pad_token_id))
+        if precision == "int8":
+            from quant import quantize  # the speed path has its own module; this file stays plain fp32
+
+            quantize(encoder)
+        return encoder
 
     @property
     def device(self) -> torch.device:
@@ -438,8 +446,8 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description="Embed sentences with all-mpnet-base-v2 and print their "
                                                  "cosine similarities, or embed a file of them into a .npy.")
     parser.add_argument("sentences", nargs="*", help="one or more sentences (or --input)")
-    parser.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="fp32",
-                        help="auto: bf16 where this CPU runs it natively, else fp32 (default: fp32)")
+    parser.add_argument("--dtype", choices=["auto", "fp32", "bf16", "int8"], default="fp32",
+                        help="auto: bf16 where this CPU runs it natively, else int8 (default: fp32)")
     add_corpus_flags(parser)  # --input, --output and their options: corpus.py
     args = parser.parse_args(argv)
     if args.input or not args.sentences:

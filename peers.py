@@ -1,0 +1,123 @@
+"""The peers of `bench.py --compare`: sentence-transformers on its torch, ONNX Runtime and OpenVINO backends.
+
+Bench-only (requirements-bench.txt); nothing at run time imports this file. Each peer is built the
+way sentence-transformers' own efficiency guide does it, from the local weights folder (which
+weights/fetch.py fills with sentence-transformers' module files too), so no Hub access is needed:
+
+    st-cpu-fp32        SentenceTransformer(folder)                              (the baseline: x ST = 1.00)
+    onnx-cpu-fp32      SentenceTransformer(folder, backend="onnx")              exported by optimum
+    onnx-cpu-O3        export_optimized_onnx_model(model, "O3", ...)            fused attention/GELU/LayerNorm
+    onnx-cpu-int8      export_dynamic_quantized_onnx_model(model, CONFIG, ...)  CONFIG from this CPU's flags:
+                       avx512_vnni where it has VNNI, else avx2 (arm64 on ARM); the VNNI config on an AVX2-only
+                       CPU computes garbage (STS-B 6.66 in issue #9), so it must match the hardware
+    openvino-cpu-fp32  SentenceTransformer(folder, backend="openvino")
+    openvino-cpu-int8  static int8 (NNCF via optimum-intel's OVQuantizer, its default OVQuantizationConfig),
+                       calibrated on 300 STS-B *train* sentences padded to 384 tokens as sentence-transformers'
+                       export_static_quantized_openvino_model does (it would fetch GLUE SST-2 from the Hub)
+
+The exported models are written once into runs/peers/ (git-ignored) and reused.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from hardware import cpu_flags
+
+ROOT = Path(__file__).resolve().parent
+EXPORTS = ROOT / "runs" / "peers"
+PEERS = ("onnx-cpu-fp32", "onnx-cpu-O3", "onnx-cpu-int8", "openvino-cpu-fp32", "openvino-cpu-int8")
+FILE_NAMES = {"onnx-cpu-fp32": "onnx/model.onnx", "onnx-cpu-O3": "onnx/model_O3.onnx",
+              "openvino-cpu-fp32": "openvino/openvino_model.xml",
+              "openvino-cpu-int8": "openvino/openvino_model_qint8_quantized.xml"}
+
+
+def onnx_int8_config() -> str:
+    """optimum's dynamic-quantisation config that matches this CPU."""
+    import platform
+
+    if platform.machine().lower() in ("arm64", "aarch64"):
+        return "arm64"
+    return "avx512_vnni" if "avx512_vnni" in cpu_flags() else "avx2"
+
+
+def file_name(name: str) -> str:
+    return FILE_NAMES.get(name) or f"onnx/model_qint8_{onnx_int8_config()}.onnx"
+
+
+def available() -> list[str]:
+    """The peers whose packages are installed."""
+    import importlib.util
+
+    found = []
+    if importlib.util.find_spec("optimum") and importlib.util.find_spec("onnxruntime"):
+        found += [p for p in PEERS if p.startswith("onnx")]
+    if importlib.util.find_spec("optimum.intel") and importlib.util.find_spec("openvino"):
+        found += [p for p in PEERS if p.startswith("openvino")]
+    return found
+
+
+def model_folder(weights: Path) -> Path:
+    """runs/peers/all-mpnet-base-v2: links to the weights folder's files, plus the exports."""
+    folder = EXPORTS / weights.name
+    for f in weights.rglob("*"):
+        if f.is_file() and not (folder / f.relative_to(weights)).exists():
+            (folder / f.relative_to(weights)).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(f.resolve(), folder / f.relative_to(weights))
+    return folder
+
+
+def prepare(names: list[str], weights: Path, calibration: list[str]) -> Path:
+    """Export every peer in `names` that runs/peers/ does not hold yet; returns the model folder."""
+    from sentence_transformers import SentenceTransformer
+
+    folder = model_folder(weights)
+    for backend in ("onnx", "openvino"):
+        if any(n.startswith(backend) for n in names) and not (folder / FILE_NAMES[f"{backend}-cpu-fp32"]).is_file():
+            print(f"exporting {backend} model into {folder} ...", flush=True)
+            SentenceTransformer(str(folder), backend=backend, device="cpu").save_pretrained(str(folder))
+    if "onnx-cpu-O3" in names and not (folder / file_name("onnx-cpu-O3")).is_file():
+        from sentence_transformers import export_optimized_onnx_model
+
+        export_optimized_onnx_model(SentenceTransformer(str(folder), backend="onnx"), "O3", str(folder))
+    if "onnx-cpu-int8" in names and not (folder / file_name("onnx-cpu-int8")).is_file():
+        from sentence_transformers import export_dynamic_quantized_onnx_model
+
+        export_dynamic_quantized_onnx_model(SentenceTransformer(str(folder), backend="onnx"), onnx_int8_config(),
+                                            str(folder))
+    if "openvino-cpu-int8" in names and not (folder / file_name("openvino-cpu-int8")).is_file():
+        openvino_static_int8(folder, calibration)
+    return folder
+
+
+def openvino_static_int8(folder: Path, calibration: list[str]) -> None:
+    """sentence-transformers' export_static_quantized_openvino_model, with a local calibration set."""
+    from datasets import Dataset
+    from optimum.intel import OVConfig, OVQuantizationConfig, OVQuantizer
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), backend="openvino")
+    config = OVQuantizationConfig()
+    texts = Dataset.from_dict({"sentence": calibration[:config.num_samples]})
+    tokenized = texts.map(lambda rows: model.tokenizer(rows["sentence"], padding="max_length", max_length=384,
+                                                       truncation=True), batched=True, remove_columns=["sentence"])
+    scratch = folder / "openvino-int8.partial"
+    shutil.rmtree(scratch, ignore_errors=True)
+    OVQuantizer.from_pretrained(model.transformers_model).quantize(tokenized, save_directory=scratch,
+                                                                  ov_config=OVConfig(quantization_config=config))
+    target = folder / file_name("openvino-cpu-int8")
+    for suffix in (".bin", ".xml"):  # .xml last: its presence marks the export complete
+        os.replace(scratch / f"openvino_model{suffix}", target.with_suffix(suffix))
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def load(name: str, folder: Path):
+    """-> encode(list[str], batch_size) -> (N, 768) float32 tensor, for one of PEERS."""
+    from sentence_transformers import SentenceTransformer
+
+    backend = name.split("-")[0]
+    st = SentenceTransformer(str(folder), backend=backend, device="cpu", model_kwargs={"file_name": file_name(name)})
+    return lambda s, bs: torch.as_tensor(st.encode(s, batch_size=bs, convert_to_numpy=True)).float()

@@ -1,0 +1,168 @@
+"""int8 inference for the encoder's linear layers: the fast path on CPUs without native bf16.
+
+    encoder = SentenceEncoder.from_pretrained(dtype="int8")     # or dtype="auto" (see hardware.py)
+
+Over 90% of the encoder's work is its 72 linear layers (q, k, v, o, ffn_in, ffn_out in each of
+12 layers). On a CPU without bf16 instructions, int8 is the only narrower number format with
+hardware support: AVX2 multiplies int8 pairs and sums them into int32 (vpmaddubsw), AVX-512 VNNI
+and ARM's dot-product instructions do it in one step. PyTorch exposes that as torch._int_mm
+(int8 x int8 -> exact int32), which oneDNN runs on x86 and ARM.
+
+The scheme, symmetric with no zero points:
+
+    weight W (out, in):  one scale per output row      s_w[o] = max|W[o, :]| / 63    (once, at load)
+    input  x (T, in):    one scale per token (row)     s_x[t] = max|x[t, :]| / 127   (every call)
+    y[t, o] = (sum_i q_x[t, i] * q_w[o, i]) * s_x[t] * s_w[o] + b[o]     (the sum is exact int32)
+
+Why 63 and not 127 for the weights: without VNNI, x86 multiplies int8 with vpmaddubsw, which
+adds two products into an int16 *with saturation*; oneDNN shifts the input to unsigned (0..255)
+for it. Two products of 255 x 127 overflow int16, and torch._int_mm then returns wrong sums: on
+this project's AVX-512 machine with oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2), a product of
+full-range int8 matrices was off by up to 12 million. 7-bit weights (|q| <= 63) keep every pair
+below 2 x 255 x 63 = 32,130 < 32,767, and the sums are exact on every kernel path (tested in
+tests/test_quant.py under AVX2 and baseline kernels too). It costs one bit of weight precision on
+every CPU, and buys the same integers, so the same embeddings, on every CPU. (ONNX Runtime's
+"avx2" quantisation config does the same thing with its reduce_range option; its "avx512_vnni"
+config on an AVX2 machine is how issue #9 got an STS-B of 6.66.)
+
+Per token, not one scale for the whole batch (torch.ao's quantize_dynamic, which cost 3.8 STS-B
+points when it was tried): one unusual sentence would otherwise set the step size for every
+token in the batch.
+
+Per token is not enough on its own. A few input *channels* are huge for every token: the input
+of layer 0's FFN has a channel that reaches 25.6 where the others stay below 5.3. A token's scale
+is set by that channel, and everything else is rounded to a few levels. SmoothQuant (Xiao et al.
+2023) moves that range into the weight, which is quantised per output row and does not mind:
+
+    x W^T = (x / m) (W * m)^T,     m[i] = max|x[:, i]|^alpha / max|W[:, i]|^(1 - alpha)
+
+max|x[:, i]| comes from a calibration pass of the fp32 model over CALIBRATION (sentences written
+for this file) when the model is loaded. (SmoothQuant folds 1/m into the LayerNorm before the
+layer; in this post-LN model that LayerNorm's output is also the residual stream, so here the
+division is one multiply on the input instead.)
+
+Which layers stay in fp32, and alpha, are measured decisions: experiments/int8_layers.py and its
+table, experiments/int8_layers.md.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+LINEAR_NAMES = ("attn.q", "attn.k", "attn.v", "attn.o", "ffn_in", "ffn_out")
+ALPHA = 0.6
+# (layer index, linear name) kept in fp32: layer 5's FFN output alone costs the most accuracy in
+# int8 (experiments/int8_layers.md), and it is 1/72 of the linear work.
+WEIGHT_MAX = 63  # 7-bit weights: see "Why 63" above
+INPUT_MAX = 127
+KEEP_FLOAT: tuple[tuple[int, str], ...] = ((5, "ffn_out"),)
+CALIBRATION = [
+    "How do I reset my password if I no longer have access to my email?",
+    "The train was forty minutes late, so we missed the start of the concert.",
+    "A man is playing a guitar on a street corner.",
+    "Two dogs are running through a field of tall grass.",
+    "What is the capital of Australia?",
+    "I really did not enjoy this film; the plot made no sense at all.",
+    "An absolutely wonderful, heart-warming performance by the whole cast!",
+    "Quarterly revenue rose 12% to $4.3 billion, beating analysts' estimates.",
+    "The patient was given 5 mg of the drug twice a day for two weeks.",
+    "Please transfer 250 euros from my savings account to my current account.",
+    "Why was my card declined at the supermarket this morning?",
+    "She said she would call back later, but she never did.",
+    "ok",
+    "Thanks!",
+    "The committee will meet on Tuesday to discuss the new budget proposal.",
+    "Photosynthesis converts light energy into chemical energy stored in glucose.",
+    "Is it safe to swim in the lake after heavy rain?",
+    "The new update broke the app: it crashes every time I open the settings page.",
+    "A woman is slicing tomatoes in a kitchen.",
+    "Stocks fell sharply after the central bank raised interest rates again.",
+    "Der Zug nach Berlin fährt um acht Uhr ab.",
+    "Où se trouve la gare la plus proche ?",
+    "Can you recommend a good book about the history of mathematics?",
+    "The weather is lovely today, let's have lunch in the park.",
+    # one long text: long inputs round differently (more tokens share the attention) and must be seen
+    "The history of the bicycle begins in the early nineteenth century, when inventors in Germany and "
+    "France built two-wheeled machines that riders pushed along with their feet. Pedals attached to the "
+    "front wheel came decades later, followed by the high-wheeled penny-farthing, whose large front "
+    "wheel made it fast but dangerous. The safety bicycle of the 1880s, with two wheels of equal size "
+    "and a chain driving the rear wheel, settled the basic design that is still used today. Pneumatic "
+    "tyres, gears and lighter frames made cycling comfortable enough for everyday travel, and within a "
+    "few years millions of people, many of them women, gained a new independence. Today bicycles are "
+    "used for commuting, sport and delivery work in cities around the world, and electric motors have "
+    "made longer and hillier journeys possible for riders of every age.",
+]
+
+
+class Int8Linear(nn.Module):
+    """A frozen nn.Linear whose matmul runs in int8 with int32 accumulation (see the module docstring)."""
+
+    def __init__(self, linear: nn.Linear, smooth: torch.Tensor | None = None):
+        super().__init__()
+        w = linear.weight.detach().float()
+        if smooth is None:
+            smooth = torch.ones(linear.in_features)
+        w = w * smooth  # x W^T = (x / smooth) (W * smooth)^T
+        scale = w.abs().amax(dim=1).clamp(min=1e-12) / WEIGHT_MAX
+        self.register_buffer("weight", torch.round(w / scale[:, None]).to(torch.int8))  # (out, in) as in nn.Linear
+        self.register_buffer("scale", scale)
+        self.register_buffer("inv_smooth", 1 / smooth)
+        self.register_buffer("bias", linear.bias.detach().float() if linear.bias is not None else torch.zeros_like(scale))
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape, dtype = x.shape, x.dtype
+        x = x.reshape(-1, shape[-1]).float() * self.inv_smooth
+        s = x.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / INPUT_MAX  # (T, 1): one scale per token
+        q = torch.round(x / s).to(torch.int8)  # |x / s| <= 127, so no clamping is needed
+        y = torch._int_mm(q, self.weight.t()).float()  # exact int32: |sum| <= 3072 * 127 * 63 < 2^31
+        y = torch.addcmul(self.bias, y, s * self.scale)  # y * s_x[t] * s_w[o] + b[o]
+        return y.reshape(*shape[:-1], self.out_features).to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel x per-token"
+
+
+def linears(layer: nn.Module) -> dict[str, nn.Linear]:
+    return {name: getattr(layer.attn, name[5:]) if name.startswith("attn.") else getattr(layer, name)
+            for name in LINEAR_NAMES}
+
+
+@torch.inference_mode()
+def input_ranges(encoder, sentences: list[str]) -> dict[tuple[int, str], torch.Tensor]:
+    """max |input| per channel of every linear layer over `sentences`, from the model as it is (fp32)."""
+    ranges, hooks = {}, []
+    for i, layer in enumerate(encoder.model.layers):
+        for name, module in linears(layer).items():
+            def record(module, inputs, output, key=(i, name)):
+                a = inputs[0].detach().float().abs().reshape(-1, inputs[0].shape[-1]).amax(dim=0)
+                ranges[key] = torch.maximum(ranges[key], a) if key in ranges else a
+            hooks.append(module.register_forward_hook(record))
+    try:
+        encoder.encode(sentences)
+    finally:
+        for h in hooks:
+            h.remove()
+    return ranges
+
+
+def quantize(encoder, alpha: float = ALPHA, keep_float=KEEP_FLOAT, calibration: list[str] = CALIBRATION):
+    """Replace the encoder's linear layers by smoothed Int8Linear, except the (layer, name) pairs in
+    keep_float. alpha = 0 quantises without smoothing. In place; returns the encoder. Inference only."""
+    unknown = {name for _, name in keep_float} - set(LINEAR_NAMES)
+    if unknown:
+        raise ValueError(f"keep_float names {sorted(unknown)} are not linear layers; choose from {LINEAR_NAMES}")
+    ranges = input_ranges(encoder, calibration)
+    for i, layer in enumerate(encoder.model.layers):
+        found = linears(layer)
+        # q, k and v read the same input: one smoothing vector for the three keeps that true
+        groups = [("attn.q", "attn.k", "attn.v"), ("attn.o",), ("ffn_in",), ("ffn_out",)]
+        for group in groups:
+            w_range = torch.stack([found[n].weight.detach().float().abs().amax(dim=0) for n in group]).amax(dim=0)
+            smooth = ranges[(i, group[0])].clamp(min=1e-5) ** alpha / w_range.clamp(min=1e-5) ** (1 - alpha)
+            for name in group:
+                if (i, name) in keep_float:
+                    continue
+                parent, attr = (layer.attn, name[5:]) if name.startswith("attn.") else (layer, name)
+                setattr(parent, attr, Int8Linear(found[name], smooth.clamp(min=1e-5)))
+    return encoder
