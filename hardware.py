@@ -3,7 +3,7 @@
     from hardware import describe, resolve_dtype
     print(describe())                 # "AMD EPYC (x86_64, 2 threads): avx2 avx512f avx512_bf16 ..."
     dtype = resolve_dtype("auto")     # training: bf16 where the CPU runs it natively, else fp32
-    encoder_precision("auto")         # encoding: ("bf16" | "int8" | "fp32", why)
+    encoder_precision("auto")         # encoding: ("int8" on a CPU, bf16/fp32 on a GPU, why)
 
 Why it matters: a bf16 matrix multiply is fast only where the hardware has bf16 dot-product
 instructions (x86: AVX-512 BF16 or AMX; ARM: the BF16 extension). Elsewhere PyTorch emulates
@@ -79,9 +79,11 @@ _warned = False
 def encoder_precision(dtype: str | torch.dtype | None, device: str | torch.device = "cpu") -> tuple[str, str]:
     """The encoder's precision, "fp32", "bf16" or "int8", and why, for SentenceEncoder.from_pretrained.
 
-    'auto' picks the fastest path that keeps the model's quality on this hardware (bench.py --compare
-    and experiments/int8_layers.py measured both): bf16 where it runs natively; else, on a CPU, int8
-    linear layers (quant.py); else fp32. Training has no int8 path: it uses resolve_dtype below.
+    'auto' picks the fastest path that keeps the model's quality (experiments/int8_layers.md) on this
+    hardware: on a CPU, int8 linear layers (quant.py), which bench.py --compare measured ahead of fp32
+    on an AVX2-only CPU and ahead of native bf16 on an AVX-512 BF16 one (VNNI multiplies int8 at twice
+    bf16's rate); on a GPU, bf16 where it has it, else fp32. Training has no int8 path: it uses
+    resolve_dtype below.
     """
     device = torch.device(device)
     if dtype == "int8":
@@ -89,11 +91,9 @@ def encoder_precision(dtype: str | torch.dtype | None, device: str | torch.devic
             raise ValueError("dtype='int8' is a CPU path (torch._int_mm on oneDNN); on a GPU use 'bf16' or 'auto'")
         return "int8", "as asked"
     if dtype == "auto":
-        if native_bf16(device):
-            return "bf16", "this device runs bf16 natively"
         if device.type == "cpu":
-            return "int8", "no native bf16 on this CPU; int8 linear layers are the fastest accurate path"
-        return "fp32", "this GPU has no bf16"
+            return "int8", "int8 linear layers: the fastest path within the accuracy targets on CPUs"
+        return ("bf16", "this GPU runs bf16 natively") if native_bf16(device) else ("fp32", "this GPU has no bf16")
     return ("bf16" if resolve_dtype(dtype, device) == torch.bfloat16 else "fp32"), "as asked"
 
 

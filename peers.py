@@ -12,8 +12,9 @@ weights/fetch.py fills with sentence-transformers' module files too), so no Hub 
                        CPU computes garbage (STS-B 6.66 in issue #9), so it must match the hardware
     openvino-cpu-fp32  SentenceTransformer(folder, backend="openvino")
     openvino-cpu-int8  static int8 (NNCF via optimum-intel's OVQuantizer, its default OVQuantizationConfig),
-                       calibrated on 300 STS-B *train* sentences padded to 384 tokens as sentence-transformers'
-                       export_static_quantized_openvino_model does (it would fetch GLUE SST-2 from the Hub)
+                       calibrated on STS-B *train* sentences (NNCF takes its default subset of them) padded to
+                       384 tokens, as sentence-transformers' export_static_quantized_openvino_model does (it
+                       would fetch GLUE SST-2 from the Hub instead)
 
 The exported models are written once into runs/peers/ (git-ignored) and reused.
 """
@@ -61,12 +62,18 @@ def available() -> list[str]:
 
 
 def model_folder(weights: Path) -> Path:
-    """runs/peers/all-mpnet-base-v2: links to the weights folder's files, plus the exports."""
+    """runs/peers/all-mpnet-base-v2: a copy of the weights folder, plus the exports.
+
+    A copy, not links: sentence-transformers' save_pretrained() rewrites config.json, modules.json
+    and the tokenizer files in the folder it saves to, and through a link it would rewrite the
+    weights folder's own files."""
     folder = EXPORTS / weights.name
     for f in weights.rglob("*"):
-        if f.is_file() and not (folder / f.relative_to(weights)).exists():
-            (folder / f.relative_to(weights)).parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(f.resolve(), folder / f.relative_to(weights))
+        target = folder / f.relative_to(weights)
+        if f.is_file() and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, target.with_name(target.name + ".partial"))
+            os.replace(target.with_name(target.name + ".partial"), target)
     return folder
 
 
@@ -101,7 +108,7 @@ def openvino_static_int8(folder: Path, calibration: list[str]) -> None:
 
     model = SentenceTransformer(str(folder), backend="openvino")
     config = OVQuantizationConfig()
-    texts = Dataset.from_dict({"sentence": calibration[:config.num_samples]})
+    texts = Dataset.from_dict({"sentence": calibration[:config.num_samples]})  # None: all; NNCF samples 128
     tokenized = texts.map(lambda rows: model.tokenizer(rows["sentence"], padding="max_length", max_length=384,
                                                        truncation=True), batched=True, remove_columns=["sentence"])
     scratch = folder / "openvino-int8.partial"
@@ -110,7 +117,7 @@ def openvino_static_int8(folder: Path, calibration: list[str]) -> None:
                                                                   ov_config=OVConfig(quantization_config=config))
     target = folder / file_name("openvino-cpu-int8")
     for suffix in (".bin", ".xml"):  # .xml last: its presence marks the export complete
-        os.replace(scratch / f"openvino_model{suffix}", target.with_suffix(suffix))
+        os.replace(scratch / "openvino" / f"openvino_model{suffix}", target.with_suffix(suffix))
     shutil.rmtree(scratch, ignore_errors=True)
 
 

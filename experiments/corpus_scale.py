@@ -5,9 +5,13 @@ and two processes, and peak memory as the corpus grows.
     python experiments/corpus_scale.py --table-only
 
 The corpus: SST-2's 67,349 training phrases followed by STS-B's train/dev/test sentences, repeated
-until N lines (git-ignored files in runs/corpus/). Cells, one JSON each in experiments/results/corpus/:
-  memory-N       peak RSS of `python mpnet.py --input ... --output ... --output-dtype float16` in a
-                 fresh process (its own rusage, from wait4), for N = 10k, 30k, 100k: flat means bounded
+until N lines (git-ignored files in runs/corpus/). Cells, one JSON each in experiments/results/corpus/, all with --dtype int8 (the fastest path here,
+which is what makes the 1M row affordable: about 1.5 hours on 2 cores instead of 4 in fp32):
+  memory-N       peak RSS of `python mpnet.py --input ... --output ... --dtype int8 --output-dtype float16`
+                 for N = 10k, 30k, 100k, 1M: flat means bounded. The parent samples the child's VmHWM
+                 every 10 s into runs/corpus/memory-N.progress.json, so a run cut off by the end of a
+                 session resumes (the corpus tool skips finished chunks) and the cell reports the
+                 largest peak of all its invocations and their summed wall time.
   speed-N        sentences/s on the first N lines, each way in a fresh process that loads the model:
                  encode() on a list held in memory (then np.save), mpnet.py --input with 1 process and
                  2 threads, torchrun with 2 processes of 1 thread; median of 3 interleaved rounds
@@ -32,11 +36,12 @@ from cells import cell  # noqa: E402
 
 RESULTS = HERE / "results" / "corpus"
 WORK = ROOT / "runs" / "corpus"
-MEMORY_SIZES = (10_000, 30_000, 100_000)
+MEMORY_SIZES = (10_000, 30_000, 100_000, 1_000_000)
+DTYPE = ["--dtype", "int8"]
 SPEED_SIZE = 5_000
 ENCODE = ("import sys, numpy as np; from mpnet import SentenceEncoder; "
           "lines = open(sys.argv[1], encoding='utf-8').read().split('\\n')[:-1]; "
-          "np.save(sys.argv[2], SentenceEncoder.from_pretrained().encode(lines).numpy())")
+          "np.save(sys.argv[2], SentenceEncoder.from_pretrained(dtype='int8').encode(lines).numpy())")
 
 
 def corpus_file(n: int) -> Path:
@@ -63,22 +68,47 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     return time.time() - started, usage.ru_maxrss / 1024
 
 
+def vm_hwm_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def memory(n: int) -> dict:
-    out = WORK / "emb16.npy"
-    out.unlink(missing_ok=True)
-    wall, rss = timed([sys.executable, "mpnet.py", "--input", str(corpus_file(n)), "--output", str(out),
-                       "--output-dtype", "float16"])
-    return {"sentences": n, "peak_rss_mb": round(rss), "wall_s": round(wall, 1), "sentences_per_s": round(n / wall, 1)}
+    out, progress = WORK / f"emb16-{n}.npy", WORK / f"memory-{n}.progress.json"
+    state = json.loads(progress.read_text()) if progress.is_file() else {"peak_rss_mb": 0, "wall_s": 0, "invocations": 0}
+    state["invocations"] += 1
+    cmd = [sys.executable, "mpnet.py", "--input", str(corpus_file(n)), "--output", str(out), *DTYPE,
+           "--output-dtype", "float16"]
+    started, wall_before = time.time(), state["wall_s"]
+    log = open(WORK / f"memory-{n}.log", "a")  # a file, not a pipe: a pipe nobody reads fills up and blocks
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+    while proc.poll() is None:
+        state["peak_rss_mb"] = max(state["peak_rss_mb"], vm_hwm_mb(proc.pid))
+        state["wall_s"] = wall_before + time.time() - started
+        write_atomic(lambda p: p.write_text(json.dumps(state)), progress)
+        time.sleep(10)
+    log.close()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {(WORK / f'memory-{n}.log').read_text()[-2000:]}")
+    out.unlink()
+    return {"sentences": n, "peak_rss_mb": round(state["peak_rss_mb"]), "wall_s": round(state["wall_s"], 1),
+            "sentences_per_s": round(n / state["wall_s"], 1), "invocations": state["invocations"]}
 
 
 def speed(n: int) -> dict:
     source, out = corpus_file(n), WORK / "emb-speed.npy"
     ways = {
         "encode() on a list": ([sys.executable, "-c", ENCODE, str(source), str(out)], None),
-        "mpnet.py --input, 1 process": ([sys.executable, "mpnet.py", "--input", str(source), "--output", str(out)], None),
+        "mpnet.py --input, 1 process": ([sys.executable, "mpnet.py", "--input", str(source), "--output", str(out),
+                                         *DTYPE], None),
         "torchrun, 2 processes x 1 thread": ([sys.executable, "-m", "torch.distributed.run", "--standalone",
                                               "--nproc_per_node=2", "mpnet.py", "--input", str(source), "--output",
-                                              str(out)], {"OMP_NUM_THREADS": "1"}),
+                                              str(out), *DTYPE], {"OMP_NUM_THREADS": "1"}),
     }
     walls = {name: [] for name in ways}
     for _ in range(3):
@@ -93,7 +123,7 @@ def table() -> str:
     lines = []
     mem = [json.loads(p.read_text()) for n in MEMORY_SIZES if (p := RESULTS / f"memory-{n}.json").is_file()]
     if mem:
-        lines += [f"Peak RSS of `python mpnet.py --input corpus.txt --output emb.npy --output-dtype float16` "
+        lines += [f"Peak RSS of `python mpnet.py --input corpus.txt --output emb.npy --dtype int8 --output-dtype float16` "
                   f"(fresh process; CPU: {mem[0]['cpu']}):", "",
                   "| sentences | peak RSS | wall time | sentences/s |", "| ---: | ---: | ---: | ---: |"]
         lines += [f"| {m['sentences']:,} | {m['peak_rss_mb']:,} MB | {m['wall_s']:.0f} s | {m['sentences_per_s']:.1f} |"

@@ -11,8 +11,9 @@ in the same process:
   * STS-B test: Spearman of the pairs' cosines against the gold scores, all 1,379 pairs
     (fp32: 83.42; target: within 0.3 points, i.e. >= 83.12).
 Cells: nothing (the fp32 check); everything with alpha 0 (no smoothing) and 0.5 to 0.7; each layer
-kind alone (alpha 0.6) to find the sensitive ones; and layer 5's FFN output kept in fp32 (the most
-sensitive single layer in a first fixture-only scan with statistics from STS-B train sentences).
+kind alone (alpha 0.5) to find the sensitive ones; layer 5's FFN output kept in fp32 (the most
+sensitive single layer in a first fixture-only scan); and the FFN output with per-token zero points
+(quant.Int8Linear), which is what quant.py does by default (alpha 0.5).
 One JSON per cell in experiments/results/int8_layers/; the table goes to experiments/int8_layers.md.
 """
 from __future__ import annotations
@@ -41,12 +42,13 @@ ALL = tuple((i, n) for i in range(12) for n in LINEAR_NAMES)
 RESULTS = HERE / "results" / "int8_layers"
 
 
-def cells() -> dict[str, tuple[float, tuple]]:
-    """cell name -> (alpha, the (layer, name) pairs kept in fp32)."""
-    out = {"fp32 (nothing quantised)": (0.0, ALL)}
-    out |= {f"all int8, alpha {a}": (a, ()) for a in (0.0, 0.5, 0.6, 0.7)}
-    out |= {f"only {n} int8, alpha 0.6": (0.6, tuple(p for p in ALL if p[1] != n)) for n in LINEAR_NAMES}
-    out |= {f"all but layer 5 ffn_out int8, alpha {a}": (a, ((5, "ffn_out"),)) for a in (0.5, 0.6, 0.7)}
+def cells() -> dict[str, tuple[float, tuple, tuple]]:
+    """cell name -> (alpha, the (layer, name) pairs kept in fp32, the names with per-token zero points)."""
+    out = {"fp32 (nothing quantised)": (0.0, ALL, ())}
+    out |= {f"all int8, alpha {a}": (a, (), ()) for a in (0.0, 0.5, 0.6, 0.7)}
+    out |= {f"only {n} int8, alpha 0.5": (0.5, tuple(p for p in ALL if p[1] != n), ()) for n in LINEAR_NAMES}
+    out["all but layer 5 ffn_out int8, alpha 0.5"] = (0.5, ((5, "ffn_out"),), ())
+    out |= {f"all int8, alpha {a}, ffn_out zero point": (a, (), ("ffn_out",)) for a in (0.5, 0.6)}
     return out
 
 
@@ -54,9 +56,10 @@ def slug(name: str) -> str:
     return name.split(" (")[0].replace(", ", "-").replace(" ", "-").replace(".", "_")
 
 
-def measure(alpha: float, keep_float: tuple, reference: dict, fixture: list[str], pairs: list) -> dict:
+def measure(alpha: float, keep_float: tuple, zero_point: tuple, reference: dict, fixture: list[str],
+            pairs: list) -> dict:
     encoder = SentenceEncoder.from_pretrained()
-    quantize(encoder, alpha, keep_float)
+    quantize(encoder, alpha, keep_float, zero_point)
     emb = encoder.encode(fixture)
     cos = (emb * reference["fixture"]).sum(1)
     first, second = encoder.encode([p[0] for p in pairs]), encoder.encode([p[1] for p in pairs])
@@ -91,14 +94,14 @@ def main() -> None:
         fixture = json.loads((ROOT / "tests" / "fixtures" / "reference.json").read_text(encoding="utf-8"))["sentences"]
         pairs = read_stsb("test", None)
         reference = None
-        for name, (alpha, keep) in todo.items():
+        for name, (alpha, keep, zero) in todo.items():
             if (RESULTS / f"{slug(name)}.json").is_file():
                 continue
             if reference is None:
                 fp32 = SentenceEncoder.from_pretrained()
                 reference = {"fixture": fp32.encode(fixture), "first": fp32.encode([p[0] for p in pairs]),
                              "second": fp32.encode([p[1] for p in pairs])}
-            r = cell(RESULTS, slug(name), lambda: measure(alpha, keep, reference, fixture, pairs))
+            r = cell(RESULTS, slug(name), lambda: measure(alpha, keep, zero, reference, fixture, pairs))
             print(f"{name}: {r}", flush=True)
     results = {name: json.loads(p.read_text()) for name in todo if (p := RESULTS / f"{slug(name)}.json").is_file()}
     if results:
