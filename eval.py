@@ -207,7 +207,7 @@ def main() -> None:
     parser.add_argument("--split", default="test", choices=["train", "dev", "test"])
     parser.add_argument("--stsb", metavar="SPLIT", choices=["train", "dev", "test"], help="STS-B split")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="for --stsb")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "int8", "auto"], default="fp32", help="for --stsb")
     parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
     if args.checkpoint and not (Path(args.checkpoint) / "run.json").is_file():
@@ -217,8 +217,8 @@ def main() -> None:
 
         from mpnet import SentenceEncoder
 
-        dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-        score = stsb_spearman(SentenceEncoder.from_pretrained(device=args.device, dtype=dtype), args.stsb, args.data_dir)
+        score = stsb_spearman(SentenceEncoder.from_pretrained(device=args.device, dtype=args.dtype), args.stsb,
+                              args.data_dir)
         print(f"STS-B {args.stsb} cosine-Spearman ({args.dtype}): {score:.2f}")
     elif args.checkpoint:
         try:
