@@ -326,6 +326,9 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the encoders run")
     parser.add_argument("--train", action="store_true", help="fine-tuning throughput instead of encoding")
     parser.add_argument("--steps", type=int_at_least(1), default=12, help="--train: steps per round (default 12)")
+    parser.add_argument("--engines", default=None,
+                        help="comma-separated engine names to run (default: all that apply), e.g. "
+                             "ours-cpu-fp32,ours-cpu-int8; the first is the cosine reference")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -344,6 +347,11 @@ def main() -> None:
             sys.exit("--compare needs sentence-transformers: pip install -r requirements-bench.txt")
     corpus, corpus_desc = load_corpus(args.data_dir, args.sentences)
     names = engines(args.compare, args.device)
+    if args.engines:
+        unknown = set(args.engines.split(",")) - set(names)
+        if unknown:
+            sys.exit(f"--engines: {', '.join(sorted(unknown))} not available here (choose from {', '.join(names)})")
+        names = args.engines.split(",")
     if args.compare and args.st_model is None:
         args.st_model = str(fetch(sentence_transformers=True))
     if any(n.split("-")[0] in ("onnx", "openvino") for n in names):

@@ -10,7 +10,10 @@ weights/fetch.py fills with sentence-transformers' module files too), so no Hub 
     onnx-cpu-int8      export_dynamic_quantized_onnx_model(model, CONFIG, ...)  CONFIG from this CPU's flags:
                        avx512_vnni where it has VNNI, else avx2 (arm64 on ARM); the VNNI config on an AVX2-only
                        CPU computes garbage (STS-B 6.66 in issue #9), so it must match the hardware
-    openvino-cpu-fp32  SentenceTransformer(folder, backend="openvino")
+    openvino-cpu-fp32  SentenceTransformer(folder, backend="openvino"): OpenVINO's defaults, which on a CPU with
+                       AVX-512 BF16 or AMX compute in bf16 (its INFERENCE_PRECISION_HINT), so there it is a
+                       bf16 engine under an fp32 name
+    openvino-cpu-f32   the same with INFERENCE_PRECISION_HINT f32: OpenVINO really in fp32
     openvino-cpu-int8  static int8 (NNCF via optimum-intel's OVQuantizer, its default OVQuantizationConfig),
                        calibrated on STS-B *train* sentences (NNCF takes its default subset of them) padded to
                        384 tokens, as sentence-transformers' export_static_quantized_openvino_model does (it
@@ -30,9 +33,9 @@ from hardware import cpu_flags
 
 ROOT = Path(__file__).resolve().parent
 EXPORTS = ROOT / "runs" / "peers"
-PEERS = ("onnx-cpu-fp32", "onnx-cpu-O3", "onnx-cpu-int8", "openvino-cpu-fp32", "openvino-cpu-int8")
+PEERS = ("onnx-cpu-fp32", "onnx-cpu-O3", "onnx-cpu-int8", "openvino-cpu-fp32", "openvino-cpu-f32", "openvino-cpu-int8")
 FILE_NAMES = {"onnx-cpu-fp32": "onnx/model.onnx", "onnx-cpu-O3": "onnx/model_O3.onnx",
-              "openvino-cpu-fp32": "openvino/openvino_model.xml",
+              "openvino-cpu-fp32": "openvino/openvino_model.xml", "openvino-cpu-f32": "openvino/openvino_model.xml",
               "openvino-cpu-int8": "openvino/openvino_model_qint8_quantized.xml"}
 
 
@@ -126,5 +129,8 @@ def load(name: str, folder: Path):
     from sentence_transformers import SentenceTransformer
 
     backend = name.split("-")[0]
-    st = SentenceTransformer(str(folder), backend=backend, device="cpu", model_kwargs={"file_name": file_name(name)})
+    kwargs = {"file_name": file_name(name)}
+    if name == "openvino-cpu-f32":
+        kwargs["ov_config"] = {"INFERENCE_PRECISION_HINT": "f32"}
+    st = SentenceTransformer(str(folder), backend=backend, device="cpu", model_kwargs=kwargs)
     return lambda s, bs: torch.as_tensor(st.encode(s, batch_size=bs, convert_to_numpy=True)).float()
