@@ -15,7 +15,9 @@ How it stays small and restartable:
   * Memory: one chunk of text and its embeddings at a time, whatever N is. The rows are written
     with plain positioned writes, not through a memmap: pages of a mapped file that the process
     has touched count in its resident size until the kernel needs them back, so a 1M-row float16
-    memmap alone would add 1.5 GB to the peak RSS.
+    memmap alone would add 1.5 GB to the peak RSS. The command line also turns oneDNN's kernel
+    cache off and returns freed heap memory after each chunk (memory.py): without those, the
+    peak grew with N although nothing of an earlier chunk was kept.
   * Restart: after each chunk is flushed to disk its number is recorded (emb.npy.partial.done-RANK,
     replaced atomically). A rerun with the same input and settings skips the recorded chunks. Only
     when every chunk is recorded is emb.npy.partial renamed to emb.npy: a file at the output path
@@ -39,7 +41,8 @@ import numpy as np
 import torch
 
 from checkpoint import write_atomic
-from predict import bound_kernel_cache, chunks
+from memory import bound_kernel_cache, release_freed_memory
+from predict import chunks
 
 CHUNK = 4096
 
@@ -113,6 +116,7 @@ def embed_file(encoder, source: Path, output: Path, field: str | None = None, dt
             f.write(rows.tobytes())
             f.flush()
             os.fsync(f.fileno())  # the rows are on disk before the chunk is recorded as done
+        release_freed_memory()
         own_done.append(c)
         record = json.dumps(settings | {"chunks": own_done})
         write_atomic(lambda p: p.write_text(record), done_file(partial, shards.rank))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 
 from checkpoint import write_atomic
 from cli import device, int_at_least
+from memory import bound_kernel_cache, release_freed_memory
 from mpnet import check_batch_size, check_sentences
 
 
@@ -93,20 +93,6 @@ def chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def bound_kernel_cache() -> None:
-    """Keep memory flat over a long stream: call before the model's first forward.
-
-    oneDNN, which runs PyTorch's CPU matrix multiplies, compiles a kernel for every new input
-    shape and keeps up to 1,024 of them. Length-sorted batches of real (packed) tokens have a new
-    shape almost every batch, so the cache, and the resident size, grew for the whole stream:
-    encoding 8,192 sentences in chunks of 1,024 took the anonymous memory from 238 to 435 MB, and
-    a 30,000-sentence corpus peaked 200 MB above a 10,000-sentence one. With the cache off, the
-    same 8 chunks stayed at 193-210 MB, at the same speed in fp32 (kernels are cheap to create next
-    to a batch's matrix multiplies). oneDNN reads the setting when it makes its first kernel,
-    hence "before the first forward"; an explicit ONEDNN_PRIMITIVE_CACHE_CAPACITY wins."""
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
-
-
 def predict_file(clf: Classifier, source: Path, output: Path, column: str | None, batch_size: int,
                  chunk_size: int = 2048) -> int:
     """Stream source -> JSON lines in output (written to a temp file, renamed when complete)."""
@@ -120,6 +106,7 @@ def predict_file(clf: Classifier, source: Path, output: Path, column: str | None
                 for result in clf.predict(chunk, batch_size=batch_size):
                     out.write(json.dumps(result, ensure_ascii=False) + "\n")
                 done += len(chunk)
+                release_freed_memory()
                 rate = done / (time.time() - started)
                 print(f"\r{done:,}/{total:,} sentences, {rate:.0f}/s, eta {(total - done) / rate:.0f} s",
                       end="", file=sys.stderr, flush=True)

@@ -49,6 +49,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from memory import release_freed_memory
+
 LINEAR_NAMES = ("attn.q", "attn.k", "attn.v", "attn.o", "ffn_in", "ffn_out")
 ALPHA = 0.5
 # (layer index, linear name) kept in fp32: none. With smoothing at alpha 0.5 and zero points for the
@@ -186,18 +188,3 @@ def quantize(encoder, alpha: float = ALPHA, keep_float=KEEP_FLOAT, zero_point=ZE
                 setattr(parent, attr, Int8Linear(found[name], smooth.clamp(min=1e-5), zero_point=name in zero_point))
         release_freed_memory()
     return encoder
-
-
-def release_freed_memory() -> None:
-    """Give the fp32 temporaries of quantisation back to the OS (glibc; elsewhere nothing to do).
-
-    Each layer's temporaries are freed, but glibc keeps freed blocks of these sizes in its heap
-    instead of returning them: without this, loading the int8 encoder left 864 MB of anonymous
-    memory resident against 330 MB after one malloc_trim, and the peak grows with every layer."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):
-        pass

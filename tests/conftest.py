@@ -16,6 +16,6 @@ def encoder():
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "numerics: tiny-config training numerics; .ci/run reruns these under "
+    config.addinivalue_line("markers", "numerics: tiny-config training numerics and int8 exactness; .ci/run reruns these under "
                                        "AVX2-only and baseline kernels (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, "
                                        "MKL_ENABLE_INSTRUCTIONS) to catch tolerances that hold on one CPU only")

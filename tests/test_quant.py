@@ -87,9 +87,11 @@ def int8_encoder():
     return SentenceEncoder.from_pretrained(dtype="int8")
 
 
+@pytest.mark.numerics
 def test_int8_encoder_stays_close_to_sentence_transformers(int8_encoder):
     """Issue #9's constraint on the parity fixture (short, empty, long, eight scripts, emoji):
-    min cosine to the fp32 reference >= 0.98."""
+    min cosine to the fp32 reference >= 0.98. A numerics test: the int8 sums are exact everywhere,
+    but the fp32 parts around them (LayerNorm, GELU, attention) round differently per kernel path."""
     assert isinstance(int8_encoder.model.layers[0].ffn_in, Int8Linear)
     emb = int8_encoder.encode(REFERENCE["sentences"])
     cos = F.cosine_similarity(emb, torch.tensor(REFERENCE["embeddings"]))
