@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from checkpoint import write_atomic  # noqa: E402
 from cells import cell  # noqa: E402
+from corpus import CHUNK  # noqa: E402
 
 RESULTS = HERE / "results" / "corpus"
 WORK = ROOT / "runs" / "corpus"
@@ -119,6 +120,14 @@ def speed(n: int) -> dict:
             "rounds_s": {k: [round(x, 1) for x in v] for k, v in walls.items()}}
 
 
+def rows_done(n: int) -> int:
+    """Rows of an unfinished memory-N run already recorded as embedded (corpus.py's .done records)."""
+    chunks = set()
+    for record in WORK.glob(f"emb16-{n}.npy.partial.done-*"):
+        chunks.update(json.loads(record.read_text())["chunks"])
+    return min(n, len(chunks) * CHUNK)
+
+
 def table() -> str:
     lines = []
     mem = [json.loads(p.read_text()) for n in MEMORY_SIZES if (p := RESULTS / f"memory-{n}.json").is_file()]
@@ -127,7 +136,14 @@ def table() -> str:
                   f"(fresh process; CPU: {mem[0]['cpu']}):", "",
                   "| sentences | peak RSS | wall time | sentences/s |", "| ---: | ---: | ---: | ---: |"]
         lines += [f"| {m['sentences']:,} | {m['peak_rss_mb']:,} MB | {m['wall_s']:.0f} s | {m['sentences_per_s']:.1f} |"
-                  for m in mem] + [""]
+                  for m in mem]
+        for n in MEMORY_SIZES:  # a cell still under way: what its progress file holds so far
+            progress = WORK / f"memory-{n}.progress.json"
+            if not (RESULTS / f"memory-{n}.json").is_file() and progress.is_file():
+                state, done = json.loads(progress.read_text()), rows_done(n)
+                lines.append(f"| {n:,} (unfinished: {done:,} rows so far) | {state['peak_rss_mb']:,.0f} MB so far "
+                             f"| {state['wall_s']:.0f} s so far | {done / state['wall_s']:.1f} |")
+        lines += [""]
     path = RESULTS / f"speed-{SPEED_SIZE}.json"
     if path.is_file():
         sp = json.loads(path.read_text())
