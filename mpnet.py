@@ -431,7 +431,9 @@ class SentenceEncoder(nn.Module):
     def encode_file(self, source: str | os.PathLike, output: str | os.PathLike, field: str | None = None,
                     dtype: str = "float32", batch_size: int = 32) -> int:
         """encode() for a corpus larger than memory: one sentence a line (or JSONL with `field`) ->
-        an (N, hidden) .npy file, in chunks, resumable, sharded under torchrun. Returns N. See corpus.py."""
+        an (N, hidden) .npy file, in chunks, resumable, sharded under torchrun. Returns N. See corpus.py.
+        For memory that stays flat over a long file, call memory.bound_kernel_cache() before the
+        model's first forward in this process, as `mpnet.py --input` does."""
         from corpus import embed_file
 
         return embed_file(self, Path(source), Path(output), field, dtype, check_batch_size(batch_size))
