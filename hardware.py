@@ -25,7 +25,8 @@ RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_t
                   "asimd", "asimddp", "i8mm", "bf16", "sve")
 BF16_FLAGS = {"x86_64": ("avx512_bf16", "amx_bf16"), "aarch64": ("bf16",)}
 SLOW_BF16 = ("bf16 matrix multiplies are emulated on this CPU ({why}): expect bf16 to run several times slower "
-             "than fp32 (measured on a 2-core AVX2-only EPYC: 9 vs 48 sentences/s). Use dtype='auto' to get fp32 here.")
+             "than fp32 (measured on a 2-core AVX2-only EPYC: 9 vs 48 sentences/s). dtype='auto' picks the fast "
+             "path here instead: int8 to encode, fp32 to train.")
 
 
 @lru_cache(maxsize=1)
