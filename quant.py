@@ -1,14 +1,14 @@
-"""int8 inference for the encoder's linear layers: the fast path on CPUs without native bf16.
+"""int8 inference for the encoder's linear layers: the fastest accurate path on a CPU.
 
     encoder = SentenceEncoder.from_pretrained(dtype="int8")     # or dtype="auto" (see hardware.py)
 
 Over 90% of the encoder's work is its 72 linear layers (q, k, v, o, ffn_in, ffn_out in each of
-12 layers). On a CPU without bf16 instructions, int8 is the only narrower number format with
-hardware support: AVX2 multiplies int8 pairs and sums them into int32 (vpmaddubsw), AVX-512 VNNI
-and ARM's dot-product instructions do it in one step. PyTorch exposes that as torch._int_mm
+12 layers). int8 is the narrow number format every current CPU multiplies in hardware: AVX2
+multiplies int8 pairs and sums them (vpmaddubsw), AVX-512 VNNI and ARM's dot-product instructions
+do it in one step, at twice the rate of bf16 where a CPU has bf16 at all. PyTorch exposes that as torch._int_mm
 (int8 x int8 -> exact int32), which oneDNN runs on x86 and ARM.
 
-The scheme, symmetric with no zero points:
+The scheme, symmetric (the FFN output adds a zero point: see Int8Linear):
 
     weight W (out, in):  one scale per output row      s_w[o] = max|W[o, :]| / 63    (once, at load)
     input  x (T, in):    one scale per token (row)     s_x[t] = max|x[t, :]| / 127   (every call)
@@ -21,9 +21,9 @@ this project's AVX-512 machine with oneDNN capped at AVX2 (ONEDNN_MAX_CPU_ISA=AV
 full-range int8 matrices was off by up to 12 million. 7-bit weights (|q| <= 63) keep every pair
 below 2 x 255 x 63 = 32,130 < 32,767, and the sums are exact on every kernel path (tested in
 tests/test_quant.py under AVX2 and baseline kernels too). It costs one bit of weight precision on
-every CPU, and buys the same integers, so the same embeddings, on every CPU. (ONNX Runtime's
-"avx2" quantisation config does the same thing with its reduce_range option; its "avx512_vnni"
-config on an AVX2 machine is how issue #9 got an STS-B of 6.66.)
+every CPU, and buys the same integers, so the same embeddings, on every CPU. (Issue #9 met a trap
+of the same kind from the outside: ONNX Runtime's avx512_vnni int8 config, run on an AVX2-only
+CPU, scored 6.66 on STS-B.)
 
 Per token, not one scale for the whole batch (torch.ao's quantize_dynamic, which cost 3.8 STS-B
 points when it was tried): one unusual sentence would otherwise set the step size for every
