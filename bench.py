@@ -407,7 +407,8 @@ def main() -> None:
         limit = f"{100 * r['tokens_per_s'] * FLOPS_PER_TOKEN / (peak * 1e9):6.0f}%" if peak else f"{'':>7}"
         print(f"{n:16} {r['sentences_per_s']:8.1f} {r['tokens_per_s']:8.0f} {ratio('tokens_per_s')} {limit} "
               f"{r['startup_s']:8.2f} {ratio('startup_s')} {r['peak_rss_mb']:7.0f} {ratio('peak_rss_mb')} "
-              f"{r['cosine_to_fp32_min']:8.5f} {r['stsb_test_spearman'] or float('nan'):6.2f}")
+              f"{r['cosine_to_fp32_min']:8.5f} "
+              + (f"{r['stsb_test_spearman']:6.2f}" if r["stsb_test_spearman"] is not None else f"{'-':>6}"))
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": describe(), "corpus": corpus_desc, "tokens": tokens, "fp32_matmul_gflops": fp32_peak,
                                                "gpu_bf16_matmul_gflops": gpu_bf16_peak, "results": results}, indent=2))
