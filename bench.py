@@ -397,7 +397,7 @@ def main() -> None:
     if gpu_bf16_peak:
         print(f"GPU {torch.cuda.get_device_name()}: bf16 matmul peak, 8192^3 GEMM in this run: "
               f"{gpu_bf16_peak / 1000:.0f} TFLOP/s (the %limit of ours-cuda-bf16)")
-    print(f"{'engine':16} {'sent/s':>8} {'tok/s':>8} {'x ST':>6} {'%limit':>7} {'start s':>8} "
+    print(f"{'engine':18} {'sent/s':>8} {'tok/s':>8} {'x ST':>6} {'%limit':>7} {'start s':>8} "
           f"{'x ST':>6} {'RSS MB':>7} {'x ST':>6} {'cos>=':>8} {'STS-B':>6}")
     for n, r in results.items():
         # x ST: against sentence-transformers on the same device (fp32 on CPU, fp16 on a GPU)
@@ -405,7 +405,7 @@ def main() -> None:
         ratio = (lambda k: f"{r[k] / base[k]:6.2f}") if base else (lambda k: f"{'-':>6}")
         peak = fp32_peak if "cpu-fp32" in n else gpu_bf16_peak if n == "ours-cuda-bf16" else None
         limit = f"{100 * r['tokens_per_s'] * FLOPS_PER_TOKEN / (peak * 1e9):6.0f}%" if peak else f"{'':>7}"
-        print(f"{n:16} {r['sentences_per_s']:8.1f} {r['tokens_per_s']:8.0f} {ratio('tokens_per_s')} {limit} "
+        print(f"{n:18} {r['sentences_per_s']:8.1f} {r['tokens_per_s']:8.0f} {ratio('tokens_per_s')} {limit} "
               f"{r['startup_s']:8.2f} {ratio('startup_s')} {r['peak_rss_mb']:7.0f} {ratio('peak_rss_mb')} "
               f"{r['cosine_to_fp32_min']:8.5f} "
               + (f"{r['stsb_test_spearman']:6.2f}" if r["stsb_test_spearman"] is not None else f"{'-':>6}"))
