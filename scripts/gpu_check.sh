@@ -34,7 +34,7 @@ print(f"fp32 max |diff| {diff:.2e} (<= 1e-5: {'PASS' if diff <= 1e-5 else 'FAIL'
 PY
 
 echo "== 2. bench.py --compare, batch 128" | tee -a "$OUT/summary.txt"
-python3 bench.py --device cuda --compare --st-model weights/all-mpnet-base-v2 --batch-size 128 --sentences 1379 --rounds 3 \
+python3 bench.py --device cuda --compare --batch-size 128 --sentences 1379 --rounds 3 \
     --startup-runs 1 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -12 | tee -a "$OUT/summary.txt"
 
 N=$(( GPUS >= 2 ? 2 : 1 ))
