@@ -83,8 +83,8 @@ def encoder_precision(dtype: str | torch.dtype | None, device: str | torch.devic
     'auto' picks the fastest path that keeps the model's quality (experiments/int8_layers.md) on this
     hardware: on a CPU, int8 linear layers (quant.py), which bench.py measured at 1.15x native bf16
     on an AVX-512 BF16 CPU (VNNI multiplies int8 at twice bf16's rate) and at 1.6x fp32 with that
-    CPU's kernels capped at AVX2 (see the README, "Measured"); on a GPU, bf16 where it has it, else fp32. Training has no int8 path: it uses
-    resolve_dtype below.
+    CPU's kernels capped at AVX2 (see the README, "Measured"); on a GPU, bf16 where it has it, else
+    fp32. Training has no int8 path: it uses resolve_dtype below.
     """
     device = torch.device(device)
     if dtype == "int8":

@@ -53,12 +53,14 @@ from memory import release_freed_memory
 
 LINEAR_NAMES = ("attn.q", "attn.k", "attn.v", "attn.o", "ffn_in", "ffn_out")
 ALPHA = 0.5
-# (layer index, linear name) kept in fp32: none. With smoothing at alpha 0.5 and zero points for the
-# FFN output, all 72 layers in int8 meet the accuracy targets (experiments/int8_layers.md); one fp32
-# layer would cost as much time as several int8 ones.
+# q, k and v read the same input, so they share one smoothing vector (and the equality stays true)
+SMOOTHING_GROUPS = (("attn.q", "attn.k", "attn.v"), ("attn.o",), ("ffn_in",), ("ffn_out",))
 ZERO_POINT = ("ffn_out",)  # its input is GELU's one-sided output: see Int8Linear
 WEIGHT_MAX = 63  # 7-bit weights: see "Why 63" above
 INPUT_MAX = 127
+# (layer index, linear name) kept in fp32: none. With smoothing at alpha 0.5 and zero points for the
+# FFN output, all 72 layers in int8 meet the accuracy targets (experiments/int8_layers.md); one fp32
+# layer would cost as much time as several int8 ones.
 KEEP_FLOAT: tuple[tuple[int, str], ...] = ()
 CALIBRATION = [
     "How do I reset my password if I no longer have access to my email?",
@@ -176,9 +178,7 @@ def quantize(encoder, alpha: float = ALPHA, keep_float=KEEP_FLOAT, zero_point=ZE
     ranges = input_ranges(encoder, calibration)
     for i, layer in enumerate(encoder.model.layers):
         found = linears(layer)
-        # q, k and v read the same input: one smoothing vector for the three keeps that true
-        groups = [("attn.q", "attn.k", "attn.v"), ("attn.o",), ("ffn_in",), ("ffn_out",)]
-        for group in groups:
+        for group in SMOOTHING_GROUPS:
             w_range = torch.stack([found[n].weight.detach().float().abs().amax(dim=0) for n in group]).amax(dim=0)
             smooth = ranges[(i, group[0])].clamp(min=1e-5) ** alpha / w_range.clamp(min=1e-5) ** (1 - alpha)
             for name in group:
