@@ -38,13 +38,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
-import numpy as np
 import torch
 
+import memory
 from cli import int_at_least
 from data import DATA_ENV, read_stsb
-from eval import spearman
+from eval import stsb_spearman
 from hardware import describe, encoder_precision, native_bf16
 from mpnet import SentenceEncoder
 from weights.fetch import fetch
@@ -97,12 +98,10 @@ def load_engine(name: str, st_model: str):
 
 
 def stsb_test(encode, args: argparse.Namespace) -> float:
-    """STS-B test cosine-Spearman x100 over all 1,379 pairs, for any engine's encode()."""
-    pairs = read_stsb("test", args.data_dir)
-    unique = list(dict.fromkeys(s for p in pairs for s in p[:2]))
-    emb = dict(zip(unique, torch.nn.functional.normalize(encode(unique, args.batch_size), dim=1)))
-    cosine = [float(emb[a] @ emb[b]) for a, b, _ in pairs]
-    return 100 * spearman(np.array(cosine), np.array([p[2] for p in pairs]))
+    """eval.stsb_spearman (STS-B test, all 1,379 pairs) for any engine's encode(sentences, batch_size);
+    rows are normalised here, since not every engine promises unit length."""
+    engine = SimpleNamespace(encode=lambda s, batch_size: torch.nn.functional.normalize(encode(s, batch_size), dim=1))
+    return stsb_spearman(engine, "test", args.data_dir, args.batch_size)
 
 
 def sync(name: str) -> None:
@@ -111,12 +110,10 @@ def sync(name: str) -> None:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory. (Not ru_maxrss: on Linux a child inherits its
-    parent's value across fork and exec, which here would be the parent's loaded models.)"""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: KiB on most systems
+    """This process's peak resident memory (memory.peak_rss_mb; ru_maxrss where there is no /proc,
+    in KiB on most such systems: there a child does not inherit the parent's loaded models)."""
+    mb = memory.peak_rss_mb()
+    return mb if mb is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(name: str, args: argparse.Namespace) -> None:

@@ -117,8 +117,10 @@ def stsb_spearman(encoder, split: str = "test", data_dir: str | None = None, bat
     from data import read_stsb
 
     pairs = read_stsb(split, data_dir)
-    first = encoder.encode([p[0] for p in pairs], batch_size=batch_size)
-    second = encoder.encode([p[1] for p in pairs], batch_size=batch_size)
+    unique = list(dict.fromkeys(s for p in pairs for s in p[:2]))  # each sentence once (test: 2,552 of 2,758)
+    row = {s: i for i, s in enumerate(unique)}
+    emb = encoder.encode(unique, batch_size=batch_size)
+    first, second = emb[[row[p[0]] for p in pairs]], emb[[row[p[1]] for p in pairs]]
     cosine = (first * second).sum(dim=1).numpy()  # rows are unit length
     return 100 * spearman(cosine, np.array([p[2] for p in pairs]))
 

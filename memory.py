@@ -1,4 +1,4 @@
-"""Two knobs that keep a long-running process's memory flat, each measured where it is used.
+"""A process's memory: how to read its peak, and two knobs that keep it flat over a long run.
 
 Streaming a large file through the encoder (corpus.py, predict.py --input) runs thousands of
 batches of different shapes; loading the int8 encoder (quant.py) makes and frees a few hundred MB
@@ -8,6 +8,20 @@ peak grew with the length of the stream. The fixes, and what each measured, are 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+
+def peak_rss_mb(pid: int | str = "self") -> float | None:
+    """Peak resident memory (VmHWM) of a process, this one by default, in MB; None where /proc has
+    no answer (not Linux, or the process is gone). Not ru_maxrss: on Linux a child inherits its
+    parent's value across fork and exec, and a running child has no rusage yet."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def bound_kernel_cache() -> None:

@@ -40,6 +40,7 @@ from safetensors.torch import load_file
 import data
 import freeze
 import lr_groups
+import memory
 from checkpoint import all_finite, load_training_state, read_progress, save_training_state, save_weights, write_atomic
 from cli import device, fraction, int_at_least, nonnegative_float, positive_float
 from ddp import World
@@ -92,13 +93,10 @@ class TrainConfig:
     out: str = "runs/default"
 
 
-def peak_rss_mb() -> float | None:
-    """Peak resident memory of this process (Linux), for the experiment tables."""
-    try:
-        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return None
-    return round(int(line.split()[1]) / 1024)
+def peak_rss_mb() -> int | None:
+    """Peak resident memory of this process in whole MB (Linux), for the experiment tables."""
+    mb = memory.peak_rss_mb()
+    return None if mb is None else round(mb)
 
 
 def seed_everything(seed: int) -> None:

@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from checkpoint import write_atomic  # noqa: E402
 from cells import cell  # noqa: E402
 from corpus import CHUNK  # noqa: E402
+from memory import peak_rss_mb  # noqa: E402
 
 RESULTS = HERE / "results" / "corpus"
 WORK = ROOT / "runs" / "corpus"
@@ -69,16 +70,6 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     return time.time() - started, usage.ru_maxrss / 1024
 
 
-def vm_hwm_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def memory(n: int) -> dict:
     out, progress = WORK / f"emb16-{n}.npy", WORK / f"memory-{n}.progress.json"
     state = json.loads(progress.read_text()) if progress.is_file() else {"peak_rss_mb": 0, "wall_s": 0, "invocations": 0}
@@ -89,7 +80,7 @@ def memory(n: int) -> dict:
     log = open(WORK / f"memory-{n}.log", "a")  # a file, not a pipe: a pipe nobody reads fills up and blocks
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
     while proc.poll() is None:
-        state["peak_rss_mb"] = max(state["peak_rss_mb"], vm_hwm_mb(proc.pid))
+        state["peak_rss_mb"] = max(state["peak_rss_mb"], peak_rss_mb(proc.pid) or 0)
         state["wall_s"] = wall_before + time.time() - started
         write_atomic(lambda p: p.write_text(json.dumps(state)), progress)
         time.sleep(10)
