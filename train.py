@@ -11,8 +11,9 @@ checkpoint.py), run.json (config, label names, backbone config), metrics.jsonl (
 evaluation), tokenizer.json. The last line printed is one JSON object with the final metrics.
 
 Reliability: SIGINT/SIGTERM finish the current step, save, print the command that resumes and
-exit with 130/143 (a second signal exits at once); --save-every N also saves mid-epoch; a step
-with a non-finite loss or gradient norm is skipped, and --max-bad-steps in a row stop the run.
+exit with 130/143 (a second signal exits at once); --save-every N saves every N steps instead of
+at each epoch's end; a step with a non-finite loss or gradient norm is skipped, and
+--max-bad-steps in a row stop the run.
 
 Budgets and early stopping: --max-steps, --max-tokens (real training tokens, the same on any
 machine) and --patience N with --eval-every M (stop after N validations, M steps apart, without a
@@ -67,6 +68,7 @@ class TrainConfig:
     batch_size: int = 16
     max_steps: int = 0                  # > 0: stop after this many optimizer steps (a time budget)
     max_train: int = 0                  # > 0: use at most this many training examples per task
+    per_class: int = 0                  # > 0: few-shot, this many seeded examples of each label per task
     max_tokens: int = 0                 # > 0: stop after this many real (unpadded) training tokens
     val_fraction: float = 0.1           # held out from train to pick the best epoch
     max_val: int = 0                    # > 0: validate on at most this many of them per task (cheaper --eval-every)
@@ -88,7 +90,7 @@ class TrainConfig:
     eval_every: int = 0                 # > 0: also validate every N steps (else at each epoch's end only)
     patience: int = 0                   # > 0: stop after N validations in a row without a new best
     log_every: int = 10
-    save_every: int = 0                 # > 0: also save last.safetensors every N steps (mid-epoch)
+    save_every: int = 0                 # > 0: save last.safetensors every N steps, not at each epoch's end
     max_bad_steps: int = 5              # this many non-finite steps in a row stop the run
     out: str = "runs/default"
 
@@ -124,6 +126,18 @@ def split_off(ds: data.LabelledTexts, fraction: float, seed: int) -> tuple[data.
     return pick(order[n_val:], "train"), pick(order[:n_val], "val")
 
 
+def per_class_sample(ds: data.LabelledTexts, k: int, seed: int) -> data.LabelledTexts:
+    """A few-shot training set: k seeded examples of each label (all of a label's examples where it
+    has fewer). The seed picks the examples, so seeds differ in data as well as initialisation."""
+    rng = random.Random(seed)
+    by_label: dict[int, list[int]] = {}
+    for i, label in enumerate(ds.labels):
+        by_label.setdefault(label, []).append(i)
+    rows = sorted(i for label in sorted(by_label) for i in rng.sample(by_label[label], min(k, len(by_label[label]))))
+    return data.LabelledTexts(ds.name, ds.split, [ds.texts[i] for i in rows], [ds.labels[i] for i in rows],
+                              ds.label_names, ds.source + f"#{k}-per-class")
+
+
 def task_datasets(cfg: TrainConfig) -> dict[str, str]:
     """{task: dataset name or file}; tasks are 'a' and 'b' (no 'b' with --task-b none)."""
     return {"a": cfg.task_a} | ({} if cfg.task_b == "none" else {"b": cfg.task_b})
@@ -140,6 +154,8 @@ def load_tasks(cfg: TrainConfig) -> tuple[dict, dict, dict]:
             final[task] = data.load(name, data.EVAL_SPLIT[name], cfg.data_dir)
         if cfg.max_train and len(full) > cfg.max_train:
             full, _ = split_off(full, 1 - cfg.max_train / len(full), cfg.seed + 1)
+        if cfg.per_class:
+            full = per_class_sample(full, cfg.per_class, cfg.seed + 2)
         train[task], val[task] = split_off(full, cfg.val_fraction, cfg.seed)
         if cfg.max_val and len(val[task]) > cfg.max_val:
             _, val[task] = split_off(val[task], cfg.max_val / len(val[task]), cfg.seed)
@@ -465,7 +481,7 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, star
         if run.unfreezer and not run.unfreezer.every_steps and (name := unfreeze_next(run)):
             print(f"gradual unfreezing: {name} now trains", file=sys.stderr)
         if progress["history"] and progress["history"][-1]["step"] == progress["step"]:
-            return save_last(run)  # this step was just validated (--eval-every, early stop)
+            return save_at_epoch_end(run)  # this step was just validated (--eval-every, early stop)
     metrics = (accuracies(run.model, run.tokenizer, val_sets, run.use_bf16, True, run.world, run.val_caches)
                if val_sets else {})
     # The best epoch has the lowest mean validation loss (as Hugging Face Trainer's default), ties
@@ -485,7 +501,18 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, star
         save_best(run, record)
     elif metrics:
         progress["stale"] += 1
-    save_last(run)
+    if end_of_epoch:
+        save_at_epoch_end(run)
+    else:
+        save_last(run)
+
+
+def save_at_epoch_end(run: Run) -> None:
+    """last.safetensors at each epoch's end; with --save-every N, only every N steps (in the loop).
+    A few-shot epoch is a step or two, and a save is a 1.3 GB write. The run's end saves once,
+    after the loop, whichever way it ends."""
+    if not run.cfg.save_every and not finished(run):
+        save_last(run)
 
 
 def finished(run: Run) -> bool:
@@ -592,7 +619,8 @@ def write_run_info(cfg: TrainConfig, model: MultiTaskModel, train_sets: dict) ->
 # Flags that may change between a run and its resume: they do not change what is computed.
 MAY_DIFFER_ON_RESUME = {"out", "data_dir", "device", "log_every", "save_every", "max_bad_steps"}
 FLAG_TYPES = {"epochs": int_at_least(1), "batch_size": int_at_least(1), "max_steps": int_at_least(0),
-              "max_train": int_at_least(0), "max_tokens": int_at_least(0), "max_val": int_at_least(0), "eval_every": int_at_least(0),
+              "max_train": int_at_least(0), "per_class": int_at_least(0), "max_tokens": int_at_least(0),
+              "max_val": int_at_least(0), "eval_every": int_at_least(0),
               "patience": int_at_least(0), "val_fraction": fraction, "test_fraction": fraction, "lr": positive_float,
               "head_lr": positive_float, "weight_decay": nonnegative_float, "warmup": fraction,
               "clip": positive_float, "temperature": positive_float, "seed": int_at_least(0),

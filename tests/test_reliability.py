@@ -90,6 +90,22 @@ def test_save_every_then_crash_then_resume_equals_uninterrupted(tmp_path, tokeni
     assert_same_weights(straight, resume(cfg, tokenizer))
 
 
+@pytest.mark.parametrize("save_every, steps_saved", [(0, [4, 8, 12]), (5, [5, 10, 12])])
+def test_checkpoints_at_each_epoch_end_or_every_n_steps_instead(tmp_path, tokenizer, monkeypatch, save_every, steps_saved):  # noqa: F811
+    """4 steps an epoch, 3 epochs: by default one save per epoch end (the last one after the loop,
+    once); --save-every N saves every N steps and at the end, not at epoch ends (few-shot epochs are
+    a step long, and each save writes weights plus AdamW's moments)."""
+    saved, real_save = [], train_mod.save_training_state
+
+    def save(path, model, optimizer, scheduler, sampler, progress, rng_states=None):
+        saved.append(progress["step"])
+        real_save(path, model, optimizer, scheduler, sampler, progress, rng_states)
+
+    monkeypatch.setattr(train_mod, "save_training_state", save)
+    train_mod.train(run_cfg(tmp_path, save_every=save_every), tiny_model(), tokenizer, tasks(), tasks())
+    assert saved == steps_saved
+
+
 @pytest.mark.numerics
 def test_same_seed_fp32_gives_bit_identical_weights(tmp_path, tokenizer, straight):  # noqa: F811
     again = tiny_model()
@@ -129,7 +145,9 @@ def test_a_save_that_dies_leaves_the_previous_checkpoint_whole(tmp_path, tokeniz
     out = tmp_path / "run"
     assert (out / "last.safetensors.tmp").exists()  # the debris of the failed save...
     weights, _, state = load_training_state(out / "last.safetensors")  # ...beside a whole checkpoint
-    assert state["progress"]["step"] == 4 and state["sampler"]["position"] == 0
+    # the save at step 4, taken in the loop as the epoch's last batch was done (--save-every: the
+    # epoch's end writes nothing more); the resume then does the epoch's end
+    assert state["progress"]["step"] == 4 and state["sampler"]["position"] == 4
     assert_same_weights(straight, resume(cfg, tokenizer))
 
 

@@ -109,3 +109,14 @@ def test_bad_dataset_name_exits_with_a_clear_message(capsys):
     with pytest.raises(SystemExit):
         train_mod.main(["--task-a", "nope"])
     assert "argument --task-a: unknown dataset 'nope'; known: reviews-topic" in capsys.readouterr().err
+
+
+def test_per_class_sample_takes_k_of_each_label_and_the_seed_picks_which():
+    ds = LabelledTexts("toy-topic", "train", [f"text {i}" for i in range(40)], [i % 4 for i in range(40)],
+                       ["q", "d", "p", "s"])
+    few = train_mod.per_class_sample(ds, 3, seed=0)
+    assert sorted(few.labels) == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    assert all(ds.labels[int(t.split()[1])] == label for t, label in zip(few.texts, few.labels))  # rows kept whole
+    assert few.texts != train_mod.per_class_sample(ds, 3, seed=1).texts
+    assert few.texts == train_mod.per_class_sample(ds, 3, seed=0).texts
+    assert len(train_mod.per_class_sample(ds, 50, seed=0)) == 40  # a label with fewer than k: all of it

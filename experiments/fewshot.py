@@ -1,0 +1,189 @@
+"""Training strategies with few labels, over several seeds: where freezing and layer-wise learning
+rates should matter (ULMFiT, SetFit), rather than on full data where they are all within noise.
+
+    python experiments/fewshot.py                      # every missing cell: K=8 first, seed by seed
+    python experiments/fewshot.py --k 8 --rows heads flat
+    /work/venv-bench/bin/python experiments/fewshot.py --rows setfit   # the SetFit reference (needs setfit)
+    python experiments/fewshot.py --table-only
+
+Data: K = 8 or 32 training examples per class from Banking77 (77 intents) and from SST-2 (2 labels),
+drawn per seed (train.py --per-class K: the seed picks the examples and the heads' initialisation).
+Test: all of Banking77 test (3,080) and SST-2 dev (872).
+
+Budget: a fixed number of optimizer steps of 16 examples, STEPS[K], with no validation split: K
+examples per class leave nothing to hold out, so each run keeps its last step (SetFit's practice
+too). 400 steps are 10 passes over the 632 joint examples at K=8; 800 steps are 5 passes over the
+2,528 at K=32. The heads-only row gets 10x the steps, which its cached backbone makes cheap. Every
+full-model row gets the same steps, so wall time is the cost column. Each result also keeps the
+final training loss per task: near zero means the run had converged on its small set.
+
+Each cell (K, seed, row) is one JSON in experiments/results/fewshot/, written when it finishes;
+cells already there are skipped, so the study completes across sessions. Its run folder (1.7 GB of
+checkpoints) is deleted once the JSON is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from cells import cell  # noqa: E402
+
+RESULTS = HERE / "results" / "fewshot"
+KS = (8, 32)
+SEEDS = (0, 1, 2)
+STEPS = {8: 400, 32: 800}
+JOINT = ["--task-a", "banking77", "--task-b", "sst2"]
+
+
+def rows(k: int) -> dict[str, tuple[str, list[str]]]:
+    """name -> (what the table calls it, train.py flags). All joint Banking77 + SST-2 unless named single."""
+    steps = STEPS[k]
+    return {
+        "heads": ("heads only, backbone frozen and cached (10x the steps, constant LR 3e-3)",
+                  JOINT + ["--freeze", "backbone", "--schedule", "constant", "--warmup", "0", "--head-lr", "3e-3"]),
+        "flat": ("full fine-tuning, one LR (3e-5, heads 1e-3)", JOINT),
+        "tiers": ("the design's three tiers (heads 1e-4, layers 6-11 5e-5, rest 1e-5)",
+                  JOINT + ["--lr-groups", "tiers", "--lr", "5e-5", "--head-lr", "1e-4"]),
+        "llrd-0.9": ("layer-wise LR decay 0.9 (top 5e-5)", JOINT + ["--lr-groups", "llrd:0.9", "--lr", "5e-5"]),
+        "gradual": (f"gradual unfreezing, one more group every {STEPS[8] // 20} (K=8) or {STEPS[32] // 20} (K=32) steps",
+                    JOINT + ["--freeze", f"gradual:{steps // 20}"]),
+        "top-4": ("top-4 layers unfrozen, the rest cached", JOINT + ["--freeze", "top-4"]),
+        "single-banking77": ("single task: Banking77 alone, full fine-tuning", ["--task-a", "banking77", "--task-b", "none"]),
+        "single-sst2": ("single task: SST-2 alone, full fine-tuning", ["--task-a", "sst2", "--task-b", "none"]),
+    }
+
+
+SETFIT = ("SetFit 1.2 on all-mpnet-base-v2, one model per task (reference; see setfit_cell)", [])
+ROW_NAMES = [*rows(8), "setfit"]
+
+
+def train_cell(k: int, seed: int, name: str) -> dict:
+    steps = STEPS[k] * (10 if name == "heads" else 1)
+    # --save-every = the budget: one checkpoint, at the end, instead of one per (tiny) epoch
+    flags = ["--per-class", str(k), "--seed", str(seed), "--val-fraction", "0", "--batch-size", "16",
+             "--epochs", "100000", "--max-steps", str(steps), "--save-every", str(steps), "--log-every", "50",
+             *rows(k)[name][1]]
+    out = ROOT / "runs" / "fewshot" / f"{k}-{seed}-{name}"
+    cmd = [sys.executable, str(ROOT / "train.py"), *flags, "--out", str(out)]
+    print(f"== K={k} seed={seed} {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    losses = [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
+    final_loss = {key: record[key] for record in losses for key in record if key.startswith("loss_")}  # last of each
+    shutil.rmtree(out)
+    return result | {"final_train_loss": final_loss, "command": "python train.py " + " ".join(flags)}
+
+
+def setfit_cell(k: int, seed: int) -> dict:
+    """SetFit as its docs set it up: contrastive fine-tuning of the body on pairs drawn from the K-shot
+    set, then scikit-learn's logistic regression on the embeddings; default TrainingArguments (batch
+    16, one epoch, oversampled pairs, body LR 2e-5), one model per task, on the same examples as
+    train.py's rows. One cap: on Banking77 the default oversampling draws every negative pair
+    (190k at K=8: 12k steps, hours on 2 cores), so max_steps is our STEPS[K]; SST-2 runs uncapped."""
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    import data
+    from train import per_class_sample
+    from weights.fetch import weights_dir
+
+    result, started = {}, time.time()
+    for name in ("banking77", "sst2"):
+        train = per_class_sample(data.load(name, "train"), k, seed + 2)  # train.py's draw for this seed
+        test = data.load(name, data.EVAL_SPLIT[name])
+        model = SetFitModel.from_pretrained(str(weights_dir()))
+        args = TrainingArguments(seed=seed, max_steps=STEPS[k] if name == "banking77" else -1,
+                                 output_dir=str(ROOT / "runs" / "fewshot" / "setfit"), report_to="none",
+                                 save_strategy="no", show_progress_bar=False)
+        Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": train.texts, "label": train.labels})).train()
+        predicted = model.predict(test.texts, as_numpy=True)
+        result[f"acc_{name}_{test.split}"] = round(100 * float((predicted == test.labels).mean()), 2)
+    return result | {"train_s": round(time.time() - started, 1)}
+
+
+# ----------------------------------------------------------------------------- the table
+def accuracy(result: dict, dataset: str) -> float | None:
+    return next((v for key, v in result.items() if key.startswith("acc_") and dataset in key), None)
+
+
+def load(k: int, seed: int, name: str) -> dict | None:
+    path = RESULTS / f"{k}-{seed}-{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def summary(values: list[float]) -> tuple[float, float] | None:
+    if not values:
+        return None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def table() -> str:
+    names = {**{n: w for n, (w, _) in rows(8).items()}, "setfit": SETFIT[0]}
+    columns = [(k, dataset) for k in KS for dataset in ("banking77", "sst2")]
+    stats = {}  # (row, k, dataset) -> (mean, std, n)
+    for name in names:
+        for k, dataset in columns:
+            values = [a for seed in SEEDS if (r := load(k, seed, name)) and (a := accuracy(r, dataset)) is not None]
+            if values:
+                stats[name, k, dataset] = (*summary(values), len(values))
+    lines = ["| strategy | " + " | ".join(f"{'Banking77 test' if d == 'banking77' else 'SST-2 dev'}, K={k}"
+                                          for k, d in columns) + " | wall time, K=8 (median) |",
+             "| --- |" + " ---: |" * (len(columns) + 1)]
+    for name, what in names.items():
+        cells = []
+        for k, dataset in columns:
+            if (name, k, dataset) not in stats:
+                cells.append("–" if name.startswith("single-") and not name.endswith(dataset) else "not run yet")
+                continue
+            mean, std, n = stats[name, k, dataset]
+            best = max((s for (r, kk, d), s in stats.items() if (kk, d) == (k, dataset)), key=lambda s: s[0])
+            mark = "**" if mean == best[0] else ""
+            tie = " ~" if not mark and best[0] - mean <= max(std, best[1]) else ""
+            cells.append(f"{mark}{mean:.2f} ± {std:.2f}{mark}{tie} ({n})")
+        walls = [r["train_s"] for seed in SEEDS if (r := load(8, seed, name))]
+        lines.append(f"| {what} | " + " | ".join(cells) + f" | {f'{statistics.median(walls):.0f} s' if walls else ''} |")
+    cpus = sorted({r["cpu"] for p in RESULTS.glob("*.json") if (r := json.loads(p.read_text())).get("cpu")})
+    worst = max(((max(r["final_train_loss"].values()), p.stem) for p in RESULTS.glob("*.json")
+                 if (r := json.loads(p.read_text())).get("final_train_loss")), default=None)
+    return "\n".join([
+        f"Few-shot strategies: mean ± standard deviation over seeds (count in brackets); the seed picks the K "
+        f"examples per class and the heads' initialisation. Budget: {STEPS[8]} steps of 16 at K=8, {STEPS[32]} at "
+        f"K=32, no validation, last step kept; bf16 autocast where the CPU has native bf16, else fp32. "
+        f"**Bold**: the best mean in its column; ~: behind it by no more than the larger of the two standard "
+        f"deviations, so not shown to be worse. CPU: {'; '.join(cpus) or 'none yet'}.", "", *lines, "",
+        *([f"Convergence: the largest final training loss (mean of the last 50 steps) of any cell is "
+           f"{worst[0]:.3f} ({worst[1]})."] if worst else []),
+        "Generated by `python experiments/fewshot.py`.", ""])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--k", type=int, nargs="*", choices=KS, default=list(KS))
+    parser.add_argument("--seeds", type=int, nargs="*", default=list(SEEDS))
+    parser.add_argument("--rows", nargs="*", choices=ROW_NAMES, default=ROW_NAMES[:-1],
+                        help="default: every train.py row (the SetFit row needs --rows setfit and the setfit package)")
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    if not args.table_only:
+        for k in args.k:
+            for seed in args.seeds:
+                for name in args.rows:
+                    compute = (lambda: setfit_cell(k, seed)) if name == "setfit" else (lambda: train_cell(k, seed, name))
+                    cell(RESULTS, f"{k}-{seed}-{name}", compute)
+    text = table()
+    (HERE / "fewshot.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
