@@ -63,7 +63,7 @@ def rows(k: int) -> dict[str, tuple[str, list[str]]]:
     }
 
 
-SETFIT = ("SetFit 1.2 on all-mpnet-base-v2, one model per task (reference; see setfit_cell)", [])
+SETFIT = "SetFit 1.2 on all-mpnet-base-v2, one model per task (reference; see setfit_cell)"
 ROW_NAMES = [*rows(8), "setfit"]
 
 
@@ -121,14 +121,12 @@ def load(k: int, seed: int, name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def summary(values: list[float]) -> tuple[float, float] | None:
-    if not values:
-        return None
+def summary(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def table() -> str:
-    names = {**{n: w for n, (w, _) in rows(8).items()}, "setfit": SETFIT[0]}
+    names = {**{n: w for n, (w, _) in rows(8).items()}, "setfit": SETFIT}
     columns = [(k, dataset) for k in KS for dataset in ("banking77", "sst2")]
     stats = {}  # (row, k, dataset) -> (mean, std, n)
     for name in names:
