@@ -3,7 +3,7 @@ rates should matter (ULMFiT, SetFit), rather than on full data where they are al
 
     python experiments/fewshot.py                      # every missing cell: K=8 first, seed by seed
     python experiments/fewshot.py --k 8 --rows heads flat
-    /work/venv-bench/bin/python experiments/fewshot.py --rows setfit   # the SetFit reference (needs setfit)
+    python experiments/fewshot.py --rows setfit        # the SetFit reference (pip install -r requirements-bench.txt)
     python experiments/fewshot.py --table-only
 
 Data: K = 8 or 32 training examples per class from Banking77 (77 intents) and from SST-2 (2 labels),
