@@ -170,7 +170,7 @@ def table() -> str:
     return "\n".join([
         f"Few-shot strategies: mean ± standard deviation over seeds (count in brackets); the seed picks the K "
         f"examples per class and the heads' initialisation. Budget: {STEPS[8]} steps of 16 at K=8, {STEPS[32]} at "
-        f"K=32, no validation, last step kept; bf16 autocast where the CPU has native bf16, else fp32. "
+        f"K=32, no validation, last step kept; heads at LR {HEAD_LR} in every row that trains the backbone; bf16 autocast where the CPU has native bf16, else fp32. "
         f"**Bold**: the best mean in its column; ~: behind it by no more than the larger of the two standard "
         f"deviations, so not shown to be worse. CPU: {'; '.join(cpus) or 'none yet'}.", "", *lines, "",
         f"Paired by seed: each row minus {BASELINE!r} on the same seed, hence on the same K examples per class "
@@ -201,7 +201,7 @@ def paired_table(names: dict[str, str], columns: list[tuple[int, str]]) -> list[
             mean, std = summary(diffs)
             n = len(diffs)
             clear = n > 1 and abs(mean) > T975[n - 1] * std / n ** 0.5  # a paired t-test at 95%, two-sided
-            cells.append(f"{'**' if clear else ''}{mean:+.2f} ± {std:.2f}{'**' if clear else ''} ({len(diffs)})")
+            cells.append(f"{'**' if clear else ''}{mean:+.2f} ± {std:.2f}{'**' if clear else ''} ({n})")
         lines.append(f"| {what} | " + " | ".join(cells) + " |")
     return lines
 
