@@ -382,6 +382,7 @@ def main() -> None:
         starts = [fresh_process(n, args) for _ in range(args.startup_runs)]
         results[n] = {
             "sentences_per_s": len(corpus) / med, "tokens_per_s": tokens / med,
+            "round_sentences_per_s": [len(corpus) / t for t in times[n]],  # the spread behind the median
             "startup_s": statistics.median(r["startup_s"] for r in starts),
             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in starts),
             "peak_gpu_mb": starts[0]["peak_gpu_mb"],

@@ -126,15 +126,18 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
         x = x.reshape(-1, shape[-1]).float() * self.inv_smooth  # a new tensor: the in-place ops below are safe
+        # Row-wise amax and amin, not torch.aminmax or vector_norm(x, inf): on a (332, 3072) input on 2 EPYC
+        # cores, torch 2.13 took 1.1 and 1.3 ms for those two against 0.06 ms for amax + amin, and they were
+        # a fifth of the int8 forward's profile.
+        lo, hi = x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)  # (T, 1) each
         if self.zero_point:
-            lo, hi = torch.aminmax(x, dim=1, keepdim=True)
-            zero, s = (hi + lo) / 2, ((hi - lo) / (2 * INPUT_MAX)).clamp(min=1e-12)  # (T, 1) each
+            zero, s = (hi + lo) / 2, ((hi - lo) / (2 * INPUT_MAX)).clamp(min=1e-12)
             x.sub_(zero)
         else:
-            s = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True).clamp(min=1e-12) / INPUT_MAX
+            s = torch.maximum(hi, -lo).clamp(min=1e-12) / INPUT_MAX  # max |x[t, :]|
         q = x.div_(s).round_().to(torch.int8)  # |x / s| <= 127, so no clamping is needed
-        y = torch._int_mm(q, self.weight.t()).float()  # exact int32: |sum| <= 3072 * 127 * 63 < 2^31
-        y = torch.addcmul(self.bias, y.mul_(self.scale), s)  # y * s_w[o] * s_x[t] + b[o]
+        y = torch._int_mm(q, self.weight.t())  # exact int32: |sum| <= 3072 * 127 * 63 < 2^31
+        y = torch.addcmul(self.bias, torch.mul(y, self.scale), s)  # y * s_w[o] * s_x[t] + b[o], in fp32
         if self.zero_point:
             y.addcmul_(zero, self.row_sums)  # + z[t] * sum_i W^[o, i]
         return y.reshape(*shape[:-1], self.out_features).to(dtype)
