@@ -148,7 +148,7 @@ def table() -> str:
             values = [a for seed in SEEDS if (r := load(k, seed, name)) and (a := accuracy(r, dataset)) is not None]
             if values:
                 stats[name, k, dataset] = (*summary(values), len(values))
-    lines = ["| strategy | " + " | ".join(column_title(k, d) for k, d in columns) + " | wall time, K=8 (median) |",
+    lines = ["| strategy | " + " | ".join(column_title(k, d) for k, d in columns) + " | wall time, median (K=8 / K=32) |",
              "| --- |" + " ---: |" * (len(columns) + 1)]
     for name, what in names.items():
         cells = []
@@ -161,8 +161,9 @@ def table() -> str:
             mark = "**" if mean == best[0] else ""
             tie = " ~" if not mark and best[0] - mean <= max(std, best[1]) else ""
             cells.append(f"{mark}{mean:.2f} ± {std:.2f}{mark}{tie} ({n})")
-        walls = [r["train_s"] for seed in SEEDS if (r := load(8, seed, name))]
-        lines.append(f"| {what} | " + " | ".join(cells) + f" | {f'{statistics.median(walls):.0f} s' if walls else ''} |")
+        walls = [[r["train_s"] for seed in SEEDS if (r := load(k, seed, name))] for k in KS]
+        wall = " / ".join(f"{statistics.median(w):.0f} s" if w else "–" for w in walls)
+        lines.append(f"| {what} | " + " | ".join(cells) + f" | {wall} |")
     paired = paired_table(names, columns)
     cpus = sorted({r["cpu"] for p in RESULTS.glob("*.json") if (r := json.loads(p.read_text())).get("cpu")})
     worst = max(((max(r["final_train_loss"].values()), p.stem) for p in RESULTS.glob("*.json")
