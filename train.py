@@ -16,8 +16,9 @@ at each epoch's end; a step with a non-finite loss or gradient norm is skipped, 
 --max-bad-steps in a row stop the run.
 
 Budgets and early stopping: --max-steps, --max-tokens (real training tokens, the same on any
-machine) and --patience N with --eval-every M (stop after N validations, M steps apart, without a
-new best). The learning-rate schedule ends where the budget does.
+machine) and --patience N (stop after N validations in a row without a new best; validation runs
+at each epoch's end and, with --eval-every M, every M steps too, so a short epoch validates more
+often). The learning-rate schedule ends where the budget does.
 """
 from __future__ import annotations
 

@@ -87,8 +87,8 @@ def table() -> str:
                     f"{'; '.join(r['cpus'])} |")
     return ("Converged runs (`python experiments/converged.py`): seed 0, batch 16, AdamW (lr 3e-5, heads 1e-3, "
             "linear warmup 10% and decay to the budget), bf16 autocast where the CPU has native bf16, else fp32; "
-            "validation on up to 2,000 held-out training examples per task every 500 steps, the best "
-            "validation loss kept, stop after 3 validations without a new best.\n\n" + "\n".join(rows) + "\n")
+            "validation on up to 2,000 held-out training examples per task every 500 steps and at each epoch's "
+            "end, the best validation loss kept, stop after 3 validations without a new best.\n\n" + "\n".join(rows) + "\n")
 
 
 def main() -> None:
