@@ -18,8 +18,9 @@ engine's STS-B test Spearman (all 1,379 pairs) is measured in the same run.
 --train: real training tokens/s of one full fine-tuning step (Banking77 + SST-2 batches drawn by
 train.py's own sampler, default batch 16), for train.py's train_step, for the bound (the forward
 pass alone on the same batches, / 3: a backward costs about two forwards), for train.py with the
-embeddings frozen (--freeze top-12), and for Hugging Face transformers' MPNetModel with the same
-mean pooling, heads, fused AdamW and batches in the same loop. fp32, and bf16 autocast where the
+embeddings frozen (--freeze top-12), for train.py without attention-probability dropout
+(--attention-dropout 0), and for Hugging Face transformers' MPNetModel with the same mean pooling,
+heads, fused AdamW and batches in the same loop. fp32, and bf16 autocast where the
 CPU runs bf16 natively; rounds interleaved as above. Then where the time of one step goes.
 """
 from __future__ import annotations
@@ -159,12 +160,13 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10, device: str
 
 
 # ----------------------------------------------------------------------------- --train
-def train_run(dtype: str, freeze: str, out: Path, data_dir: str | None):
+def train_run(dtype: str, freeze: str, out: Path, data_dir: str | None, attention_dropout: float = 0.1):
     """train.py's own set-up (pretrained model, heads, lr groups, fused AdamW, schedule, sampler)."""
     import train
 
     cfg = train.TrainConfig(task_a="banking77", task_b="sst2", data_dir=data_dir, dtype=dtype, freeze=freeze,
-                            no_cache=True, val_fraction=0.0, out=str(out / f"{dtype}-{freeze}"))
+                            no_cache=True, val_fraction=0.0, attention_dropout=attention_dropout,
+                            out=str(out / f"{dtype}-{freeze}-{attention_dropout}"))
     train_sets, _, _ = train.load_tasks(cfg)
     model, tokenizer = train.build(cfg, train_sets)
     with contextlib.redirect_stderr(io.StringIO()):  # setup() prints its parameter tables
@@ -282,6 +284,8 @@ def bench_train(args: argparse.Namespace) -> dict:
             engines = train_engines(run, batches, hf_available)
             frozen = train_run(dtype, "top-12", Path(tmp), args.data_dir)
             engines["train.py --freeze top-12"] = train_engines(frozen, batches, False)["train.py"]
+            fused = train_run(dtype, "none", Path(tmp), args.data_dir, attention_dropout=0.0)
+            engines["train.py --attention-dropout 0"] = train_engines(fused, batches, False)["train.py"]
             times = {name: [] for name in engines}
             for round_ in range(args.rounds + 1):  # round 0 warms up (allocates AdamW's state) and is dropped
                 for name, fn in engines.items():
@@ -296,16 +300,16 @@ def bench_train(args: argparse.Namespace) -> dict:
                               "step_ms": breakdown}
             print(f"\n{dtype}: {len(batches)} steps of batch {run.cfg.batch_size}, {tokens} real tokens, "
                   f"median of {args.rounds} rounds")
-            print(f"  {'engine':28} {'tokens/s':>9} {'% bound':>8} {'x transformers':>15}")
-            print(f"  {'bound (forward / 3)':28} {bound:9.0f} {100:7.0f}%")
+            print(f"  {'engine':32} {'tokens/s':>9} {'% bound':>8} {'x transformers':>15}")
+            print(f"  {'bound (forward / 3)':32} {bound:9.0f} {100:7.0f}%")
             for name, v in per_s.items():
                 hf = per_s.get("transformers MPNetModel")
-                print(f"  {name:28} {v:9.0f} {100 * v / bound:7.0f}% {f'{v / hf:15.2f}' if hf else '':>15}")
+                print(f"  {name:32} {v:9.0f} {100 * v / bound:7.0f}% {f'{v / hf:15.2f}' if hf else '':>15}")
             total = sum(breakdown.values())
             print(f"  one train.py step, median ms ({total:.0f} ms in all):")
             for phase, ms in breakdown.items():
                 print(f"    {phase:26} {ms:7.1f} {100 * ms / total:5.1f}%")
-            del run, frozen, engines
+            del run, frozen, fused, engines
     return {"cpu": describe(), "batch_size": train.TrainConfig.batch_size, "steps": args.steps, "rounds": args.rounds, "results": results}
 
 

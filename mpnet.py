@@ -142,7 +142,9 @@ class SelfAttention(nn.Module):
 
         q, k, v = to_heads(self.q(x)), to_heads(self.k(x)), to_heads(self.v(x))
         # `mask` already holds relative position bias + padding (-inf-like) as one additive
-        # term, so one fused kernel does softmax(q k^T / sqrt(d) + mask) v.
+        # term, so one fused kernel does softmax(q k^T / sqrt(d) + mask) v. In training, PyTorch's
+        # CPU backend falls back to the unfused softmax and matmuls: the mask needs a gradient
+        # (the bias is trained), and the fused kernel cannot give one, nor apply dropout_p.
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                            dropout_p=self.dropout_p if self.training else 0.0)
         return self.o(y.transpose(1, 2).reshape(B * L, D).index_select(0, keep))

@@ -25,6 +25,7 @@ ROOT_DIR = Path(__file__).resolve().parent.parent
     (["--epochs", "-1"], "argument --epochs: must be an integer >= 1, got '-1'"),
     (["--lr", "nan"], "argument --lr: must be a number > 0, got 'nan'"),
     (["--val-fraction", "1"], "argument --val-fraction: must be a number in [0, 1), got '1'"),
+    (["--attention-dropout", "-0.1"], "argument --attention-dropout: must be a number in [0, 1), got '-0.1'"),
     (["--dtype", "fp16"], "argument --dtype: invalid choice: 'fp16'"),
     (["--device", "tpu"], "argument --device: must be cpu, cuda or cuda:N, got 'tpu'"),
     (["--task-b", "imdb"], "argument --task-b: unknown dataset 'imdb'; known: reviews-topic"),

@@ -120,3 +120,21 @@ def test_per_class_sample_takes_k_of_each_label_and_the_seed_picks_which():
     assert few.texts != train_mod.per_class_sample(ds, 3, seed=1).texts
     assert few.texts == train_mod.per_class_sample(ds, 3, seed=0).texts
     assert len(train_mod.per_class_sample(ds, 50, seed=0)) == 40  # a label with fewer than k: all of it
+
+
+def test_attention_dropout_zero_makes_training_attention_deterministic(tokenizer):
+    torch.manual_seed(0)
+    backbone = MPNet(MPNetConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                 hidden_dropout_prob=0.0))  # only the attention probabilities can drop out
+    batch = tokenizer.pad(tokenizer.encode(TEXTS))
+
+    def outputs(train_mode: bool) -> torch.Tensor:
+        backbone.train(train_mode)
+        with torch.no_grad():
+            return backbone(batch["input_ids"], batch["attention_mask"])
+
+    reference = outputs(False)
+    assert not torch.equal(outputs(True), reference)  # the checkpoint's 0.1 drops some probabilities
+    train_mod.set_attention_dropout(backbone, 0.0)
+    assert torch.equal(outputs(True), reference)
+    assert backbone.cfg.attention_probs_dropout_prob == 0.0  # what run.json records
