@@ -61,7 +61,7 @@ def rows(k: int) -> dict[str, tuple[str, list[str]]]:
         "heads": ("heads only, backbone frozen and cached (10x the steps, constant head LR 3e-3)",
                   JOINT + ["--freeze", "backbone", "--schedule", "constant", "--warmup", "0", "--head-lr", "3e-3"]),
         "flat": ("full fine-tuning, one LR (3e-5)", JOINT + head),
-        "no-attn-dropout": ("full fine-tuning, one LR, no attention-probability dropout (faster)",
+        "no-attn-dropout": ("full fine-tuning, one LR, no attention-probability dropout (--attention-dropout 0)",
                             JOINT + head + ["--attention-dropout", "0"]),
         "tiers": ("the design's three tiers (layers 6-11 5e-5, rest 1e-5)",
                   JOINT + head + ["--lr-groups", "tiers", "--lr", "5e-5"]),
