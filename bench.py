@@ -284,8 +284,8 @@ def bench_train(args: argparse.Namespace) -> dict:
             engines = train_engines(run, batches, hf_available)
             frozen = train_run(dtype, "top-12", Path(tmp), args.data_dir)
             engines["train.py --freeze top-12"] = train_engines(frozen, batches, False)["train.py"]
-            fused = train_run(dtype, "none", Path(tmp), args.data_dir, attention_dropout=0.0)
-            engines["train.py --attention-dropout 0"] = train_engines(fused, batches, False)["train.py"]
+            no_attn_dropout = train_run(dtype, "none", Path(tmp), args.data_dir, attention_dropout=0.0)
+            engines["train.py --attention-dropout 0"] = train_engines(no_attn_dropout, batches, False)["train.py"]
             times = {name: [] for name in engines}
             for round_ in range(args.rounds + 1):  # round 0 warms up (allocates AdamW's state) and is dropped
                 for name, fn in engines.items():
@@ -309,7 +309,7 @@ def bench_train(args: argparse.Namespace) -> dict:
             print(f"  one train.py step, median ms ({total:.0f} ms in all):")
             for phase, ms in breakdown.items():
                 print(f"    {phase:26} {ms:7.1f} {100 * ms / total:5.1f}%")
-            del run, frozen, fused, engines
+            del run, frozen, no_attn_dropout, engines
     return {"cpu": describe(), "batch_size": train.TrainConfig.batch_size, "steps": args.steps, "rounds": args.rounds, "results": results}
 
 

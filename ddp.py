@@ -97,5 +97,8 @@ class World:
                                                          find_unused_parameters=True)
 
     def close(self) -> None:
+        """Every rank tears down together: a rank that destroyed its gloo group while rank 0 was still
+        writing files aborted once in CI ("terminate called without an active exception", SIGABRT)."""
         if self.size > 1 and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
