@@ -595,20 +595,26 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
 def build(cfg: TrainConfig, train_sets: dict):
     """The pretrained encoder with one fresh head per task."""
     encoder = SentenceEncoder.from_pretrained()
-    set_attention_dropout(encoder.model, cfg.attention_dropout)
+    set_attention_dropout(encoder.model, cfg)
     num_labels = {task: len(ds.label_names) for task, ds in train_sets.items()}
     model = MultiTaskModel(encoder.model, num_labels, normalize=cfg.normalize)
     return model, encoder.tokenizer
 
 
-def set_attention_dropout(backbone: MPNet, p: float) -> None:
-    """Dropout on the attention probabilities: a fresh (B, heads, L, L) mask in every layer at every
-    step, which PyTorch's CPU generator drew one number at a time on the AMD EPYC measured here.
-    p = 0 skips those masks: a few percent faster, for one regulariser less (README: "Training
-    speed" for the speed, "Few labels, several seeds" for the accuracy). run.json records p."""
-    backbone.cfg = replace(backbone.cfg, attention_probs_dropout_prob=p)
+def backbone_config(checkpoint: MPNetConfig, cfg: TrainConfig) -> MPNetConfig:
+    """The checkpoint's config with what the flags change in it, which run.json records: the dropout
+    on the attention probabilities. That is a fresh (B, heads, L, L) mask in every layer at every
+    step, which PyTorch's CPU generator drew one number at a time on the AMD EPYC measured here;
+    --attention-dropout 0 skips those masks: a few percent faster, for one regulariser less (README:
+    "Training speed" for the speed, "Few labels, several seeds" for the accuracy)."""
+    return replace(checkpoint, attention_probs_dropout_prob=cfg.attention_dropout)
+
+
+def set_attention_dropout(backbone: MPNet, cfg: TrainConfig) -> None:
+    """The model side of backbone_config: every layer's attention takes the flag's dropout."""
+    backbone.cfg = backbone_config(backbone.cfg, cfg)
     for layer in backbone.layers:
-        layer.attn.dropout_p = p
+        layer.attn.dropout_p = backbone.cfg.attention_probs_dropout_prob
 
 
 def run_info(cfg: TrainConfig, backbone: MPNetConfig, train_sets: dict) -> dict:
@@ -769,8 +775,8 @@ def main(argv: list[str] | None = None) -> None:
             from weights.fetch import weights_dir
 
             config_path = weights_dir() / "config.json"
-            backbone = MPNetConfig.from_json(config_path) if config_path.is_file() else MPNetConfig()
-            check_resume_matches(info, cfg, backbone, train_sets)
+            checkpoint = MPNetConfig.from_json(config_path) if config_path.is_file() else MPNetConfig()
+            check_resume_matches(info, cfg, backbone_config(checkpoint, cfg), train_sets)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     sizes = ", ".join(f"{t}={ds.name}: {len(ds)} train / {len(val_sets.get(t, ()))} val / {len(final_sets[t])} "

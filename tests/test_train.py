@@ -135,6 +135,17 @@ def test_attention_dropout_zero_makes_training_attention_deterministic(tokenizer
 
     reference = outputs(False)
     assert not torch.equal(outputs(True), reference)  # the checkpoint's 0.1 drops some probabilities
-    train_mod.set_attention_dropout(backbone, 0.0)
+    train_mod.set_attention_dropout(backbone, train_mod.TrainConfig(attention_dropout=0.0))
     assert torch.equal(outputs(True), reference)
     assert backbone.cfg.attention_probs_dropout_prob == 0.0  # what run.json records
+
+
+def test_a_run_without_attention_dropout_passes_the_resume_check(tmp_path):
+    cfg = config(tmp_path, attention_dropout=0.0)
+    model = tiny_model()
+    checkpoint = model.backbone.cfg  # what config.json says (0.1), as main() reads it on --resume
+    train_mod.set_attention_dropout(model.backbone, cfg)
+    info = train_mod.run_info(cfg, model.backbone.cfg, tasks())
+    train_mod.check_resume_matches(info, cfg, train_mod.backbone_config(checkpoint, cfg), tasks())
+    with pytest.raises(ValueError, match="the data or model differ"):  # the checkpoint's own config would not
+        train_mod.check_resume_matches(info, cfg, checkpoint, tasks())
