@@ -18,10 +18,13 @@ engine's STS-B test Spearman (all 1,379 pairs) is measured in the same run.
 --train: real training tokens/s of one full fine-tuning step (Banking77 + SST-2 batches drawn by
 train.py's own sampler, default batch 16), for train.py's train_step, for the bound (the forward
 pass alone on the same batches, / 3: a backward costs about two forwards), for train.py with the
-embeddings frozen (--freeze top-12), for train.py without attention-probability dropout
+embeddings frozen (--freeze top-12), with the embeddings and the bottom 4 layers frozen (--freeze
+top-8, without its feature cache), for train.py without attention-probability dropout
 (--attention-dropout 0), and for Hugging Face transformers' MPNetModel with the same mean pooling,
 heads, fused AdamW and batches in the same loop. fp32, and bf16 autocast where the
-CPU runs bf16 natively; rounds interleaved as above. Then where the time of one step goes.
+CPU runs bf16 natively; rounds interleaved as above. Then where the time of one step goes. The
+JSON keeps every round's seconds; experiments/bench_train_runs.py repeats the whole bench in fresh
+processes for the run-to-run spread.
 """
 from __future__ import annotations
 
@@ -284,6 +287,8 @@ def bench_train(args: argparse.Namespace) -> dict:
             engines = train_engines(run, batches, hf_available)
             frozen = train_run(dtype, "top-12", Path(tmp), args.data_dir)
             engines["train.py --freeze top-12"] = train_engines(frozen, batches, False)["train.py"]
+            top8 = train_run(dtype, "top-8", Path(tmp), args.data_dir)
+            engines["train.py --freeze top-8"] = train_engines(top8, batches, False)["train.py"]
             no_attn_dropout = train_run(dtype, "none", Path(tmp), args.data_dir, attention_dropout=0.0)
             engines["train.py --attention-dropout 0"] = train_engines(no_attn_dropout, batches, False)["train.py"]
             times = {name: [] for name in engines}
@@ -297,7 +302,7 @@ def bench_train(args: argparse.Namespace) -> dict:
             bound = per_s.pop("forward only (bound x 3)") / 3
             breakdown = step_breakdown(run, batches)
             results[dtype] = {"tokens": tokens, "bound_tokens_per_s": bound, "tokens_per_s": per_s,
-                              "step_ms": breakdown}
+                              "step_ms": breakdown, "round_s": times}
             print(f"\n{dtype}: {len(batches)} steps of batch {run.cfg.batch_size}, {tokens} real tokens, "
                   f"median of {args.rounds} rounds")
             print(f"  {'engine':32} {'tokens/s':>9} {'% bound':>8} {'x transformers':>15}")
@@ -309,7 +314,7 @@ def bench_train(args: argparse.Namespace) -> dict:
             print(f"  one train.py step, median ms ({total:.0f} ms in all):")
             for phase, ms in breakdown.items():
                 print(f"    {phase:26} {ms:7.1f} {100 * ms / total:5.1f}%")
-            del run, frozen, no_attn_dropout, engines
+            del run, frozen, top8, no_attn_dropout, engines
     return {"cpu": describe(), "batch_size": train.TrainConfig.batch_size, "steps": args.steps, "rounds": args.rounds, "results": results}
 
 

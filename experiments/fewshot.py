@@ -68,6 +68,7 @@ def rows(k: int) -> dict[str, tuple[str, list[str]]]:
         "llrd-0.9": ("layer-wise LR decay 0.9 (top 5e-5)", JOINT + head + ["--lr-groups", "llrd:0.9", "--lr", "5e-5"]),
         "gradual": (f"gradual unfreezing, one more group every {STEPS[8] // 20} (K=8) or {STEPS[32] // 20} (K=32) steps",
                     JOINT + head + ["--freeze", f"gradual:{steps // 20}"]),
+        "top-8": ("top-8 layers unfrozen, the rest cached", JOINT + head + ["--freeze", "top-8"]),
         "top-4": ("top-4 layers unfrozen, the rest cached", JOINT + head + ["--freeze", "top-4"]),
         "single-banking77": ("single task: Banking77 alone, full fine-tuning",
                              ["--task-a", "banking77", "--task-b", "none"] + head),
