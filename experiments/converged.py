@@ -5,6 +5,11 @@ jointly and each alone, with early stopping, within a budget of real training to
     python experiments/converged.py joint           # one cell
     python experiments/converged.py --table         # only rewrite experiments/converged.md
 
+With both joint cells done, the two joint models are also compared example by example on the test
+sets (McNemar's exact test: the same test sentences, each model right or wrong), written to
+experiments/results/converged/paired-joint.json. One seed per cell, so this says whether the two
+trained models differ on these test sets, not whether the recipes would over many seeds.
+
 Budget: 1.5M real (unpadded) training tokens for the joint run, a number that does not depend on
 the machine. The joint run samples the two tasks' batches about equally (--temperature 1000), so
 each single-task run gets the joint run's expected share of tokens for its task (the mean sentence
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -50,6 +56,16 @@ CELLS = {
 }
 
 
+def stopped_by(cell: str, final: dict) -> str:
+    """What ended a run: 3 validations without a new best, its token budget, or both at the same step.
+    (train.py turns the budget into a step count from the mean sentence length, so a run can end on
+    it a batch short of the exact number; 10 epochs are more than any budget here allows.)"""
+    budget = int(CELLS[cell][CELLS[cell].index("--max-tokens") + 1])
+    patience = final["stale"] >= 3
+    reasons = (["early (patience)"] if patience else []) + (["token budget"] if final["tokens"] >= budget or not patience else [])
+    return " and ".join(reasons)
+
+
 def run_cell(cell: str) -> None:
     out = ROOT / "runs" / f"converged-{cell}"
     progress = read_progress(out / "last.safetensors") if (out / "last.safetensors").is_file() else None
@@ -69,10 +85,58 @@ def run_cell(cell: str) -> None:
     result |= {"cell": cell, "command": "python train.py " + " ".join(CELLS[cell] + COMMON),
                "wall_s_all_sessions": round(sum(s["wall_s"] for s in sessions), 1),
                "cpus": sorted({s["cpu"] for s in sessions}), "steps": final["step"], "tokens": final["tokens"],
-               "stopped": "early (patience)" if final["stale"] >= 3 else "token budget",
+               "stopped": stopped_by(cell, final),
                "history": final["history"]}
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_atomic(lambda p: p.write_text(json.dumps(result, indent=2)), RESULTS / f"{cell}.json")
+
+
+PAIRED = ("joint", "joint-no-attn-dropout")
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar test: of the n sentences exactly one model gets right, how unlikely is
+    a split at least this uneven if either model were as likely to be the one (binomial, p = 1/2)?"""
+    n, k = only_a + only_b, min(only_a, only_b)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+
+
+def paired_comparison(cell_a: str, cell_b: str) -> dict:
+    """Both cells' best checkpoints on each task's test set, scored the way train.py scores them
+    (bf16 autocast where the run used it); per task: accuracies and the discordant counts."""
+    import torch
+
+    import data
+    from eval import load_run
+    from train import TrainConfig, uses_bf16
+
+    result = {"cells": [cell_a, cell_b]}
+    models = {cell: load_run(ROOT / "runs" / f"converged-{cell}") for cell in (cell_a, cell_b)}
+    for task, spec in models[cell_a][2]["tasks"].items():
+        ds = data.load(spec["dataset"], data.EVAL_SPLIT[spec["dataset"]])
+        right = {}
+        for cell, (model, tokenizer, info) in models.items():
+            autocast = uses_bf16(TrainConfig(dtype=info["config"]["dtype"]))
+            head = next(t for t, v in info["tasks"].items() if v["dataset"] == spec["dataset"])
+            probs = model.predict_proba(tokenizer, ds.texts, autocast=autocast)[head]
+            right[cell] = probs.argmax(-1) == torch.tensor(ds.labels)
+        only_a, only_b = int((right[cell_a] & ~right[cell_b]).sum()), int((right[cell_b] & ~right[cell_a]).sum())
+        result[f"{spec['dataset']}_{ds.split}"] = {
+            "n": len(ds), **{f"acc_{cell}": round(100 * float(right[cell].float().mean()), 2) for cell in right},
+            f"only_{cell_a}_right": only_a, f"only_{cell_b}_right": only_b, "mcnemar_p": round(mcnemar_p(only_a, only_b), 4)}
+    return result
+
+
+def paired_line() -> str:
+    path = RESULTS / f"paired-{PAIRED[0]}.json"
+    if not path.is_file():
+        return ""
+    r = json.loads(path.read_text())
+    a, b = r["cells"]
+    parts = [f"{name}: {v[f'acc_{b}']} against {v[f'acc_{a}']}, {v[f'only_{b}_right']} sentences right only without "
+             f"and {v[f'only_{a}_right']} only with, p = {v['mcnemar_p']}" for name, v in r.items() if name != "cells"]
+    return (f"\n{b} against {a}, sentence by sentence (McNemar's exact test; one seed each, so this compares "
+            f"two trained models, not two recipes): " + "; ".join(parts) + ".\n")
 
 
 def table() -> str:
@@ -85,14 +149,16 @@ def table() -> str:
             continue
         r = json.loads(path.read_text())
         best = min(r["history"], key=lambda h: (sum(v for k, v in h.items() if k.startswith("val_loss")), 0))
-        rows.append(f"| {cell} | {r.get('acc_a_banking77_test', '–')} | "
-                    f"{r.get('acc_b_sst2_dev', r.get('acc_a_sst2_dev', '–'))} | {r['tokens']:,} | {r['steps']:,} | "
+        banking77, sst2 = r.get("acc_a_banking77_test"), r.get("acc_b_sst2_dev", r.get("acc_a_sst2_dev"))
+        rows.append(f"| {cell} | {'–' if banking77 is None else f'{banking77:.2f}'} | "
+                    f"{'–' if sst2 is None else f'{sst2:.2f}'} | {r['tokens']:,} | {r['steps']:,} | "
                     f"{best['step']:,} | {r['stopped']} | {r['wall_s_all_sessions'] / 60:.0f} min | "
                     f"{'; '.join(r['cpus'])} |")
     return ("Converged runs (`python experiments/converged.py`): seed 0, batch 16, AdamW (lr 3e-5, heads 1e-3, "
             "linear warmup 10% and decay to the budget), bf16 autocast where the CPU has native bf16, else fp32; "
             "validation on up to 2,000 held-out training examples per task every 500 steps and at each epoch's "
-            "end, the best validation loss kept, stop after 3 validations without a new best.\n\n" + "\n".join(rows) + "\n")
+            "end, the best validation loss kept, stop after 3 validations without a new best; joint-no-attn-dropout is "
+            "joint with `--attention-dropout 0`.\n\n" + "\n".join(rows) + "\n" + paired_line())
 
 
 def main() -> None:
@@ -108,6 +174,10 @@ def main() -> None:
                 print(f"{cell}: done ({RESULTS / f'{cell}.json'})")
                 continue
             run_cell(cell)
+        paired_path = RESULTS / f"paired-{PAIRED[0]}.json"
+        if all((RESULTS / f"{cell}.json").is_file() for cell in PAIRED) and not paired_path.is_file():
+            result = paired_comparison(*PAIRED)
+            write_atomic(lambda p: p.write_text(json.dumps(result, indent=2)), paired_path)
     (ROOT / "experiments" / "converged.md").write_text(table())
     print(table())
 
