@@ -133,8 +133,9 @@ def paired_line() -> str:
         return ""
     r = json.loads(path.read_text())
     a, b = r["cells"]
-    parts = [f"{name}: {v[f'acc_{b}']} against {v[f'acc_{a}']}, {v[f'only_{b}_right']} sentences right only without "
-             f"and {v[f'only_{a}_right']} only with, p = {v['mcnemar_p']}" for name, v in r.items() if name != "cells"]
+    parts = [f"{name.replace('_', ' ')}: {v[f'acc_{b}']:.2f} against {v[f'acc_{a}']:.2f}, {v[f'only_{b}_right']} "
+             f"sentences right only in {b} and {v[f'only_{a}_right']} only in {a}, p = {v['mcnemar_p']:.2f}"
+             for name, v in r.items() if name != "cells"]
     return (f"\n{b} against {a}, sentence by sentence (McNemar's exact test; one seed each, so this compares "
             f"two trained models, not two recipes): " + "; ".join(parts) + ".\n")
 
