@@ -72,6 +72,14 @@ def table() -> str:
                 out.append(f"| {name} | {spread(speed, '.0f')} | {spread(share, '.0f', '%')} | "
                            f"{spread(vs_peer, '.2f') if vs_peer else '–'} | {spread(vs_ours, '.2f')} |")
             out.append("")
+        dtypes = [d for d in ("fp32", "bf16") if any(d in r["results"] for r in mine)]
+        phases = mine[0]["results"]["fp32"]["step_ms"]
+        out += [f"Where one train.py step goes (median ms over the runs, default flags):\n",
+                "| phase | " + " | ".join(dtypes) + " |", "| --- |" + " ---: |" * len(dtypes)]
+        medians = {d: {ph: statistics.median(r["results"][d]["step_ms"][ph] for r in mine if d in r["results"])
+                       for ph in phases} for d in dtypes}
+        out += [f"| {ph} | " + " | ".join(f"{medians[d][ph]:.1f}" for d in dtypes) + " |" for ph in phases]
+        out += ["| **total** | " + " | ".join(f"**{sum(medians[d].values()):.0f}**" for d in dtypes) + " |", ""]
     return "\n".join(out)
 
 
