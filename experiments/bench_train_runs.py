@@ -20,25 +20,33 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from cells import cell  # noqa: E402
+from cli import int_at_least  # noqa: E402
+
 RESULTS = HERE / "results" / "bench_train"
 BASELINE, PEER = "train.py", "transformers MPNetModel"
 
 
+def bench_once(rounds: int) -> dict:
+    """One `bench.py --train` in a fresh process; its JSON report."""
+    print(f"== python bench.py --train --rounds {rounds}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "run.json"
+        subprocess.run([sys.executable, str(ROOT / "bench.py"), "--train", "--rounds", str(rounds), "--json", str(report)],
+                       cwd=ROOT, check=True)
+        return json.loads(report.read_text())
+
+
 def run_missing(runs: int, rounds: int) -> None:
     for n in range(1, runs + 1):
-        path = RESULTS / f"run-{n}.json"
-        if path.is_file():
-            continue
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")  # bench.py writes at the very end; rename so no half-run counts
-        print(f"== run {n}: python bench.py --train --rounds {rounds} --json {path.relative_to(ROOT)}", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "bench.py"), "--train", "--rounds", str(rounds), "--json", str(tmp)],
-                       cwd=ROOT, check=True)
-        tmp.rename(path)
+        cell(RESULTS, f"run-{n}", lambda: bench_once(rounds))  # skipped when its JSON is there
 
 
 def spread(values: list[float], fmt: str, unit: str = "") -> str:
@@ -85,13 +93,11 @@ def table() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=3, help="how many runs the table should have (default 3)")
-    parser.add_argument("--rounds", type=int, default=3, help="bench.py --rounds for new runs (default 3: a run "
-                        "of every row takes ~8 min on 2 cores)")
+    parser.add_argument("--runs", type=int_at_least(1), default=3, help="how many runs the table should have (default 3)")
+    parser.add_argument("--rounds", type=int_at_least(1), default=3, help="bench.py --rounds for new runs (default 3: "
+                        "a run of every row took ~10 min on 2 cores)")
     parser.add_argument("--table-only", action="store_true", help="only rewrite experiments/bench_train.md")
     args = parser.parse_args()
-    if args.runs < 1 or args.rounds < 1:
-        parser.error(f"--runs and --rounds must be at least 1, got {args.runs} and {args.rounds}")
     if not args.table_only:
         run_missing(args.runs, args.rounds)
     text = table()

@@ -92,6 +92,7 @@ def run_cell(cell: str) -> None:
 
 
 PAIRED = ("joint", "joint-no-attn-dropout")
+PAIRED_RESULT = RESULTS / f"paired-{PAIRED[0]}.json"
 
 
 def mcnemar_p(only_a: int, only_b: int) -> float:
@@ -128,10 +129,9 @@ def paired_comparison(cell_a: str, cell_b: str) -> dict:
 
 
 def paired_line() -> str:
-    path = RESULTS / f"paired-{PAIRED[0]}.json"
-    if not path.is_file():
+    if not PAIRED_RESULT.is_file():
         return ""
-    r = json.loads(path.read_text())
+    r = json.loads(PAIRED_RESULT.read_text())
     a, b = r["cells"]
     parts = [f"{name.replace('_', ' ')}: {v[f'acc_{b}']:.2f} against {v[f'acc_{a}']:.2f}, {v[f'only_{b}_right']} "
              f"sentences right only in {b} and {v[f'only_{a}_right']} only in {a}, p = {v['mcnemar_p']:.2f}"
@@ -175,12 +175,12 @@ def main() -> None:
                 print(f"{cell}: done ({RESULTS / f'{cell}.json'})")
                 continue
             run_cell(cell)
-        paired_path = RESULTS / f"paired-{PAIRED[0]}.json"
-        if all((RESULTS / f"{cell}.json").is_file() for cell in PAIRED) and not paired_path.is_file():
+        if all((RESULTS / f"{cell}.json").is_file() for cell in PAIRED) and not PAIRED_RESULT.is_file():
             result = paired_comparison(*PAIRED)
-            write_atomic(lambda p: p.write_text(json.dumps(result, indent=2)), paired_path)
-    (ROOT / "experiments" / "converged.md").write_text(table())
-    print(table())
+            write_atomic(lambda p: p.write_text(json.dumps(result, indent=2)), PAIRED_RESULT)
+    text = table()
+    (ROOT / "experiments" / "converged.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
