@@ -3,13 +3,14 @@
     from hardware import describe, resolve_dtype
     print(describe())                 # "AMD EPYC (x86_64, 2 threads): avx2 avx512f avx512_bf16 ..."
     dtype = resolve_dtype("auto")     # training: bf16 where the CPU runs it natively, else fp32
-    encoder_precision("auto")         # encoding: ("int8" on a CPU, bf16/fp32 on a GPU, why)
+    encoder_precision("auto")         # encoding: ("int8" on a CPU with VNNI, else fp32; bf16/fp32 on a GPU, why)
 
 Why it matters: a bf16 matrix multiply is fast only where the hardware has bf16 dot-product
 instructions (x86: AVX-512 BF16 or AMX; ARM: the BF16 extension). Elsewhere PyTorch emulates
 it by converting to fp32 element by element, and bf16 becomes a trap: on a 2-core AVX2-only AMD
 EPYC, encoding in bf16 measured 9 sentences/s against 48 in fp32 (5x slower), and a 2048^3 bf16
-GEMM with oneDNN capped at AVX2 here runs at 1 GFLOP/s against 180 in fp32.
+GEMM with oneDNN capped at AVX2 here runs at 1 GFLOP/s against 180 in fp32. int8 has the same
+kind of trap: torch._int_mm is fast only where the CPU has VNNI (see quant.py).
 """
 from __future__ import annotations
 
@@ -24,9 +25,13 @@ import torch
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8",
                   "asimd", "asimddp", "i8mm", "bf16", "sve")
 BF16_FLAGS = {"x86_64": ("avx512_bf16", "amx_bf16"), "aarch64": ("bf16",)}
+# Where torch._int_mm runs on oneDNN's int8 kernels. Measured on x86 only: an AVX-512 VNNI EPYC (fast, also
+# with oneDNN capped at AVX2) and an AVX2-only EPYC (a reference loop, 10-20x slower than fp32). Not
+# measured on ARM, so ARM takes the exact fp32 route, which is never slower than fp32.
+INT8_FLAGS = {"x86_64": ("avx512_vnni", "avx_vnni", "amx_int8")}
 SLOW_BF16 = ("bf16 matrix multiplies are emulated on this CPU ({why}): expect bf16 to run several times slower "
              "than fp32 (measured on a 2-core AVX2-only EPYC: 9 vs 48 sentences/s). dtype='auto' picks the fast "
-             "path here instead: int8 to encode, fp32 to train.")
+             "path here instead: fp32 to train, and int8 (with VNNI) or fp32 to encode.")
 
 
 @lru_cache(maxsize=1)
@@ -74,6 +79,12 @@ def native_bf16(device: str | torch.device = "cpu") -> bool:
     return any(f in cpu_flags() for f in BF16_FLAGS.get(platform.machine(), ()))
 
 
+def native_int8() -> bool:
+    """True where torch._int_mm has a fast kernel on this CPU (the flags above), whatever oneDNN is capped at:
+    PyTorch chooses its kernel from the CPU's flags, and oneDNN then runs its AVX2 int8 kernels if capped."""
+    return any(f in cpu_flags() for f in INT8_FLAGS.get(platform.machine(), ()))
+
+
 _warned = False
 
 
@@ -81,19 +92,25 @@ def encoder_precision(dtype: str | torch.dtype | None, device: str | torch.devic
     """The encoder's precision, "fp32", "bf16" or "int8", and why, for SentenceEncoder.from_pretrained.
 
     'auto' picks the fastest path that keeps the model's quality (experiments/int8_layers.md) on this
-    hardware: on a CPU, int8 linear layers (quant.py), which bench.py measured at 1.15x native bf16
-    on an AVX-512 BF16 CPU (VNNI multiplies int8 at twice bf16's rate) and at 1.6x fp32 with that
-    CPU's kernels capped at AVX2 (see the README, "Measured"); on a GPU, bf16 where it has it, else
-    fp32. Training has no int8 path: it uses resolve_dtype below.
+    hardware: on a CPU with VNNI, int8 linear layers (quant.py), which bench.py measured at 1.15x
+    native bf16 on an AVX-512 BF16 CPU (VNNI multiplies int8 at twice bf16's rate) and at 1.6x fp32
+    with that CPU's kernels capped at AVX2 (see the README, "Measured"); on a CPU without, fp32, since
+    int8 there can only be computed as exact fp32 matmuls plus the quantising (quant.exact_int_mm);
+    on a GPU, bf16 where it has it, else fp32. Training has no int8 path: it uses resolve_dtype below.
     """
     device = torch.device(device)
     if dtype == "int8":
         if device.type != "cpu":
             raise ValueError("dtype='int8' is a CPU path (torch._int_mm on oneDNN); on a GPU use 'bf16' or 'auto'")
+        if not native_int8():
+            warnings.warn("int8 has no fast kernel on this CPU (no avx512_vnni, avx_vnni or amx_int8): its exact sums "
+                          "run as fp32 matmuls, no faster than dtype='fp32'", RuntimeWarning, stacklevel=2)
         return "int8", "as asked"
     if dtype == "auto":
+        if device.type == "cpu" and native_int8():
+            return "int8", "int8 linear layers: the fastest path within the accuracy targets on CPUs with VNNI"
         if device.type == "cpu":
-            return "int8", "int8 linear layers: the fastest path within the accuracy targets on CPUs"
+            return "fp32", "no VNNI on this CPU, so int8 would be no faster than fp32"
         return ("bf16", "this GPU runs bf16 natively") if native_bf16(device) else ("fp32", "this GPU has no bf16")
     return ("bf16" if resolve_dtype(dtype, device) == torch.bfloat16 else "fp32"), "as asked"
 

@@ -386,8 +386,8 @@ class SentenceEncoder(nn.Module):
         path defaults to $MPNET_WEIGHTS_DIR or weights/all-mpnet-base-v2; if the files
         are missing there, they are fetched first (see weights/fetch.py).
         dtype: None or "fp32", "bf16" or a torch dtype; "int8": int8 linear layers on a CPU (quant.py);
-        "auto": the fastest path within the accuracy targets (int8 on a CPU, bf16 on a GPU that has
-        it), and it prints its choice. bf16 where it is emulated runs, with a warning (hardware.py).
+        "auto": the fastest path within the accuracy targets (int8 on a CPU with VNNI, bf16 on a GPU
+        that has it, else fp32), and it prints its choice. bf16 where it is emulated runs, with a warning (hardware.py).
         """
         device = torch.device(device or "cpu")
         precision, why = encoder_precision(dtype, device)
@@ -452,7 +452,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("sentences", nargs="*", help="one or more sentences (or --input)")
     parser.add_argument("--dtype", choices=["auto", "fp32", "bf16", "int8"], default="fp32",
                         help="int8: int8 linear layers (quant.py); auto: the fastest accurate path here, "
-                             "int8 on a CPU (default: fp32)")
+                             "int8 on a CPU with VNNI (default: fp32)")
     add_corpus_flags(parser)  # --input, --output and their options: corpus.py
     args = parser.parse_args(argv)
     if args.input or not args.sentences:

@@ -6,7 +6,13 @@ Over 90% of the encoder's work is its 72 linear layers (q, k, v, o, ffn_in, ffn_
 12 layers). int8 is the narrow number format every current CPU multiplies in hardware: AVX2
 multiplies int8 pairs and sums them (vpmaddubsw), AVX-512 VNNI and ARM's dot-product instructions
 do it in one step, at twice the rate of bf16 where a CPU has bf16 at all. PyTorch exposes that as torch._int_mm
-(int8 x int8 -> exact int32), which oneDNN runs on x86 and ARM.
+(int8 x int8 -> exact int32), which oneDNN runs on CPUs with VNNI.
+
+Without VNNI there is no fast int8 product to be had from PyTorch: on a 2-core AVX2-only EPYC, torch 2.13's
+_int_mm never calls oneDNN (ONEDNN_VERBOSE prints nothing) and runs its own reference loop, 10-20x slower
+than an fp32 matmul of the same shape. There, Int8Linear computes the same exact int32 sums with fp32
+matmuls (exact_int_mm below): the same integers, so the same embeddings, at about fp32's speed.
+hardware.native_int8() tells the two apart, and dtype="auto" takes fp32 on such a CPU.
 
 The scheme, symmetric (the FFN output adds a zero point: see Int8Linear):
 
@@ -49,6 +55,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from hardware import native_int8
 from memory import release_freed_memory
 
 LINEAR_NAMES = ("attn.q", "attn.k", "attn.v", "attn.o", "ffn_in", "ffn_out")
@@ -58,6 +65,9 @@ SMOOTHING_GROUPS = (("attn.q", "attn.k", "attn.v"), ("attn.o",), ("ffn_in",), ("
 ZERO_POINT = ("ffn_out",)  # its input is GELU's one-sided output: see Int8Linear
 WEIGHT_MAX = 63  # 7-bit weights: see "Why 63" above
 INPUT_MAX = 127
+# fp32 holds every integer up to 2^24 exactly, and one product is at most INPUT_MAX * WEIGHT_MAX = 8,001 in
+# size, so a sum of this many products never rounds, in whatever order a GEMM adds them (exact_int_mm)
+EXACT_FP32_TERMS = 2**24 // (INPUT_MAX * WEIGHT_MAX)  # 2,096
 # (layer index, linear name) kept in fp32: none. With smoothing at alpha 0.5 and zero points for the
 # FFN output, all 72 layers in int8 meet the accuracy targets (experiments/int8_layers.md); one fp32
 # layer would cost as much time as several int8 ones.
@@ -100,6 +110,19 @@ CALIBRATION = [
 ]
 
 
+def exact_int_mm(q: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
+    """torch._int_mm(q, w_t) for int8 inputs within INPUT_MAX and WEIGHT_MAX, from fp32 matmuls: the
+    same exact int32 sums on a CPU whose _int_mm has no fast kernel. A row longer than EXACT_FP32_TERMS
+    (the FFN output's 3,072) is split into equal chunks, each summed exactly in fp32, added in int32."""
+    k = q.shape[1]
+    chunks = -(-k // EXACT_FP32_TERMS)
+    step = -(-k // chunks)
+    y = torch.mm(q[:, :step].float(), w_t[:step].float()).to(torch.int32)
+    for i in range(step, k, step):
+        y += torch.mm(q[:, i:i + step].float(), w_t[i:i + step].float()).to(torch.int32)
+    return y
+
+
 class Int8Linear(nn.Module):
     """A frozen nn.Linear whose matmul runs in int8 with int32 accumulation (see the module docstring).
 
@@ -122,6 +145,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", linear.bias.detach().float() if linear.bias is not None else torch.zeros_like(scale))
         self.register_buffer("row_sums", q.sum(dim=1) * scale if zero_point else None)  # sum_i W^[o, i]
         self.in_features, self.out_features, self.zero_point = linear.in_features, linear.out_features, zero_point
+        self.int_mm = torch._int_mm if native_int8() else exact_int_mm  # the same integers either way
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
@@ -136,7 +160,7 @@ class Int8Linear(nn.Module):
         else:
             s = torch.maximum(hi, -lo).clamp(min=1e-12) / INPUT_MAX  # max |x[t, :]|
         q = x.div_(s).round_().to(torch.int8)  # |x / s| <= 127, so no clamping is needed
-        y = torch._int_mm(q, self.weight.t())  # exact int32: |sum| <= 3072 * 127 * 63 < 2^31
+        y = self.int_mm(q, self.weight.t())  # exact int32: |sum| <= 3072 * 127 * 63 < 2^31
         y = torch.addcmul(self.bias, torch.mul(y, self.scale), s)  # y * s_w[o] * s_x[t] + b[o], in fp32
         if self.zero_point:
             y.addcmul_(zero, self.row_sums)  # + z[t] * sum_i W^[o, i]
@@ -144,7 +168,8 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int8: weights per output "
-                f"channel, inputs per token{' with a zero point' if self.zero_point else ''}")
+                f"channel, inputs per token{' with a zero point' if self.zero_point else ''}, sums by "
+                f"{'torch._int_mm' if self.int_mm is torch._int_mm else 'exact fp32 matmuls (no VNNI here)'}")
 
 
 def linears(layer: nn.Module) -> dict[str, nn.Linear]:

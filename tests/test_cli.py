@@ -96,14 +96,22 @@ def test_auto_picks_bf16_only_where_it_is_native(cpu):
     assert hardware.resolve_dtype("auto") == torch.float32
 
 
-def test_encoder_auto_picks_int8_on_any_cpu(cpu):
-    for flags in [("avx2", "avx512f", "avx512_bf16"), ("avx2", "fma")]:
+def test_encoder_auto_picks_int8_only_where_int8_is_native(cpu, monkeypatch):
+    for flags in [("avx2", "avx512f", "avx512_vnni", "avx512_bf16"), ("avx2", "avx_vnni"), ("avx2", "amx_int8")]:
         cpu(*flags)
         assert hardware.encoder_precision("auto")[0] == "int8"
-    cpu("asimd", machine="aarch64")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # native: silent
+        assert hardware.encoder_precision("int8")[0] == "int8"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # oneDNN capped: PyTorch still calls it, and it runs AVX2 int8
     assert hardware.encoder_precision("auto")[0] == "int8"
+    for flags, machine in [(("avx2", "fma"), "x86_64"), (("avx2", "avx512f"), "x86_64"), (("asimd", "asimddp"), "aarch64")]:
+        cpu(*flags, machine=machine)
+        assert hardware.encoder_precision("auto") == ("fp32", "no VNNI on this CPU, so int8 would be no faster than fp32")
+        with pytest.warns(RuntimeWarning, match=r"int8 has no fast kernel on this CPU \(no avx512_vnni, avx_vnni or "
+                                                r"amx_int8\): its exact sums run as fp32 matmuls"):
+            assert hardware.encoder_precision("int8")[0] == "int8"
     assert hardware.encoder_precision(None)[0] == hardware.encoder_precision("fp32")[0] == "fp32"
-    assert hardware.encoder_precision("int8")[0] == "int8"
     with pytest.raises(ValueError, match="dtype='int8' is a CPU path"):
         hardware.encoder_precision("int8", "cuda")
 

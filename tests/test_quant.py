@@ -1,13 +1,15 @@
 """quant.py: exact int8 products on every kernel path, an error bound derived from the rounding,
 smoothing that earns its keep, and the int8 encoder's quality against sentence-transformers."""
 import json
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from quant import INPUT_MAX, WEIGHT_MAX, Int8Linear, quantize
+import hardware
+from quant import EXACT_FP32_TERMS, INPUT_MAX, WEIGHT_MAX, Int8Linear, exact_int_mm, quantize
 
 REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "reference.json").read_text(encoding="utf-8"))
 
@@ -25,6 +27,37 @@ def test_int_mm_is_exact_for_7_bit_weights_on_this_kernel_path(m, k, n):
     for x in xs:
         for w in ws:
             assert torch.equal(torch._int_mm(x, w.t()).long(), x.long() @ w.t().long())
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("m, k, n", [(7, 768, 768), (33, 3072, 768), (5, EXACT_FP32_TERMS, 16), (5, 2 * EXACT_FP32_TERMS + 1, 16)])
+def test_exact_int_mm_gives_int_mms_integers(m, k, n):
+    """The fp32 route of CPUs without VNNI: every sum an integer below 2^24, so exact in any order the
+    GEMM adds. Extremes of both ranges, where the sums are largest (k = 2,096 terms of 8,001 reach
+    16,770,096, just below 2^24 = 16,777,216), random values, and a row split into three chunks."""
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randint(-INPUT_MAX, INPUT_MAX + 1, (m, k), generator=g, dtype=torch.int8),
+          torch.full((m, k), INPUT_MAX, dtype=torch.int8), torch.full((m, k), -INPUT_MAX, dtype=torch.int8)]
+    ws = [torch.randint(-WEIGHT_MAX, WEIGHT_MAX + 1, (n, k), generator=g, dtype=torch.int8),
+          torch.full((n, k), WEIGHT_MAX, dtype=torch.int8)]
+    for x in xs:
+        for w in ws:
+            got = exact_int_mm(x, w.t())
+            assert got.dtype == torch.int32 and torch.equal(got.long(), x.long() @ w.t().long())
+
+
+def test_int8_linear_gives_the_same_output_on_both_routes(monkeypatch):
+    """With VNNI, torch._int_mm; without, exact fp32 matmuls: the same integers, then the same fp32 ops."""
+    linear, x = linear_with_outlier_input()
+    outputs = []
+    for native in (True, False):
+        monkeypatch.setattr(hardware, "cpu_flags", lambda native=native: frozenset({"avx512_vnni"} if native else {"avx2"}))
+        monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
+        q = Int8Linear(linear, zero_point=True)
+        assert (q.int_mm is torch._int_mm) == native
+        with torch.no_grad():
+            outputs.append(q(x))
+    assert torch.equal(outputs[0], outputs[1])
 
 
 def linear_with_outlier_input(seed: int = 0):
@@ -84,7 +117,9 @@ def test_quantize_rejects_unknown_layer_names(encoder):
 def int8_encoder():
     from mpnet import SentenceEncoder
 
-    return SentenceEncoder.from_pretrained(dtype="int8")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "no fast kernel on this CPU" without VNNI: tested in test_cli
+        return SentenceEncoder.from_pretrained(dtype="int8")
 
 
 @pytest.mark.numerics
