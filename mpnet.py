@@ -387,7 +387,8 @@ class SentenceEncoder(nn.Module):
         are missing there, they are fetched first (see weights/fetch.py).
         dtype: None or "fp32", "bf16" or a torch dtype; "int8": int8 linear layers on a CPU (quant.py);
         "auto": the fastest path within the accuracy targets (int8 on a CPU with VNNI, bf16 on a GPU
-        that has it, else fp32), and it prints its choice. bf16 where it is emulated runs, with a warning (hardware.py).
+        that has it, else fp32), and it prints its choice. bf16 where it is emulated runs, with a
+        warning (hardware.py).
         """
         device = torch.device(device or "cpu")
         precision, why = encoder_precision(dtype, device)
