@@ -49,7 +49,15 @@ def onnx_int8_config() -> str:
 
 
 def file_name(name: str) -> str:
-    return FILE_NAMES.get(name) or f"onnx/model_qint8_{onnx_int8_config()}.onnx"
+    """The peer's model file in the export folder. sentence-transformers names its int8 export after the
+    config's weight type: model_qint8_avx512_vnni.onnx, but model_quint8_avx2.onnx (unsigned weights)."""
+    if name in FILE_NAMES:
+        return FILE_NAMES[name]
+    from optimum.onnxruntime import AutoQuantizationConfig
+
+    config = onnx_int8_config()
+    weights = getattr(AutoQuantizationConfig, config)(is_static=False).weights_dtype.name.lower()
+    return f"onnx/model_{weights}_{config}.onnx"
 
 
 def available() -> list[str]:
