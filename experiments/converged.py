@@ -33,6 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import cells  # noqa: E402
 from checkpoint import read_progress, write_atomic  # noqa: E402
 from hardware import describe  # noqa: E402
 
@@ -135,7 +136,7 @@ def paired_line() -> str:
     a, b = r["cells"]
     parts = [f"{name.replace('_', ' ')}: {v[f'acc_{b}']:.2f} against {v[f'acc_{a}']:.2f}, {v[f'only_{b}_right']} "
              f"sentences right only in {b} and {v[f'only_{a}_right']} only in {a}, p = {v['mcnemar_p']:.2f}"
-             for name, v in r.items() if name != "cells"]
+             for name, v in r.items() if name not in ("cells", "cpu")]
     return (f"\n{b} against {a}, sentence by sentence (McNemar's exact test; one seed each, so this compares "
             f"two trained models, not two recipes): " + "; ".join(parts) + ".\n")
 
@@ -175,9 +176,8 @@ def main() -> None:
                 print(f"{cell}: done ({RESULTS / f'{cell}.json'})")
                 continue
             run_cell(cell)
-        if all((RESULTS / f"{cell}.json").is_file() for cell in PAIRED) and not PAIRED_RESULT.is_file():
-            result = paired_comparison(*PAIRED)
-            write_atomic(lambda p: p.write_text(json.dumps(result, indent=2)), PAIRED_RESULT)
+        if all((RESULTS / f"{cell}.json").is_file() for cell in PAIRED):
+            cells.cell(RESULTS, PAIRED_RESULT.stem, lambda: paired_comparison(*PAIRED))  # once, then read back
     text = table()
     (ROOT / "experiments" / "converged.md").write_text(text)
     print(text)
