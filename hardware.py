@@ -107,10 +107,9 @@ def encoder_precision(dtype: str | torch.dtype | None, device: str | torch.devic
                           "run as fp32 matmuls, no faster than dtype='fp32'", RuntimeWarning, stacklevel=2)
         return "int8", "as asked"
     if dtype == "auto":
-        if device.type == "cpu" and native_int8():
-            return "int8", "int8 linear layers: the fastest path within the accuracy targets on CPUs with VNNI"
         if device.type == "cpu":
-            return "fp32", "no VNNI on this CPU, so int8 would be no faster than fp32"
+            return (("int8", "int8 linear layers: the fastest path within the accuracy targets on CPUs with VNNI")
+                    if native_int8() else ("fp32", "no VNNI on this CPU, so int8 would be no faster than fp32"))
         return ("bf16", "this GPU runs bf16 natively") if native_bf16(device) else ("fp32", "this GPU has no bf16")
     return ("bf16" if resolve_dtype(dtype, device) == torch.bfloat16 else "fp32"), "as asked"
 

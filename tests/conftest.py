@@ -15,6 +15,19 @@ def encoder():
     return SentenceEncoder.from_pretrained()
 
 
+@pytest.fixture
+def cpu(monkeypatch):
+    """Pretend to be a CPU with the given flags (hardware.py's view of it)."""
+    import hardware
+
+    def pretend(*flags, machine="x86_64"):
+        monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+        monkeypatch.setattr(hardware.platform, "machine", lambda: machine)
+        monkeypatch.setattr(hardware, "_warned", False)
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    return pretend
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "numerics: tiny-config training numerics and int8 exactness; .ci/run reruns these under "
                                        "AVX2-only and baseline kernels (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, "

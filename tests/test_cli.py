@@ -72,17 +72,6 @@ def test_eval_refuses_weights_from_another_model_config(tmp_path):
 
 
 # ----------------------------------------------------------------------------- precision choice
-@pytest.fixture
-def cpu(monkeypatch):
-    """Pretend to be a CPU with the given flags."""
-    def pretend(*flags, machine="x86_64"):
-        monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
-        monkeypatch.setattr(hardware.platform, "machine", lambda: machine)
-        monkeypatch.setattr(hardware, "_warned", False)
-        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
-    return pretend
-
-
 def test_auto_picks_bf16_only_where_it_is_native(cpu):
     cpu("avx2", "avx512f", "avx512_bf16")
     assert hardware.resolve_dtype("auto") == torch.bfloat16
