@@ -20,8 +20,7 @@ train.py's own sampler, default batch 16), for train.py's train_step, for the bo
 pass alone on the same batches, / 3: a backward costs about two forwards), for train.py with the
 embeddings frozen (--freeze top-12), with the embeddings and the bottom 4 layers frozen (--freeze
 top-8, without its feature cache), for train.py without attention-probability dropout
-(--attention-dropout 0), for train.py with the word table's gradient allocated afresh each step
-(as before word_grad.py), and for Hugging Face transformers' MPNetModel with the same mean pooling,
+(--attention-dropout 0), and for Hugging Face transformers' MPNetModel with the same mean pooling,
 heads, fused AdamW and batches in the same loop. fp32, and bf16 autocast where the
 CPU runs bf16 natively; rounds interleaved as above. Then where the time of one step goes. The
 JSON keeps every round's seconds; experiments/bench_train_runs.py repeats the whole bench in fresh
@@ -292,9 +291,6 @@ def bench_train(args: argparse.Namespace) -> dict:
             engines["train.py --freeze top-8"] = train_engines(top8, batches, False)["train.py"]
             no_attn_dropout = train_run(dtype, "none", Path(tmp), args.data_dir, attention_dropout=0.0)
             engines["train.py --attention-dropout 0"] = train_engines(no_attn_dropout, batches, False)["train.py"]
-            dense_word = train_run(dtype, "none", Path(tmp), args.data_dir)
-            dense_word.model.backbone.embeddings.sparse_grad = False  # as before word_grad.py
-            engines["train.py, dense word-table gradient"] = train_engines(dense_word, batches, False)["train.py"]
             times = {name: [] for name in engines}
             for round_ in range(args.rounds + 1):  # round 0 warms up (allocates AdamW's state) and is dropped
                 for name, fn in engines.items():
@@ -318,7 +314,7 @@ def bench_train(args: argparse.Namespace) -> dict:
             print(f"  one train.py step, median ms ({total:.0f} ms in all):")
             for phase, ms in breakdown.items():
                 print(f"    {phase:26} {ms:7.1f} {100 * ms / total:5.1f}%")
-            del run, frozen, top8, no_attn_dropout, dense_word, engines
+            del run, frozen, top8, no_attn_dropout, engines
     return {"cpu": describe(), "batch_size": train.TrainConfig.batch_size, "steps": args.steps, "rounds": args.rounds, "results": results}
 
 

@@ -50,7 +50,6 @@ from feature_cache import FeatureCache, frozen_prefix
 from hardware import describe, resolve_dtype
 from heads import MultiTaskModel, balanced_class_weights, multitask_loss
 from mpnet import MPNet, MPNetConfig, SentenceEncoder
-from word_grad import reuse_word_gradient
 
 
 @dataclass
@@ -345,8 +344,6 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     sampler = data.MultiTaskSampler([len(p) for p in pools], cfg.batch_size, cfg.temperature, cfg.seed)
     total_steps = planned_steps(cfg, tokenizer, pools, sampler)
     unfreezer = freeze.apply(model, cfg.freeze)
-    if world.size == 1:  # no fresh 94 MB word-table gradient each step (word_grad.py; not under DDP)
-        reuse_word_gradient(model.backbone.embeddings)
     groups = lr_groups.build(model, cfg.lr_groups, base_lr=cfg.lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
     optimizer = make_optimizer(groups)
     print(freeze.summary(model) + "\n" + lr_groups.table(groups), file=sys.stderr)  # before warmup scales the lrs

@@ -32,7 +32,6 @@ from cli import int_at_least  # noqa: E402
 
 RESULTS = HERE / "results" / "bench_train"
 BASELINE, PEER = "train.py", "transformers MPNetModel"
-DENSE_WORD = "train.py, dense word-table gradient"  # the row bench.py added with word_grad.py
 
 
 def bench_once(rounds: int) -> dict:
@@ -56,23 +55,15 @@ def spread(values: list[float], fmt: str, unit: str = "") -> str:
             f"({format(min(values), fmt)}-{format(max(values), fmt)}{unit})")
 
 
-def has_row(run: dict, name: str) -> bool:
-    return any(name in by_dtype["tokens_per_s"] for by_dtype in run["results"].values())
-
-
 def table() -> str:
     runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("run-*.json"))]
     out = ["`bench.py --train` repeated in fresh processes (`python experiments/bench_train_runs.py`): "
            "median over runs, (min-max) beside it. Each run: the median of its interleaved rounds of "
            "12 steps at batch 16, all rows on the same Banking77 + SST-2 batches.\n"]
-    # Runs that predate word_grad.py have no DENSE_WORD row, and their train.py row is that row:
-    # they form their own group, so that no median mixes the two versions of train.py.
-    for cpu, reused in sorted({(r["cpu"], has_row(r, DENSE_WORD)) for r in runs}, key=lambda k: (k[0], not k[1])):
-        mine = [r for r in runs if r["cpu"] == cpu and has_row(r, DENSE_WORD) == reused]
+    for cpu in sorted({r["cpu"] for r in runs}):
+        mine = [r for r in runs if r["cpu"] == cpu]
         rounds = sorted({r["rounds"] for r in mine})
-        out.append(f"CPU: {cpu}; {len(mine)} run{'s' if len(mine) > 1 else ''} of {'/'.join(map(str, rounds))} rounds"
-                   + ("." if reused else "; measured before word_grad.py, so train.py allocated a fresh dense "
-                                         "word-table gradient every step.") + "\n")
+        out.append(f"CPU: {cpu}; {len(mine)} run{'s' if len(mine) > 1 else ''} of {'/'.join(map(str, rounds))} rounds.\n")
         for dtype in ("fp32", "bf16"):
             with_dtype = [r["results"][dtype] for r in mine if dtype in r["results"]]
             if not with_dtype:
@@ -80,8 +71,7 @@ def table() -> str:
             out += [f"| {dtype} | tokens/s | % of the bound | × transformers | × train.py (default) |",
                     "| --- | ---: | ---: | ---: | ---: |",
                     f"| bound (forward / 3) | {spread([r['bound_tokens_per_s'] for r in with_dtype], '.0f')} | | | |"]
-            names = list(dict.fromkeys(n for r in with_dtype for n in r["tokens_per_s"]))  # rows added later last
-            for name in names:
+            for name in with_dtype[0]["tokens_per_s"]:
                 rows = [r for r in with_dtype if name in r["tokens_per_s"]]
                 speed = [r["tokens_per_s"][name] for r in rows]
                 share = [100 * r["tokens_per_s"][name] / r["bound_tokens_per_s"] for r in rows]
