@@ -242,11 +242,12 @@ def step_breakdown(run, batches: list) -> dict[str, float]:
     """Median milliseconds per phase of train_step, timed phase by phase (the same calls, in order)."""
     import data
     import freeze
+    import train
     from heads import multitask_loss
 
     freeze.train_mode(run.model)
-    phases = {"collate (tokenise, pad)": [], "forward + loss": [], "backward": [], "clip grad norm": [],
-              "AdamW step": []}
+    phases = {"collate (tokenise, pad)": [], "forward + loss": [], "backward": [], "gradient norm": [],
+              "AdamW step (clipping folded in)": []}
     for pool_idx, rows in batches:
         t0 = time.perf_counter()
         batch = data.collate(run.tokenizer, run.pools[pool_idx], rows)
@@ -258,7 +259,7 @@ def step_breakdown(run, batches: list) -> dict[str, float]:
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         t3 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip)
+        train.clip_in_optimizer_step(run)
         t4 = time.perf_counter()
         run.optimizer.step()
         t5 = time.perf_counter()

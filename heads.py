@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from data import IGNORE
+from dropout import Dropout
 from mpnet import MPNet, length_sorted_batches, mean_pool
 
 
@@ -27,7 +28,7 @@ class MultiTaskModel(nn.Module):
         hidden = backbone.cfg.hidden_size
         # A linear layer on the pooled embedding; softmax lives in the loss (cross-entropy).
         self.heads = nn.ModuleDict({
-            task: nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, n)) for task, n in num_labels.items()
+            task: nn.Sequential(Dropout(dropout), nn.Linear(hidden, n)) for task, n in num_labels.items()
         })
 
     def embed(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, start: int = 0,

@@ -406,6 +406,20 @@ def loss_normalizers(run: Run, pool_idx: int, rows: list[int]) -> dict[str, floa
     return totals
 
 
+def clip_in_optimizer_step(run: Run) -> torch.Tensor:
+    """Clip the gradients to total norm cfg.clip in the coming optimizer step; -> their total norm.
+
+    clip_grad_norm_ would scale every gradient in place first: one more read and write of 109M
+    numbers a step (about 30 ms on a 2-core AVX2-only EPYC). The fused AdamW kernel can divide each
+    gradient by a `grad_scale` as it reads it (the hook torch.amp.GradScaler unscales through), so
+    the clipping rides along in the pass AdamW makes anyway. The result is clip_grad_norm_'s to
+    rounding: g / ((norm + 1e-6) / clip) here, g * (clip / (norm + 1e-6)) there.
+    """
+    norm = torch.nn.utils.get_total_norm([p.grad for p in run.model.parameters() if p.grad is not None])
+    run.optimizer.grad_scale = ((norm + 1e-6) / run.cfg.clip).clamp(min=1.0)
+    return norm
+
+
 def train_step(run: Run, pool_idx: int, rows: list[int]) -> tuple[int, dict[str, float]]:
     """One optimizer step on one batch -> (real tokens, per-task losses).
 
@@ -426,7 +440,7 @@ def train_step(run: Run, pool_idx: int, rows: list[int]) -> tuple[int, dict[str,
     finite = bad == 0
     if finite:
         loss.backward()
-        finite = bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip)))
+        finite = bool(torch.isfinite(clip_in_optimizer_step(run)))
     progress = run.progress
     if finite:
         run.optimizer.step()

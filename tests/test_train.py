@@ -149,3 +149,43 @@ def test_a_run_without_attention_dropout_passes_the_resume_check(tmp_path):
     train_mod.check_resume_matches(info, cfg, train_mod.backbone_config(checkpoint, cfg), tasks())
     with pytest.raises(ValueError, match="the data or model differ"):  # the checkpoint's own config would not
         train_mod.check_resume_matches(info, cfg, checkpoint, tasks())
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("clip", [1e-3, 1e6])  # clipping active, and far from it
+def test_clipping_folded_into_adamw_matches_clip_grad_norm(clip):
+    """train.clip_in_optimizer_step + the fused step against clip_grad_norm_ + the same step.
+
+    Both runs are fed the same gradients (fixed tensors, of a different size each step, so that
+    clipping changes AdamW's moments). Only rounding may differ: g / fl((n + 1e-6) / clip) against
+    g * fl(clip / (n + 1e-6)) is within 4 units of roundoff (u = 2^-24) of g; AdamW's update
+    lr * m / (sqrt(v) + eps) is a ratio in g, so the updates differ by at most ~8u of lr a step,
+    plus each weight's rounding a step, which can then land one ulp apart (2u |w|)."""
+    from types import SimpleNamespace
+    u, lr, steps = 2.0 ** -24, 1e-2, 3
+    torch.manual_seed(0)
+    start = [torch.randn(64, 32), torch.randn(64)]
+    grads = [[scale * torch.randn_like(w) for w in start] for scale in (1.0, 30.0, 0.1)]
+
+    def run(how: str) -> list[torch.Tensor]:
+        params = [torch.nn.Parameter(w.clone()) for w in start]
+        optimizer = train_mod.make_optimizer([{"params": params, "lr": lr, "weight_decay": 0.01}])
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g.clone()
+            if how == "folded":
+                train_mod.clip_in_optimizer_step(SimpleNamespace(model=SimpleNamespace(parameters=lambda: params),
+                                                                 optimizer=optimizer, cfg=SimpleNamespace(clip=clip)))
+            elif how == "clip_grad_norm_":
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            optimizer.step()
+        return [p.detach() for p in params]
+
+    folded, reference, unclipped = run("folded"), run("clip_grad_norm_"), run("not clipped")
+    for a, b in zip(folded, reference):
+        assert ((a - b).abs() <= steps * (8 * u * lr + 2 * u * b.abs())).all(), (a - b).abs().max()
+    moved = max(float((a - b).abs().max()) for a, b in zip(folded, unclipped))
+    if clip < 1:  # the clipping did something: an unclipped run ends elsewhere, by O(lr)
+        assert moved > 1e-3
+    else:
+        assert moved == 0  # and with nothing to clip, grad_scale is exactly 1: nothing changes
