@@ -3,8 +3,8 @@
 `nn.Dropout` builds its mask with `bernoulli_`, and on a CPU PyTorch draws that one element at a
 time from its Mersenne Twister: one 64-bit draw turned into one double, compared with p. Training
 draws a mask for each of the 25 hidden-state dropouts (T real tokens x 768) and, at the checkpoint's
-attention dropout of 0.1, one (batch, heads, L, L) mask a layer: about 8M random numbers a step,
-~90 ms of a ~1.8 s fp32 step on a 2-core AVX2-only EPYC.
+attention dropout of 0.1, one (batch, heads, L, L) mask a layer: millions of random numbers a
+step, ~90 ms of a ~1.8 s fp32 step on a 2-core AVX2-only EPYC (README, "Training speed").
 
 Here one 64-bit draw decides four elements. `random_` fills int64 words from the same generator
 (so `torch.manual_seed` and the checkpoints' saved RNG state work as before), and each word is read

@@ -144,19 +144,18 @@ class SelfAttention(nn.Module):
         q, k, v = to_heads(self.q(x)), to_heads(self.k(x)), to_heads(self.v(x))
         # `mask` already holds relative position bias + padding (-inf-like) as one additive
         # term, so one fused kernel does softmax(q k^T / sqrt(d) + mask) v.
-        if self.training and self.dropout_p > 0:
-            y = self.attention_with_dropout(q, k, v, mask)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = self.training_attention(q, k, v, mask) if self.training else F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask)
         return self.o(y.transpose(1, 2).reshape(B * L, D).index_select(0, keep))
 
-    def attention_with_dropout(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                               mask: torch.Tensor) -> torch.Tensor:
+    def training_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           mask: torch.Tensor) -> torch.Tensor:
         """The same softmax(q k^T / sqrt(d) + mask) v, written out, with dropout on the probabilities.
 
-        Training never gets the fused kernel on a CPU anyway: the mask needs a gradient (the bias
-        is trained), which PyTorch's fused CPU kernel cannot give, so it falls back to these very
-        matmuls. Written out, the dropout mask comes from dropout.py, a third of the cost to draw.
+        Training gets no fused kernel on a CPU anyway: the mask needs a gradient (the bias is
+        trained) and the probabilities a dropout, and PyTorch's fused CPU kernel gives neither, so
+        it falls back to the unfused softmax and matmuls, with a few more elementwise passes than
+        these. Written out, the dropout mask comes from dropout.py, a third of the cost to draw.
         """
         B, H, L, d = q.shape
         q, k, v = (t.reshape(B * H, L, d) for t in (q, k, v))

@@ -86,7 +86,7 @@ def test_training_attention_is_the_fused_formula():
     L * 2^-53 ~ 1e-15; 1e-12 leaves room, and a wrong scale, mask or transpose is off by O(0.1)."""
     cfg = MPNetConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=4,
                       intermediate_size=32, max_position_embeddings=40, hidden_dropout_prob=0.0,
-                      attention_probs_dropout_prob=1e-6)  # > 0: the written-out path; drops nothing
+                      attention_probs_dropout_prob=0.0)  # train(): the written-out path, dropping nothing
     torch.manual_seed(0)
     model = MPNet(cfg).double()
     with torch.no_grad():
