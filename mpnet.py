@@ -152,15 +152,14 @@ class SelfAttention(nn.Module):
                            mask: torch.Tensor) -> torch.Tensor:
         """The same softmax(q k^T / sqrt(d) + mask) v, written out, with dropout on the probabilities.
 
-        Training gets no fused kernel on a CPU anyway: the mask needs a gradient (the bias is
-        trained) and the probabilities a dropout, and PyTorch's fused CPU kernel gives neither, so
-        it falls back to the unfused softmax and matmuls, with a few more elementwise passes than
-        these. Written out, the dropout mask comes from dropout.py, a third of the cost to draw.
+        In training the mask normally needs a gradient (the bias is trained) and the probabilities
+        a dropout. PyTorch's fused CPU kernel gives neither, so there it falls back to the unfused
+        softmax and matmuls, with a few more elementwise passes than these. Written out, the dropout
+        mask comes from dropout.py, a third of the cost to draw.
         """
         B, H, L, d = q.shape
         q, k, v = (t.reshape(B * H, L, d) for t in (q, k, v))
-        scores = torch.baddbmm(mask.expand(B, H, L, L).reshape(B * H, L, L), q, k.transpose(1, 2),
-                               alpha=1 / math.sqrt(d))
+        scores = torch.baddbmm(mask.reshape(B * H, L, L), q, k.transpose(1, 2), alpha=1 / math.sqrt(d))
         return torch.bmm(dropout(scores.softmax(-1), self.dropout_p), v).view(B, H, L, d)
 
 
