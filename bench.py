@@ -246,7 +246,7 @@ def step_breakdown(run, batches: list) -> dict[str, float]:
     from heads import multitask_loss
 
     freeze.train_mode(run.model)
-    phases = {"collate (tokenise, pad)": [], "forward + loss": [], "backward": [], "gradient norm": [],
+    phases = {"collate (tokenise, pad)": [], "forward + loss": [], "backward": [], "gradient norm (the sum)": [],
               "AdamW step (clipping folded in)": []}
     for pool_idx, rows in batches:
         t0 = time.perf_counter()

@@ -115,11 +115,13 @@ class Embeddings(nn.Module):
         self.position = init_table(cfg.max_position_embeddings, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = Dropout(cfg.hidden_dropout_prob)
+        self.sparse_grad = False  # the word table's gradient as its looked-up rows: see grad_hooks.py
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         positions = position_ids_from(input_ids, self.padding_idx)
         # padding_idx: the <pad> rows get no gradient when fine-tuning
-        x = F.embedding(input_ids, self.word, self.padding_idx) + F.embedding(positions, self.position, self.padding_idx)
+        x = (F.embedding(input_ids, self.word, self.padding_idx, sparse=self.sparse_grad)
+             + F.embedding(positions, self.position, self.padding_idx))
         return self.dropout(self.norm(x))
 
 

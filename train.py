@@ -41,6 +41,7 @@ from safetensors.torch import load_file
 
 import data
 import freeze
+import grad_hooks
 import lr_groups
 import memory
 from checkpoint import all_finite, load_training_state, read_progress, save_training_state, save_weights, write_atomic
@@ -331,6 +332,7 @@ class Run:
     val_caches: dict | None             # with the whole backbone frozen: the validation texts' embeddings
     world: World                        # rank and process count under torchrun (ddp.py); 0 of 1 otherwise
     forward: torch.nn.Module            # the model, or its DDP wrapper: what training steps call
+    grad_norm: grad_hooks.GradNorm | None  # the gradient norm summed during backward (grad_hooks.py); not under DDP
 
 
 def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, resume: bool,
@@ -344,6 +346,9 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     sampler = data.MultiTaskSampler([len(p) for p in pools], cfg.batch_size, cfg.temperature, cfg.seed)
     total_steps = planned_steps(cfg, tokenizer, pools, sampler)
     unfreezer = freeze.apply(model, cfg.freeze)
+    # Single process: the word table's gradient in a kept buffer, and the clipping norm summed during
+    # backward (grad_hooks.py). Both need the final set of trainable parameters, so after freezing.
+    grad_norm = grad_hooks.install(model, model.backbone.embeddings) if world.size == 1 else None
     groups = lr_groups.build(model, cfg.lr_groups, base_lr=cfg.lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
     optimizer = make_optimizer(groups)
     print(freeze.summary(model) + "\n" + lr_groups.table(groups), file=sys.stderr)  # before warmup scales the lrs
@@ -381,7 +386,7 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
         print(f"feature cache: {sum(c.nbytes() for c in caches) / 1e6:.0f} MB of frozen-bottom outputs "
               f"in {progress['cache_s']} s", file=sys.stderr)
     return Run(cfg, model, tokenizer, pools, sampler, optimizer, scheduler, unfreezer, caches, class_weights,
-               total_steps, progress, device, use_bf16, out, val_caches, world, world.wrap(model))
+               total_steps, progress, device, use_bf16, out, val_caches, world, world.wrap(model), grad_norm)
 
 
 def unfreeze_next(run: Run) -> str | None:
@@ -413,9 +418,13 @@ def clip_in_optimizer_step(run: Run) -> torch.Tensor:
     numbers a step (about 30 ms on a 2-core AVX2-only EPYC). The fused AdamW kernel can divide each
     gradient by a `grad_scale` as it reads it (the hook torch.amp.GradScaler unscales through), so
     the clipping rides along in the pass AdamW makes anyway. The result is clip_grad_norm_'s to
-    rounding: g / ((norm + 1e-6) / clip) here, g * (clip / (norm + 1e-6)) there.
+    rounding: g / ((norm + 1e-6) / clip) here, g * (clip / (norm + 1e-6)) there. In a single
+    process the norm itself was summed during backward (grad_hooks.GradNorm).
     """
-    norm = torch.nn.utils.get_total_norm([p.grad for p in run.model.parameters() if p.grad is not None])
+    if run.grad_norm is not None:
+        norm = run.grad_norm.total()
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in run.model.parameters() if p.grad is not None])
     run.optimizer.grad_scale = ((norm + 1e-6) / run.cfg.clip).clamp(min=1.0)
     return norm
 

@@ -47,12 +47,12 @@ def main(out: Path, spec: str, pools: str) -> None:
     tokenizer = Tokenizer(fetch() / "tokenizer.json")
 
     grads, losses = {}, []
-    real_norm, real_loss = torch.nn.utils.get_total_norm, train_mod.multitask_loss
+    real_clip, real_loss = train_mod.clip_in_optimizer_step, train_mod.multitask_loss
 
-    def norm(tensors, *args, **kw):
+    def clip(run):
         if not grads:  # the first step: gradients after DDP's all-reduce, before any update
             grads.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-        return real_norm(tensors, *args, **kw)
+        return real_clip(run)
 
     def loss(*args, **kw):
         total, per_task = real_loss(*args, **kw)
@@ -60,7 +60,7 @@ def main(out: Path, spec: str, pools: str) -> None:
         losses.append(world.sum([float(total.detach())])[0] / world.size)
         return total, per_task
 
-    torch.nn.utils.get_total_norm = norm
+    train_mod.clip_in_optimizer_step = clip
     train_mod.multitask_loss = loss
     run_cfg = train_mod.TrainConfig(epochs=2, batch_size=4, lr=1e-3, head_lr=3e-3, warmup=0.25, clip=1e6,
                                     dtype="fp32", log_every=1000, freeze=spec, out=str(out))

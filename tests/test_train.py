@@ -176,7 +176,7 @@ def test_clipping_folded_into_adamw_matches_clip_grad_norm(clip):
                 p.grad = g.clone()
             if how == "folded":
                 train_mod.clip_in_optimizer_step(SimpleNamespace(model=SimpleNamespace(parameters=lambda: params),
-                                                                 optimizer=optimizer, cfg=SimpleNamespace(clip=clip)))
+                                                                 optimizer=optimizer, cfg=SimpleNamespace(clip=clip), grad_norm=None))
             elif how == "clip_grad_norm_":
                 torch.nn.utils.clip_grad_norm_(params, clip)
             optimizer.step()
