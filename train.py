@@ -115,6 +115,11 @@ def uses_bf16(cfg: TrainConfig) -> bool:
     return resolve_dtype(cfg.dtype, cfg.device) == torch.bfloat16
 
 
+def precision(cfg: TrainConfig) -> str:
+    """What --dtype means on this machine: "bf16" or "fp32" (dtype auto differs from one CPU to the next)."""
+    return "bf16" if uses_bf16(cfg) else "fp32"
+
+
 def split_off(ds: data.LabelledTexts, fraction: float, seed: int) -> tuple[data.LabelledTexts, data.LabelledTexts]:
     """A seeded (train, validation) split. The permutation depends only on seed and size, so two
     tasks read from one file (reviews-topic, reviews-sentiment) split the same way."""
@@ -645,7 +650,7 @@ def run_info(cfg: TrainConfig, backbone: MPNetConfig, train_sets: dict) -> dict:
     for t, name in task_datasets(cfg).items():
         if data.is_user_file(name):
             tasks[t]["test_rows"] = TEST_ROWS.format(task=t)  # see save_test_rows
-    return {"config": asdict(cfg), "backbone": asdict(backbone), "tasks": tasks}
+    return {"config": asdict(cfg), "backbone": asdict(backbone), "tasks": tasks, "precision": precision(cfg)}
 
 
 def write_run_info(cfg: TrainConfig, model: MultiTaskModel, train_sets: dict) -> None:
@@ -740,10 +745,18 @@ def check_out_folder(cfg: TrainConfig, resume: bool) -> dict | None:
         raise ValueError(f"--resume: {out} has no {missing}, so there is nothing to resume; "
                          f"run without --resume to start a fresh run there")
     info = json.loads(info_path.read_text())
+    # A run keeps the precision it started in (run.json's "precision"; older runs did not record it).
+    # --dtype auto gives bf16 on one CPU and fp32 on another, so a run started with auto may resume
+    # with the --dtype that names its own precision, and must where auto would now give the other.
+    started_in = info.get("precision")
+    if started_in and precision(cfg) != started_in:
+        raise ValueError(f"--resume: {out} trains in {started_in} (run.json), and --dtype {cfg.dtype} gives "
+                         f"{precision(cfg)} on this CPU ({describe()}). A run keeps one precision: resume "
+                         f"with --dtype {started_in}")
     # A flag missing from run.json did not exist when the run started: it ran with the default.
     saved, now = asdict(TrainConfig()) | info["config"], asdict(cfg)
     diffs = [f"--{k.replace('_', '-')} {now[k]!r} (run.json: {saved.get(k)!r})" for k in now
-             if k not in MAY_DIFFER_ON_RESUME and saved.get(k) != now[k]]
+             if k not in MAY_DIFFER_ON_RESUME and saved.get(k) != now[k] and not (k == "dtype" and started_in)]
     if diffs:
         raise ValueError(f"--resume: the flags differ from {info_path}: {'; '.join(diffs)}. Resume with the run's "
                          f"own flags, or start a fresh run with another --out")

@@ -16,8 +16,9 @@ each single-task run gets the joint run's expected share of tokens for its task 
 length of each training set decides it): an equal per-task budget.
 
 Each cell trains into runs/converged-CELL with --save-every, so a session that ends mid-run loses
-at most a few minutes: running this script again resumes the cell. The wall time of each session
-spent on a cell is appended to runs/converged-CELL/sessions.jsonl and the result states their sum.
+at most a few minutes: running this script again resumes the cell, in the precision it started in
+(--dtype auto means bf16 on one CPU and fp32 on another). The wall time of each session spent on a
+cell is appended to runs/converged-CELL/sessions.jsonl and the result states their sum.
 One result file per cell: experiments/results/converged/CELL.json.
 """
 from __future__ import annotations
@@ -71,7 +72,12 @@ def run_cell(cell: str) -> None:
     out = ROOT / "runs" / f"converged-{cell}"
     progress = read_progress(out / "last.safetensors") if (out / "last.safetensors").is_file() else None
     resume = progress is not None and not progress.get("done")
-    cmd = [sys.executable, str(ROOT / "train.py"), *CELLS[cell], *COMMON, "--out", str(out)] + (["--resume"] if resume else [])
+    # A run keeps the precision it started in (train.py refuses a resume where --dtype auto would now
+    # mean another): on resume, name it; argparse takes the last --dtype.
+    started_in = json.loads((out / "run.json").read_text()).get("precision") if resume else None
+    keep = ["--dtype", started_in] if started_in else []
+    cmd = ([sys.executable, str(ROOT / "train.py"), *CELLS[cell], *COMMON, *keep, "--out", str(out)]
+           + (["--resume"] if resume else []))
     print(("resuming: " if resume else "running: ") + " ".join(cmd[1:]), flush=True)
     start = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,28 @@ def test_resume_with_other_flags_lists_the_differences(tmp_path, tokenizer, monk
     assert bigger != info_backbone
     with pytest.raises(ValueError, match=r"differ from .*run.json: backbone"):
         train_mod.check_resume_matches(info, cfg, bigger, tasks())
+
+
+def test_a_run_resumes_in_the_precision_it_started_in(tmp_path, tokenizer, monkeypatch):  # noqa: F811
+    """A run started with --dtype auto where it means fp32, resumed on a CPU where auto means bf16 (and
+    back): refused with the flag to use, which then passes; a run.json without "precision" (from before
+    it was recorded) is checked as before, flag by flag."""
+    cfg = write_unfinished_run(tmp_path, tokenizer, monkeypatch, dtype="auto")
+    info = json.loads((Path(cfg.out) / "run.json").read_text())
+    started_in = info["precision"]
+    other = "bf16" if started_in == "fp32" else "fp32"
+    monkeypatch.setattr(train_mod, "uses_bf16", lambda c: (c.dtype == "bf16") or (c.dtype == "auto" and other == "bf16"))
+    with pytest.raises(ValueError, match=rf"trains in {started_in} \(run.json\), and --dtype auto gives {other} on "
+                                         rf"this CPU .* resume with --dtype {started_in}$"):
+        train_mod.check_out_folder(cfg, resume=True)
+    train_mod.check_out_folder(replace(cfg, dtype=started_in), resume=True)  # the flag it names
+    with pytest.raises(ValueError, match=f"trains in {started_in}"):
+        train_mod.check_out_folder(replace(cfg, dtype=other), resume=True)
+    del info["precision"]
+    (Path(cfg.out) / "run.json").write_text(json.dumps(info))
+    train_mod.check_out_folder(cfg, resume=True)  # auto as before: no check of what it means here
+    with pytest.raises(ValueError, match=rf"--dtype '{started_in}' \(run.json: 'auto'\)"):
+        train_mod.check_out_folder(replace(cfg, dtype=started_in), resume=True)
 
 
 def test_a_fresh_run_does_not_replace_an_unfinished_one(tmp_path, tokenizer, monkeypatch):  # noqa: F811
