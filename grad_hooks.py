@@ -83,6 +83,9 @@ class GradNorm:
 
 def install(model: nn.Module, embeddings: Embeddings) -> GradNorm:
     """Both hooks on a model whose trainable parameters are set (after freezing): the word table's
-    first, so that GradNorm squares the dense buffer, not the sparse rows."""
+    first, so that GradNorm squares the dense buffer, not the sparse rows. Once per model: a second
+    set of hooks would count every square twice."""
     reuse_word_gradient(embeddings)
-    return GradNorm(model)
+    if not isinstance(getattr(model, "grad_norm", None), GradNorm):
+        model.grad_norm = GradNorm(model)
+    return model.grad_norm

@@ -124,6 +124,7 @@ def test_grad_norm_sums_every_gradient_once_per_backward():
     for p in layer1:
         p.requires_grad_(False)  # frozen when the hooks go on, thawed below: total() must still count it
     hooks = grad_hooks.install(model, model.embeddings)
+    assert grad_hooks.install(model, model.embeddings) is hooks  # a second set-up adds no second hooks
     for p in layer1:
         p.requires_grad_(True)
     bound = (2048 + 40) * 2.0 ** -24 / 2
