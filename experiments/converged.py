@@ -5,10 +5,11 @@ jointly and each alone, with early stopping, within a budget of real training to
     python experiments/converged.py joint           # one cell
     python experiments/converged.py --table         # only rewrite experiments/converged.md
 
-With both joint cells done, the two joint models are also compared example by example on the test
-sets (McNemar's exact test: the same test sentences, each model right or wrong), written to
-experiments/results/converged/paired-joint.json. One seed per cell, so this says whether the two
-trained models differ on these test sets, not whether the recipes would over many seeds.
+With the joint cell and a single-task cell done, the two models are also compared example by
+example on that task's test set (McNemar's exact test: the same test sentences, each model right or
+wrong), written to experiments/results/converged/paired-joint-CELL.json. One seed per cell, so this
+says whether the two trained models differ on this test set, not whether the recipes would over
+many seeds.
 
 Budget: 1.5M real (unpadded) training tokens for the joint run, a number that does not depend on
 the machine. The joint run samples the two tasks' batches about equally (--temperature 1000), so
@@ -17,9 +18,11 @@ length of each training set decides it): an equal per-task budget.
 
 Each cell trains into runs/converged-CELL with --save-every, so a session that ends mid-run loses
 at most a few minutes: running this script again resumes the cell, in the precision it started in
-(--dtype auto means bf16 on one CPU and fp32 on another). The wall time of each session spent on a
-cell is appended to runs/converged-CELL/sessions.jsonl and the result states their sum.
-One result file per cell: experiments/results/converged/CELL.json.
+(--dtype auto means bf16 on one CPU and fp32 on another). The wall time and commit of each session
+spent on a cell are appended to runs/converged-CELL/sessions.jsonl, and the result states them.
+One result file per cell: experiments/results/converged/CELL.json. The first complete set, trained
+before e395022 with PyTorch's dropout masks, is kept as it was in
+experiments/results/converged_before_e395022/ and tabled after the current one.
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ from checkpoint import read_progress, write_atomic  # noqa: E402
 from hardware import describe  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results" / "converged"
+BEFORE = ROOT / "experiments" / "results" / "converged_before_e395022"
 BUDGET = 1_500_000
 # Mean real tokens per training example (all-mpnet-base-v2's tokenizer, <s> and </s> included),
 # measured on the full training sets: the joint run's expected tokens per task follow from them.
@@ -51,11 +55,12 @@ CELLS = {
     "single-banking77": ["--task-a", "banking77", "--task-b", "none",
                          "--max-tokens", str(round(BUDGET * SHARE["banking77"]))],
     "single-sst2": ["--task-a", "sst2", "--task-b", "none", "--max-tokens", str(round(BUDGET * SHARE["sst2"]))],
-    # The joint run again without attention-probability dropout (faster, see bench.py --train):
-    # does the default recipe need it on full data?
-    "joint-no-attn-dropout": ["--task-a", "banking77", "--task-b", "sst2", "--temperature", "1000",
-                              "--max-tokens", str(BUDGET), "--attention-dropout", "0"],
 }
+# Before e395022 a fourth cell, joint-no-attn-dropout (joint with --attention-dropout 0), asked whether
+# the recipe needs that dropout on full data; its answer is in the archived table. Since e395022 the
+# option saves about 1% of a step (bench.py --train), too little to spend two more hours on.
+# Joint against each single-task run, sentence by sentence on that task's test set:
+PAIRS = [("joint", "single-banking77"), ("joint", "single-sst2")]
 
 
 def stopped_by(cell: str, final: dict) -> str:
@@ -66,6 +71,14 @@ def stopped_by(cell: str, final: dict) -> str:
     patience = final["stale"] >= 3
     reasons = (["early (patience)"] if patience else []) + (["token budget"] if final["tokens"] >= budget or not patience else [])
     return " and ".join(reasons)
+
+
+def commit() -> str:
+    """The code a session ran: the short hash of HEAD, with a + when tracked files had uncommitted changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return (git("rev-parse", "--short", "HEAD") or "unknown") + ("+" if dirty else "")
 
 
 def run_cell(cell: str) -> None:
@@ -82,8 +95,9 @@ def run_cell(cell: str) -> None:
     start = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     wall = time.time() - start
+    session = {"wall_s": round(wall, 1), "cpu": describe(), "commit": commit(), "returncode": proc.returncode}
     with open(out / "sessions.jsonl", "a") as f:
-        f.write(json.dumps({"wall_s": round(wall, 1), "cpu": describe(), "returncode": proc.returncode}) + "\n")
+        f.write(json.dumps(session) + "\n")
     if proc.returncode != 0:
         sys.exit(f"{cell}: train.py exited with {proc.returncode}; run this script again to resume")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -91,15 +105,13 @@ def run_cell(cell: str) -> None:
     final = read_progress(out / "last.safetensors")
     result |= {"cell": cell, "command": "python train.py " + " ".join(CELLS[cell] + COMMON),
                "wall_s_all_sessions": round(sum(s["wall_s"] for s in sessions), 1),
-               "cpus": sorted({s["cpu"] for s in sessions}), "steps": final["step"], "tokens": final["tokens"],
+               "cpus": sorted({s["cpu"] for s in sessions}), "commits": list(dict.fromkeys(s["commit"] for s in sessions)),
+               "precision": json.loads((out / "run.json").read_text())["precision"],
+               "steps": final["step"], "tokens": final["tokens"],
                "stopped": stopped_by(cell, final),
                "history": final["history"]}
     RESULTS.mkdir(parents=True, exist_ok=True)
     write_atomic(lambda p: p.write_text(json.dumps(result, indent=2)), RESULTS / f"{cell}.json")
-
-
-PAIRED = ("joint", "joint-no-attn-dropout")
-PAIRED_RESULT = RESULTS / f"paired-{PAIRED[0]}.json"
 
 
 def mcnemar_p(only_a: int, only_b: int) -> float:
@@ -110,8 +122,8 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
 
 
 def paired_comparison(cell_a: str, cell_b: str) -> dict:
-    """Both cells' best checkpoints on each task's test set, scored the way train.py scores them
-    (bf16 autocast where the run used it); per task: accuracies and the discordant counts."""
+    """Both cells' best checkpoints on the test set of each task they share, scored in the precision
+    each run trained in; per task: accuracies and the discordant counts."""
     import torch
 
     import data
@@ -120,53 +132,67 @@ def paired_comparison(cell_a: str, cell_b: str) -> dict:
 
     result = {"cells": [cell_a, cell_b]}
     models = {cell: load_run(ROOT / "runs" / f"converged-{cell}") for cell in (cell_a, cell_b)}
-    for task, spec in models[cell_a][2]["tasks"].items():
-        ds = data.load(spec["dataset"], data.EVAL_SPLIT[spec["dataset"]])
+    datasets = [[spec["dataset"] for spec in info["tasks"].values()] for _, _, info in models.values()]
+    for dataset in (d for d in datasets[0] if d in datasets[1]):
+        ds = data.load(dataset, data.EVAL_SPLIT[dataset])
         right = {}
         for cell, (model, tokenizer, info) in models.items():
-            autocast = uses_bf16(TrainConfig(dtype=info["config"]["dtype"]))
-            head = next(t for t, v in info["tasks"].items() if v["dataset"] == spec["dataset"])
-            probs = model.predict_proba(tokenizer, ds.texts, autocast=autocast)[head]
+            # Runs from before 5b4d86b have no recorded precision; they trained in what their --dtype meant here.
+            bf16 = info["precision"] == "bf16" if "precision" in info else uses_bf16(TrainConfig(dtype=info["config"]["dtype"]))
+            head = next(t for t, v in info["tasks"].items() if v["dataset"] == dataset)
+            probs = model.predict_proba(tokenizer, ds.texts, autocast=bf16)[head]
             right[cell] = probs.argmax(-1) == torch.tensor(ds.labels)
         only_a, only_b = int((right[cell_a] & ~right[cell_b]).sum()), int((right[cell_b] & ~right[cell_a]).sum())
-        result[f"{spec['dataset']}_{ds.split}"] = {
+        result[f"{dataset}_{ds.split}"] = {
             "n": len(ds), **{f"acc_{cell}": round(100 * float(right[cell].float().mean()), 2) for cell in right},
             f"only_{cell_a}_right": only_a, f"only_{cell_b}_right": only_b, "mcnemar_p": round(mcnemar_p(only_a, only_b), 4)}
     return result
 
 
-def paired_line() -> str:
-    if not PAIRED_RESULT.is_file():
-        return ""
-    r = json.loads(PAIRED_RESULT.read_text())
-    a, b = r["cells"]
-    parts = [f"{name.replace('_', ' ')}: {v[f'acc_{b}']:.2f} against {v[f'acc_{a}']:.2f}, {v[f'only_{b}_right']} "
-             f"sentences right only in {b} and {v[f'only_{a}_right']} only in {a}, p = {v['mcnemar_p']:.2f}"
-             for name, v in r.items() if name not in ("cells", "cpu")]
-    return (f"\n{b} against {a}, sentence by sentence (McNemar's exact test; one seed each, so this compares "
-            f"two trained models, not two recipes): " + "; ".join(parts) + ".\n")
+def paired_lines(folder: Path) -> str:
+    lines = []
+    for path in sorted(folder.glob("paired-*.json")):
+        r = json.loads(path.read_text())
+        a, b = r["cells"]
+        parts = [f"{name.replace('_', ' ')}: {v[f'acc_{b}']:.2f} against {v[f'acc_{a}']:.2f}, {v[f'only_{b}_right']} "
+                 f"sentences right only in {b} and {v[f'only_{a}_right']} only in {a}, p = {v['mcnemar_p']:.2f}"
+                 for name, v in r.items() if name not in ("cells", "cpu")]
+        lines.append(f"{b} against {a}, sentence by sentence (McNemar's exact test; one seed each, so this "
+                     f"compares two trained models, not two recipes): " + "; ".join(parts) + ".")
+    return "".join(f"\n{line}\n" for line in lines)
 
 
-def table() -> str:
+def table(folder: Path) -> str:
     rows = ["| run | Banking77 test | SST-2 dev | training tokens | steps | best at step | stopped by | "
-            "wall time | CPU |", "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |"]
-    for cell in CELLS:
-        path = RESULTS / f"{cell}.json"
+            "wall time | precision | code | CPU |", "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | --- | --- |"]
+    found = sorted(p.stem for p in folder.glob("*.json") if not p.stem.startswith("paired-"))
+    for cell in [c for c in CELLS if folder == RESULTS or c in found] + [c for c in found if c not in CELLS]:
+        path = folder / f"{cell}.json"
         if not path.is_file():
-            rows.append(f"| {cell} | not run yet | | | | | | | |")
+            rows.append(f"| {cell} | not run yet | | | | | | | | | |")
             continue
         r = json.loads(path.read_text())
         best = min(r["history"], key=lambda h: (sum(v for k, v in h.items() if k.startswith("val_loss")), 0))
         banking77, sst2 = r.get("acc_a_banking77_test"), r.get("acc_b_sst2_dev", r.get("acc_a_sst2_dev"))
+        # Results from before 5b4d86b record neither: they ran with --dtype auto (bf16 exactly where
+        # the CPU has native bf16), and all of them before e395022.
+        precision = r.get("precision") or ("bf16" if all("avx512_bf16" in cpu for cpu in r["cpus"]) else "fp32")
         rows.append(f"| {cell} | {'–' if banking77 is None else f'{banking77:.2f}'} | "
                     f"{'–' if sst2 is None else f'{sst2:.2f}'} | {r['tokens']:,} | {r['steps']:,} | "
-                    f"{best['step']:,} | {r['stopped']} | {r['wall_s_all_sessions'] / 60:.0f} min | "
-                    f"{'; '.join(r['cpus'])} |")
+                    f"{best['step']:,} | {r['stopped']} | {r['wall_s_all_sessions'] / 60:.0f} min | {precision} | "
+                    f"{', '.join(r.get('commits', ['before e395022']))} | {'; '.join(r['cpus'])} |")
+    return "\n".join(rows) + "\n" + paired_lines(folder)
+
+
+def report() -> str:
     return ("Converged runs (`python experiments/converged.py`): seed 0, batch 16, AdamW (lr 3e-5, heads 1e-3, "
-            "linear warmup 10% and decay to the budget), bf16 autocast where the CPU has native bf16, else fp32; "
-            "validation on up to 2,000 held-out training examples per task every 500 steps and at each epoch's "
-            "end, the best validation loss kept, stop after 3 validations without a new best; joint-no-attn-dropout is "
-            "joint with `--attention-dropout 0`.\n\n" + "\n".join(rows) + "\n" + paired_line())
+            "linear warmup 10% and decay to the budget); bf16 autocast where the run started on a CPU with native "
+            "bf16, else fp32, kept on resume; validation on up to 2,000 held-out training examples per task every "
+            "500 steps and at each epoch's end, the best validation loss kept, stop after 3 validations without a "
+            "new best. Wall time is the sum over the sessions a run took; code is the commit of each session.\n\n"
+            + table(RESULTS)
+            + "\nBefore e395022 (PyTorch's dropout masks; `experiments/results/converged_before_e395022/`); "
+              "joint-no-attn-dropout is joint with `--attention-dropout 0`.\n\n" + table(BEFORE))
 
 
 def main() -> None:
@@ -182,9 +208,15 @@ def main() -> None:
                 print(f"{cell}: done ({RESULTS / f'{cell}.json'})")
                 continue
             run_cell(cell)
-        if all((RESULTS / f"{cell}.json").is_file() for cell in PAIRED):
-            cells.cell(RESULTS, PAIRED_RESULT.stem, lambda: paired_comparison(*PAIRED))  # once, then read back
-    text = table()
+        for pair in PAIRS:
+            name = "paired-" + "-".join(pair)
+            if (RESULTS / f"{name}.json").is_file() or not all((RESULTS / f"{c}.json").is_file() for c in pair):
+                continue
+            if missing := [c for c in pair if not (ROOT / "runs" / f"converged-{c}" / "best.safetensors").is_file()]:
+                print(f"{name}: needs the checkpoint runs/converged-{missing[0]}/best.safetensors; skipped")
+                continue
+            cells.cell(RESULTS, name, lambda: paired_comparison(*pair))  # once, then read back
+    text = report()
     (ROOT / "experiments" / "converged.md").write_text(text)
     print(text)
 
