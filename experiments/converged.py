@@ -92,10 +92,10 @@ def run_cell(cell: str) -> None:
     cmd = ([sys.executable, str(ROOT / "train.py"), *CELLS[cell], *COMMON, *keep, "--out", str(out)]
            + (["--resume"] if resume else []))
     print(("resuming: " if resume else "running: ") + " ".join(cmd[1:]), flush=True)
-    start = time.time()
+    start, code = time.time(), commit()
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     wall = time.time() - start
-    session = {"wall_s": round(wall, 1), "cpu": describe(), "commit": commit(), "returncode": proc.returncode}
+    session = {"wall_s": round(wall, 1), "cpu": describe(), "commit": code, "returncode": proc.returncode}
     with open(out / "sessions.jsonl", "a") as f:
         f.write(json.dumps(session) + "\n")
     if proc.returncode != 0:
