@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import binomtest
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
-sys.path.insert(0, str(EXPERIMENTS))  # where the script finds cells.py when run as a script
+sys.path.append(str(EXPERIMENTS))  # where the script finds cells.py when run as a script
 spec = importlib.util.spec_from_file_location("converged", EXPERIMENTS / "converged.py")
 converged = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(converged)
