@@ -128,7 +128,7 @@ def paired_comparison(cell_a: str, cell_b: str) -> dict:
 
     import data
     from eval import load_run
-    from train import TrainConfig, uses_bf16
+    from train import TrainConfig, precision
 
     result = {"cells": [cell_a, cell_b]}
     models = {cell: load_run(ROOT / "runs" / f"converged-{cell}") for cell in (cell_a, cell_b)}
@@ -138,7 +138,7 @@ def paired_comparison(cell_a: str, cell_b: str) -> dict:
         right = {}
         for cell, (model, tokenizer, info) in models.items():
             # Runs from before 5b4d86b have no recorded precision; they trained in what their --dtype meant here.
-            bf16 = info["precision"] == "bf16" if "precision" in info else uses_bf16(TrainConfig(dtype=info["config"]["dtype"]))
+            bf16 = (info.get("precision") or precision(TrainConfig(dtype=info["config"]["dtype"]))) == "bf16"
             head = next(t for t, v in info["tasks"].items() if v["dataset"] == dataset)
             probs = model.predict_proba(tokenizer, ds.texts, autocast=bf16)[head]
             right[cell] = probs.argmax(-1) == torch.tensor(ds.labels)
