@@ -319,40 +319,13 @@ def bench_train(args: argparse.Namespace) -> dict:
     return {"cpu": describe(), "batch_size": train.TrainConfig.batch_size, "steps": args.steps, "rounds": args.rounds, "results": results}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--compare", action="store_true", help="also run sentence-transformers (if installed)")
-    parser.add_argument("--st-model", default=None,
-                        help="local sentence-transformers folder or Hub id for --compare (default: the weights "
-                             "folder, which weights/fetch.py fills with sentence-transformers' files too)")
-    parser.add_argument("--sentences", type=int_at_least(1), default=512, help="corpus size (default 512)")
-    parser.add_argument("--batch-size", type=int_at_least(1), default=32)
-    parser.add_argument("--rounds", type=int_at_least(1), default=5, help="throughput rounds; the median is reported")
-    parser.add_argument("--startup-runs", type=int_at_least(1), default=3, help="fresh processes per engine; median")
-    parser.add_argument("--data-dir", default=None, help=f"benchmark data folder (default ${DATA_ENV} or ../shared/data)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the encoders run")
-    parser.add_argument("--train", action="store_true", help="fine-tuning throughput instead of encoding")
-    parser.add_argument("--steps", type=int_at_least(1), default=12, help="--train: steps per round (default 12)")
-    parser.add_argument("--engines", default=None,
-                        help="comma-separated engine names to run (default: all that apply), e.g. "
-                             "ours-cpu-fp32,ours-cpu-int8; the first is the cosine reference")
-    parser.add_argument("--json", default=None, help="also write the results to this file")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        return child(args.child, args)
-    if args.train:
-        report = bench_train(args)
-        if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=2))
-        return
-
+def chosen_engines(args: argparse.Namespace) -> list[str]:
+    """The engines to run, checked before anything is loaded; prepares the peers' model folder."""
     if args.compare:
         try:
             import sentence_transformers  # noqa: F401
         except ImportError:
             sys.exit("--compare needs sentence-transformers: pip install -r requirements-bench.txt")
-    corpus, corpus_desc = load_corpus(args.data_dir, args.sentences)
     names = engines(args.compare, args.device)
     if args.engines:
         unknown = set(args.engines.split(",")) - set(names)
@@ -366,6 +339,33 @@ def main() -> None:
 
         calibration = [p[0] for p in read_stsb("train", args.data_dir)]  # OpenVINO int8; never the test split
         args.st_model = str(peers.prepare(names, Path(args.st_model), calibration))
+    return names
+
+
+def print_encode_table(results: dict, fp32_peak: float, gpu_bf16_peak: float | None) -> None:
+    print(f"fp32 matmul peak, 2048^3 GEMM in this run: {fp32_peak:.0f} GFLOP/s "
+          f"-> encoder limit {fp32_peak * 1e9 / FLOPS_PER_TOKEN:.0f} tokens/s")
+    if gpu_bf16_peak:
+        print(f"GPU {torch.cuda.get_device_name()}: bf16 matmul peak, 8192^3 GEMM in this run: "
+              f"{gpu_bf16_peak / 1000:.0f} TFLOP/s (the %limit of ours-cuda-bf16)")
+    print(f"{'engine':18} {'sent/s':>8} {'tok/s':>8} {'x ST':>6} {'%limit':>7} {'start s':>8} "
+          f"{'x ST':>6} {'RSS MB':>7} {'x ST':>6} {'cos>=':>8} {'STS-B':>6}")
+    for n, r in results.items():
+        # x ST: against sentence-transformers on the same device (fp32 on CPU, fp16 on a GPU)
+        base = results.get("st-cuda-fp16" if "cuda" in n else "st-cpu-fp32")
+        ratio = (lambda k: f"{r[k] / base[k]:6.2f}") if base else (lambda k: f"{'-':>6}")
+        peak = fp32_peak if "cpu-fp32" in n else gpu_bf16_peak if n == "ours-cuda-bf16" else None
+        limit = f"{100 * r['tokens_per_s'] * FLOPS_PER_TOKEN / (peak * 1e9):6.0f}%" if peak else f"{'':>7}"
+        print(f"{n:18} {r['sentences_per_s']:8.1f} {r['tokens_per_s']:8.0f} {ratio('tokens_per_s')} {limit} "
+              f"{r['startup_s']:8.2f} {ratio('startup_s')} {r['peak_rss_mb']:7.0f} {ratio('peak_rss_mb')} "
+              f"{r['cosine_to_fp32_min']:8.5f} "
+              + (f"{r['stsb_test_spearman']:6.2f}" if r["stsb_test_spearman"] is not None else f"{'-':>6}"))
+
+
+def bench_encode(args: argparse.Namespace) -> dict:
+    """Encode throughput (interleaved rounds), start-up and peak RSS (fresh processes), cosine to fp32."""
+    names = chosen_engines(args)
+    corpus, corpus_desc = load_corpus(args.data_dir, args.sentences)
     encoders = {n: load_engine(n, args.st_model) for n in names}
     tokens = sum(len(ids) for ids in SentenceEncoder.from_pretrained().tokenizer.encode(corpus))
     print(f"CPU: {describe()}" + ("" if native_bf16() else "  (no native bf16: the bf16 row is emulated)"))
@@ -400,26 +400,36 @@ def main() -> None:
                 embeddings[n], embeddings[names[0]]).min()),
             "stsb_test_spearman": stsb.get(n),
         }
-    print(f"fp32 matmul peak, 2048^3 GEMM in this run: {fp32_peak:.0f} GFLOP/s "
-          f"-> encoder limit {fp32_peak * 1e9 / FLOPS_PER_TOKEN:.0f} tokens/s")
-    if gpu_bf16_peak:
-        print(f"GPU {torch.cuda.get_device_name()}: bf16 matmul peak, 8192^3 GEMM in this run: "
-              f"{gpu_bf16_peak / 1000:.0f} TFLOP/s (the %limit of ours-cuda-bf16)")
-    print(f"{'engine':18} {'sent/s':>8} {'tok/s':>8} {'x ST':>6} {'%limit':>7} {'start s':>8} "
-          f"{'x ST':>6} {'RSS MB':>7} {'x ST':>6} {'cos>=':>8} {'STS-B':>6}")
-    for n, r in results.items():
-        # x ST: against sentence-transformers on the same device (fp32 on CPU, fp16 on a GPU)
-        base = results.get("st-cuda-fp16" if "cuda" in n else "st-cpu-fp32")
-        ratio = (lambda k: f"{r[k] / base[k]:6.2f}") if base else (lambda k: f"{'-':>6}")
-        peak = fp32_peak if "cpu-fp32" in n else gpu_bf16_peak if n == "ours-cuda-bf16" else None
-        limit = f"{100 * r['tokens_per_s'] * FLOPS_PER_TOKEN / (peak * 1e9):6.0f}%" if peak else f"{'':>7}"
-        print(f"{n:18} {r['sentences_per_s']:8.1f} {r['tokens_per_s']:8.0f} {ratio('tokens_per_s')} {limit} "
-              f"{r['startup_s']:8.2f} {ratio('startup_s')} {r['peak_rss_mb']:7.0f} {ratio('peak_rss_mb')} "
-              f"{r['cosine_to_fp32_min']:8.5f} "
-              + (f"{r['stsb_test_spearman']:6.2f}" if r["stsb_test_spearman"] is not None else f"{'-':>6}"))
+    print_encode_table(results, fp32_peak, gpu_bf16_peak)
+    return {"cpu": describe(), "corpus": corpus_desc, "tokens": tokens, "fp32_matmul_gflops": fp32_peak,
+            "gpu_bf16_matmul_gflops": gpu_bf16_peak, "results": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compare", action="store_true", help="also run sentence-transformers (if installed)")
+    parser.add_argument("--st-model", default=None,
+                        help="local sentence-transformers folder or Hub id for --compare (default: the weights "
+                             "folder, which weights/fetch.py fills with sentence-transformers' files too)")
+    parser.add_argument("--sentences", type=int_at_least(1), default=512, help="corpus size (default 512)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=32)
+    parser.add_argument("--rounds", type=int_at_least(1), default=5, help="throughput rounds; the median is reported")
+    parser.add_argument("--startup-runs", type=int_at_least(1), default=3, help="fresh processes per engine; median")
+    parser.add_argument("--data-dir", default=None, help=f"benchmark data folder (default ${DATA_ENV} or ../shared/data)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the encoders run")
+    parser.add_argument("--train", action="store_true", help="fine-tuning throughput instead of encoding")
+    parser.add_argument("--steps", type=int_at_least(1), default=12, help="--train: steps per round (default 12)")
+    parser.add_argument("--engines", default=None,
+                        help="comma-separated engine names to run (default: all that apply), e.g. "
+                             "ours-cpu-fp32,ours-cpu-int8; the first is the cosine reference")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child, args)
+    report = bench_train(args) if args.train else bench_encode(args)
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": describe(), "corpus": corpus_desc, "tokens": tokens, "fp32_matmul_gflops": fp32_peak,
-                                               "gpu_bf16_matmul_gflops": gpu_bf16_peak, "results": results}, indent=2))
+        Path(args.json).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
