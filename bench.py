@@ -320,7 +320,9 @@ def bench_train(args: argparse.Namespace) -> dict:
 
 
 def chosen_engines(args: argparse.Namespace) -> list[str]:
-    """The engines to run, checked before anything is loaded; prepares the peers' model folder."""
+    """The engines to run, checked before anything is loaded. Also sets args.st_model: with --compare
+    and no --st-model, the fetched weights folder; for ONNX or OpenVINO engines, the folder peers.py
+    exports them to."""
     if args.compare:
         try:
             import sentence_transformers  # noqa: F401
