@@ -5,7 +5,7 @@ Two kinds of data:
     each sentence carries a topic label (Task A) and a sentiment label (Task B);
   * the real benchmarks in ../shared/data (never copied into this repo), named by --data-dir,
     else $MPNET_DATA_DIR, else ../shared/data beside the repo, else the folder that
-    `python data.py fetch` downloads them into (fetch_data.py). Each reader follows the quirks
+    `python -m tools.fetch_data` downloads them into. Each reader follows the quirks
     documented in that dataset's SOURCE.md.
 
 A dataset name picks the file and the label column:
@@ -30,16 +30,19 @@ REVIEWS = ROOT / "data" / "reviews.tsv"
 IGNORE = -100  # label id of "this example has no label for this task" (cross_entropy's ignore_index)
 
 
+def user_data_dir() -> Path:
+    """Where `python -m tools.fetch_data` puts the benchmarks by default."""
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "mpnet-data"
+
+
 def data_dir(path: str | os.PathLike | None = None) -> Path:
     """--data-dir, else $MPNET_DATA_DIR, else ../shared/data beside the repo, else the folder that
-    `python data.py fetch` fills (fetch_data.user_data_dir())."""
-    from fetch_data import user_data_dir
-
+    `python -m tools.fetch_data` fills (user_data_dir())."""
     shared = ROOT.parent / "shared" / "data"
     folder = Path(path or os.environ.get(DATA_ENV) or (shared if shared.is_dir() else user_data_dir()))
     if not folder.is_dir():
         raise FileNotFoundError(f"data folder {folder} does not exist; download the benchmarks with "
-                                f"`python data.py fetch`, or pass --data-dir / set ${DATA_ENV}")
+                                f"`python -m tools.fetch_data`, or pass --data-dir / set ${DATA_ENV}")
     return folder
 
 
@@ -297,6 +300,83 @@ def read_stsb(split: str, folder: str | os.PathLike | None = None) -> list[tuple
     return pairs
 
 
+
+# ----------------------------------------------------------------------------- the tasks of one run
+def split_off(ds: LabelledTexts, fraction: float, seed: int) -> tuple[LabelledTexts, LabelledTexts]:
+    """A seeded (train, validation) split. The permutation depends only on seed and size, so two
+    tasks read from one file (reviews-topic, reviews-sentiment) split the same way."""
+    order = list(range(len(ds)))
+    random.Random(seed).shuffle(order)
+    n_val = int(len(ds) * fraction)
+
+    def pick(rows: list[int], split: str) -> LabelledTexts:
+        rows = sorted(rows)
+        return LabelledTexts(ds.name, split, [ds.texts[i] for i in rows], [ds.labels[i] for i in rows],
+                                  ds.label_names, ds.source + f"#{split}")
+    return pick(order[n_val:], "train"), pick(order[:n_val], "val")
+
+
+def per_class_sample(ds: LabelledTexts, k: int, seed: int) -> LabelledTexts:
+    """A few-shot training set: k seeded examples of each label (all of a label's examples where it
+    has fewer). The seed picks the examples, so seeds differ in data as well as initialisation."""
+    rng = random.Random(seed)
+    by_label: dict[int, list[int]] = {}
+    for i, label in enumerate(ds.labels):
+        by_label.setdefault(label, []).append(i)
+    rows = sorted(i for label in sorted(by_label) for i in rng.sample(by_label[label], min(k, len(by_label[label]))))
+    return LabelledTexts(ds.name, ds.split, [ds.texts[i] for i in rows], [ds.labels[i] for i in rows],
+                              ds.label_names, ds.source + f"#{k}-per-class")
+
+
+def task_datasets(cfg) -> dict[str, str]:
+    """{task: dataset name or file}; tasks are 'a' and 'b' (no 'b' with --task-b none)."""
+    return {"a": cfg.task_a} | ({} if cfg.task_b == "none" else {"b": cfg.task_b})
+
+
+def load_tasks(cfg) -> tuple[dict, dict, dict]:
+    """-> (train, validation, evaluation) datasets, each {task: LabelledTexts}, for train.TrainConfig's
+    data flags (--task-a/-b, --max-train, --per-class, --val-fraction, --max-val and your own files')."""
+    train, val, final, splits = {}, {}, {}, {}
+    for task, name in task_datasets(cfg).items():
+        if is_user_file(name):
+            full, final[task] = load_user_task(cfg, task, name, splits)
+        else:
+            full = load(name, "train", cfg.data_dir)
+            final[task] = load(name, EVAL_SPLIT[name], cfg.data_dir)
+        if cfg.max_train and len(full) > cfg.max_train:
+            full, _ = split_off(full, 1 - cfg.max_train / len(full), cfg.seed + 1)
+        if cfg.per_class:
+            full = per_class_sample(full, cfg.per_class, cfg.seed + 2)
+        train[task], val[task] = split_off(full, cfg.val_fraction, cfg.seed)
+        if cfg.max_val and len(val[task]) > cfg.max_val:
+            _, val[task] = split_off(val[task], cfg.max_val / len(val[task]), cfg.seed)
+    val = {task: ds for task, ds in val.items() if len(ds)}  # --val-fraction 0: no validation, the last epoch is kept
+    return train, val, final
+
+
+def load_user_task(cfg, task: str, path: str, splits: dict) -> tuple[LabelledTexts, LabelledTexts]:
+    """Your own file for one task -> (training examples, test examples).
+
+    The test examples come from --test-a/--test-b, else from a seeded stratified split of the file
+    (--test-fraction). Two tasks read from one file share one split, so each row is on the same side
+    for both, made on Task A's labels. The label set is --labels-a/-b, else the sorted labels of the
+    training rows."""
+    column, labels_file, test_file = ((cfg.label_column_a, cfg.labels_a, cfg.test_a) if task == "a"
+                                      else (cfg.label_column_b, cfg.labels_b, cfg.test_b))
+    rows = read_user_rows(path, cfg.text_column, column)
+    if test_file:
+        train_rows, test_rows, test_path = rows, read_user_rows(test_file, cfg.text_column, column), test_file
+    else:
+        if path not in splits:
+            splits[path] = stratified_split(path, rows, cfg.test_fraction, cfg.seed)
+        train_idx, test_idx = splits[path]
+        train_rows, test_rows, test_path = [rows[i] for i in train_idx], [rows[i] for i in test_idx], path
+    names = read_label_names(labels_file) if labels_file else sorted({label for _, _, label in train_rows})
+    if len(names) < 2:
+        raise ValueError(f"{path}: the training rows have only the label {names[0]!r}; a classifier needs 2 or more")
+    return user_dataset(path, train_rows, names, "train"), user_dataset(test_path, test_rows, names, "test")
+
+
 # ----------------------------------------------------------------------------- multi-task batching
 @dataclass
 class Pool:
@@ -379,13 +459,3 @@ class MultiTaskSampler:
         self.rng.setstate((rng[0], tuple(rng[1]), rng[2]))
         self.orders = [list(o) for o in state["orders"]]
         self.position = state["position"]
-
-
-if __name__ == "__main__":
-    import sys
-
-    if sys.argv[1:2] != ["fetch"]:
-        sys.exit("usage: python data.py fetch [banking77 sst2 stsb trec] [--dir FOLDER]")
-    import fetch_data
-
-    fetch_data.main(sys.argv[2:])

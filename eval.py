@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import device
+from reliability.flags import device
 
 
 # ----------------------------------------------------------------------------- classification
@@ -217,10 +217,9 @@ def main() -> None:
     if args.stsb:
         import torch
 
-        from mpnet import SentenceEncoder
+        from speed import load_encoder
 
-        score = stsb_spearman(SentenceEncoder.from_pretrained(device=args.device, dtype=args.dtype), args.stsb,
-                              args.data_dir)
+        score = stsb_spearman(load_encoder(device=args.device, dtype=args.dtype), args.stsb, args.data_dir)
         print(f"STS-B {args.stsb} cosine-Spearman ({args.dtype}): {score:.2f}")
     elif args.checkpoint:
         try:

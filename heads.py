@@ -6,7 +6,7 @@
 
 Each head reads the mean-pooled sentence embedding, the same vector sentence-transformers
 returns before its Normalize step. Whether it is L2-normalised first is a switch
-(`normalize`); the README compares both on real data (default: unnormalised, see there).
+(`normalize`); docs/training.md compares both on real data (default: unnormalised).
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from data import IGNORE
-from dropout import Dropout
 from mpnet import MPNet, length_sorted_batches, mean_pool
 
 
@@ -28,7 +27,7 @@ class MultiTaskModel(nn.Module):
         hidden = backbone.cfg.hidden_size
         # A linear layer on the pooled embedding; softmax lives in the loss (cross-entropy).
         self.heads = nn.ModuleDict({
-            task: nn.Sequential(Dropout(dropout), nn.Linear(hidden, n)) for task, n in num_labels.items()
+            task: nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, n)) for task, n in num_labels.items()
         })
 
     def embed(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, start: int = 0,
@@ -39,14 +38,9 @@ class MultiTaskModel(nn.Module):
         pooled = mean_pool(tokens, attention_mask)
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
-    def forward(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, start: int = 0,
-                packed: torch.Tensor | None = None, pooled: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """-> {task: logits}, from token ids; or from cached features (feature_cache.py): the token states
-        entering layer `start` (packed), or the sentence embeddings themselves (pooled). One entry point
-        for all three, so that DDP, which hooks forward(), sees every training step (ddp.py)."""
-        if pooled is None:
-            pooled = self.embed(input_ids, attention_mask, start=start, packed=packed)
-        return self.classify(pooled)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, L) token ids -> {task: (B, classes) logits}."""
+        return self.classify(self.embed(input_ids, attention_mask))
 
     def classify(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
         """Heads only: (B, hidden) -> logits per task. Lets a frozen backbone's output be cached."""
@@ -64,7 +58,7 @@ class MultiTaskModel(nn.Module):
         for rows in length_sorted_batches(ids, batch_size):
             batch = tokenizer.pad([ids[i] for i in rows])
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                logits = self.classify(self.embed(batch["input_ids"].to(device), batch["attention_mask"].to(device)))
+                logits = self(batch["input_ids"].to(device), batch["attention_mask"].to(device))
             for task, task_logits in logits.items():
                 probs[task][rows] = task_logits.float().softmax(-1).cpu()
         return probs
@@ -79,7 +73,7 @@ def multitask_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tens
     An example labelled IGNORE (-100) for a task adds nothing to that task's loss: a missing
     label is never guessed. A task with no labelled example in the batch adds zero.
     normalizers: divide each task's summed loss by this instead of taking the mean here (DDP: the
-    whole step's labelled examples, not this process's share; see ddp.py).
+    whole step's labelled examples, not this process's share; see scale/ddp.py).
     Returns the total (for backward) and each task's mean loss here (for logging; NaN if absent).
     """
     total = next(iter(logits.values())).new_zeros(())

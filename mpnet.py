@@ -1,7 +1,6 @@
 """MPNet sentence encoder (sentence-transformers/all-mpnet-base-v2) in plain PyTorch.
 
     python mpnet.py "A man is playing a guitar." "Someone plays an instrument."
-    python mpnet.py --input sentences.txt --output emb.npy      # a corpus, streamed (see corpus.py)
 
 The file reads top to bottom:
   1. MPNetConfig           - the hyper-parameters, read from the checkpoint's config.json
@@ -26,8 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dropout import Dropout, dropout
-from hardware import encoder_precision
 from weights.fetch import FILES, fetch, is_complete, weights_dir
 
 
@@ -114,14 +111,12 @@ class Embeddings(nn.Module):
         self.word = init_table(cfg.vocab_size, cfg.hidden_size)
         self.position = init_table(cfg.max_position_embeddings, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = Dropout(cfg.hidden_dropout_prob)
-        self.sparse_grad = False  # the word table's gradient as its looked-up rows: see grad_hooks.py
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         positions = position_ids_from(input_ids, self.padding_idx)
         # padding_idx: the <pad> rows get no gradient when fine-tuning
-        x = (F.embedding(input_ids, self.word, self.padding_idx, sparse=self.sparse_grad)
-             + F.embedding(positions, self.position, self.padding_idx))
+        x = F.embedding(input_ids, self.word, self.padding_idx) + F.embedding(positions, self.position, self.padding_idx)
         return self.dropout(self.norm(x))
 
 
@@ -144,25 +139,19 @@ class SelfAttention(nn.Module):
             return padded.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)
 
         q, k, v = to_heads(self.q(x)), to_heads(self.k(x)), to_heads(self.v(x))
-        # `mask` already holds relative position bias + padding (-inf-like) as one additive
-        # term, so one fused kernel does softmax(q k^T / sqrt(d) + mask) v.
-        y = self.training_attention(q, k, v, mask) if self.training else F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask)
+        y = self.attend(q, k, v, mask)
         return self.o(y.transpose(1, 2).reshape(B * L, D).index_select(0, keep))
 
-    def training_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                           mask: torch.Tensor) -> torch.Tensor:
-        """The same softmax(q k^T / sqrt(d) + mask) v, written out, with dropout on the probabilities.
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(head_dim) + mask) v, per head, with dropout on the probabilities in training.
 
-        In training the mask normally needs a gradient (the bias is trained) and the probabilities
-        a dropout. PyTorch's fused CPU kernel gives neither, so there it falls back to the unfused
-        softmax and matmuls, with a few more elementwise passes than these. Written out, the dropout
-        mask comes from dropout.py, a third of the cost to draw.
+        `mask` already holds the relative position bias and the padding (-inf-like) as one additive
+        term, so PyTorch's scaled_dot_product_attention does it all in one call. (The speed path,
+        speed/training.py, writes the same formula out for training: baddbmm, softmax, a cheaper
+        dropout mask, bmm. Eval and encode() always take this line.)
         """
-        B, H, L, d = q.shape
-        q, k, v = (t.reshape(B * H, L, d) for t in (q, k, v))
-        scores = torch.baddbmm(mask.reshape(B * H, L, L), q, k.transpose(1, 2), alpha=1 / math.sqrt(d))
-        return torch.bmm(dropout(scores.softmax(-1), self.dropout_p), v).view(B, H, L, d)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                              dropout_p=self.dropout_p if self.training else 0.0)
 
 
 class Layer(nn.Module):
@@ -179,7 +168,7 @@ class Layer(nn.Module):
         self.ffn_in = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
         self.ffn_out = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
         self.ffn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = Dropout(cfg.hidden_dropout_prob)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, B: int, L: int) -> torch.Tensor:
         x = self.attn_norm(x + self.dropout(self.attn(x, mask, keep, B, L)))
@@ -228,7 +217,7 @@ class MPNet(nn.Module):
 
         start, stop, packed: run only layers [start, stop), starting from `packed`, the
         (T, hidden) real-token states that enter layer `start`. This is how a frozen bottom
-        of the network is computed once and cached (see feature_cache.py).
+        of the network is computed once and cached (see speed/feature_cache.py).
         """
         B, L = attention_mask.shape
         keep = attention_mask.flatten().nonzero().squeeze(1)  # (T,) real-token indices into B*L
@@ -386,6 +375,10 @@ def check_batch_size(batch_size: object) -> int:
     return batch_size
 
 
+PRECISIONS = {None: torch.float32, "fp32": torch.float32, torch.float32: torch.float32,
+              "bf16": torch.bfloat16, torch.bfloat16: torch.bfloat16}
+
+
 class SentenceEncoder(nn.Module):
     """Tokenizer + MPNet + mean pooling (+ L2 normalisation): all-mpnet-base-v2 end to end."""
 
@@ -400,15 +393,14 @@ class SentenceEncoder(nn.Module):
 
         path defaults to $MPNET_WEIGHTS_DIR or weights/all-mpnet-base-v2; if the files
         are missing there, they are fetched first (see weights/fetch.py).
-        dtype: None or "fp32", "bf16" or a torch dtype; "int8": int8 linear layers on a CPU (quant.py);
-        "auto": the fastest path within the accuracy targets (int8 on a CPU with VNNI, bf16 on a GPU
-        that has it, else fp32), and it prints its choice. bf16 where it is emulated runs, with a
-        warning (hardware.py).
+        dtype: None or "fp32" (the default), or "bf16": the weights cast to bfloat16.
+        For int8, or for the fastest accurate precision on this machine chosen for you, use
+        speed.load_encoder(dtype="int8" or "auto"): it loads this model and then swaps modules.
         """
-        device = torch.device(device or "cpu")
-        precision, why = encoder_precision(dtype, device)
-        if dtype == "auto":
-            print(f"dtype auto: {precision} ({why})", file=sys.stderr)
+        precision = PRECISIONS.get(dtype)
+        if precision is None:
+            hint = " (int8 and auto live in the speed path: speed.load_encoder)" if dtype in ("int8", "auto") else ""
+            raise ValueError(f"dtype must be 'fp32', 'bf16' or None, not {dtype!r}{hint}")
         folder = weights_dir(path)
         if not is_complete(folder):
             print(f"all-mpnet-base-v2 weights not found in {folder} (need {', '.join(FILES)}); "
@@ -416,13 +408,8 @@ class SentenceEncoder(nn.Module):
             fetch(folder)
         cfg = MPNetConfig.from_json(folder / "config.json")
         model = load_checkpoint(folder / "model.safetensors", cfg)
-        model = model.to(device=device, dtype=torch.bfloat16 if precision == "bf16" else torch.float32).eval()
-        encoder = cls(model, Tokenizer(folder / "tokenizer.json", pad_id=cfg.pad_token_id))
-        if precision == "int8":
-            from quant import quantize  # the speed path has its own module; this file stays plain fp32
-
-            quantize(encoder)
-        return encoder
+        model = model.to(device=torch.device(device or "cpu"), dtype=precision).eval()
+        return cls(model, Tokenizer(folder / "tokenizer.json", pad_id=cfg.pad_token_id))
 
     @property
     def device(self) -> torch.device:
@@ -446,33 +433,16 @@ class SentenceEncoder(nn.Module):
             out[rows] = pooled.cpu()
         return out
 
-    def encode_file(self, source: str | os.PathLike, output: str | os.PathLike, field: str | None = None,
-                    dtype: str = "float32", batch_size: int = 32) -> int:
-        """encode() for a corpus larger than memory: one sentence a line (or JSONL with `field`) ->
-        an (N, hidden) .npy file, in chunks, resumable, sharded under torchrun. Returns N. See corpus.py.
-        For memory that stays flat over a long file, call memory.bound_kernel_cache() before the
-        model's first forward in this process, as `mpnet.py --input` does."""
-        from corpus import embed_file
-
-        return embed_file(self, Path(source), Path(output), field, dtype, check_batch_size(batch_size))
-
 
 # ----------------------------------------------------------------------------- 7. command line
 def main(argv: list[str]) -> None:
     import argparse
 
-    from corpus import add_corpus_flags, embed_file_command
-
-    parser = argparse.ArgumentParser(description="Embed sentences with all-mpnet-base-v2 and print their "
-                                                 "cosine similarities, or embed a file of them into a .npy.")
-    parser.add_argument("sentences", nargs="*", help="one or more sentences (or --input)")
-    parser.add_argument("--dtype", choices=["auto", "fp32", "bf16", "int8"], default="fp32",
-                        help="int8: int8 linear layers (quant.py); auto: the fastest accurate path here, "
-                             "int8 on a CPU with VNNI (default: fp32)")
-    add_corpus_flags(parser)  # --input, --output and their options: corpus.py
+    parser = argparse.ArgumentParser(description="Embed sentences with all-mpnet-base-v2 and print their cosine "
+                                                 "similarities. (A whole file: python -m scale.corpus --help)")
+    parser.add_argument("sentences", nargs="+", help="one or more sentences")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args(argv)
-    if args.input or not args.sentences:
-        return embed_file_command(parser, args)
     encoder = SentenceEncoder.from_pretrained(dtype=args.dtype)
     emb = encoder.encode(args.sentences)
     for s, e in zip(args.sentences, emb):

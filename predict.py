@@ -26,9 +26,10 @@ from typing import Iterator, Sequence
 
 import torch
 
-from checkpoint import write_atomic
-from cli import device, int_at_least
-from memory import bound_kernel_cache, release_freed_memory
+from reliability.checkpoint import write_atomic
+from reliability.flags import device, int_at_least
+from scale.corpus import chunks
+from speed.memory import bound_kernel_cache, release_freed_memory
 from mpnet import check_batch_size, check_sentences
 
 
@@ -80,17 +81,6 @@ def read_texts(path: Path, column: str | None) -> Iterator[str]:
         for row in reader:
             if row[column] and row[column].strip():
                 yield row[column]
-
-
-def chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def predict_file(clf: Classifier, source: Path, output: Path, column: str | None, batch_size: int,

@@ -3,36 +3,37 @@
     python train.py                                   # topic + sentiment on the embedded reviews set
     python train.py --task-a banking77 --task-b sst2 --epochs 1 --max-train 4000
     python train.py --task-b none                     # single-task: Task A only
+    python train.py --freeze top-4 --lr-groups llrd:0.9   # freezing (freeze.py), layer-wise LRs (lr_groups.py)
     python train.py --out runs/x --resume             # continue runs/x (same flags) from its last checkpoint
+    python train.py --plain                           # exactly the code below, without the speed path
 
-Writes into --out: best.safetensors (the weights of the best validation epoch), last.safetensors
-(the whole resumable state in one file: weights, optimizer, schedule, sampler, RNG; see
-checkpoint.py), run.json (config, label names, backbone config), metrics.jsonl (one line per
-evaluation), tokenizer.json. The last line printed is one JSON object with the final metrics.
+The file reads top to bottom: the config, the model and optimizer, the step (train_step, one
+screen of plain PyTorch), validation and saving, the loop (train), the command line (main).
 
-Reliability: SIGINT/SIGTERM finish the current step, save, print the command that resumes and
-exit with 130/143 (a second signal exits at once); --save-every N saves every N steps instead of
-at each epoch's end; a step with a non-finite loss or gradient norm is skipped, and
---max-bad-steps in a row stop the run.
+Three seams, each one call, keep the rest out of the way:
+  * speed:   speed_up(model, optimizer, ...) swaps in faster modules and hooks after the model is
+             built, the same arithmetic (speed/training.py); --plain leaves it out.
+  * scale:   under torchrun, `world` (scale/ddp.py) splits each step across processes; without
+             torchrun every `world.` call is a no-op.
+  * safety:  the run folder's checks, signals and the NaN guard (reliability/run_folder.py), and
+             one atomic file per checkpoint (reliability/checkpoint.py).
 
-Budgets and early stopping: --max-steps, --max-tokens (real training tokens, the same on any
-machine) and --patience N (stop after N validations in a row without a new best; validation runs
-at each epoch's end and, with --eval-every M, every M steps too, so a short epoch validates more
-often). The learning-rate schedule ends where the budget does.
+Writes into --out: best.safetensors (the best validation's weights), last.safetensors (the whole
+resumable state), run.json, metrics.jsonl, losses.jsonl, tokenizer.json. The last line printed is
+one JSON object with the final metrics. Budgets: --max-steps, --max-tokens (real training tokens),
+--patience N (stop after N validations without a new best; --eval-every M validates every M steps
+too). The learning-rate schedule ends where the budget does.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
 import random
-import shlex
-import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,16 +42,18 @@ from safetensors.torch import load_file
 
 import data
 import freeze
-import grad_hooks
 import lr_groups
-import memory
-from checkpoint import all_finite, load_training_state, read_progress, save_training_state, save_weights, write_atomic
-from cli import device, fraction, int_at_least, nonnegative_float, positive_float
-from ddp import World
-from feature_cache import FeatureCache, frozen_prefix
-from hardware import describe, resolve_dtype
 from heads import MultiTaskModel, balanced_class_weights, multitask_loss
 from mpnet import MPNet, MPNetConfig, SentenceEncoder
+from reliability import run_folder
+from reliability.checkpoint import all_finite, load_training_state, save_training_state, save_weights
+from reliability.flags import device, fraction, int_at_least, nonnegative_float, positive_float
+from reliability.run_folder import Diverged, Interrupted, SignalGuard
+from scale.ddp import World, loss_normalizers
+from speed.hardware import describe, resolve_dtype
+from speed.memory import peak_rss_mb
+from speed.training import speed_up
+from weights.fetch import weights_dir
 
 
 @dataclass
@@ -86,7 +89,7 @@ class TrainConfig:
     normalize: bool = False             # heads read the L2-normalised embedding
     freeze: str = "none"                # none | all | backbone | head:a | top-K | gradual[:STEPS], see freeze.py
     lr_groups: str = "flat"             # flat | tiers | llrd:DECAY | ulmfit, see lr_groups.py
-    no_cache: bool = False              # don't cache the frozen bottom's outputs (see feature_cache.py)
+    no_cache: bool = False              # don't cache the frozen bottom's outputs (see speed/feature_cache.py)
     device: str = "cpu"
     dtype: str = "auto"                 # auto | fp32 | bf16 (autocast)
     seed: int = 0
@@ -95,152 +98,51 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 0                 # > 0: save last.safetensors every N steps, not at each epoch's end
     max_bad_steps: int = 5              # this many non-finite steps in a row stop the run
+    plain: bool = False                 # exactly the code you read here: no speed path (speed/training.py)
     out: str = "runs/default"
 
-
-def peak_rss_mb() -> int | None:
-    """Peak resident memory of this process in whole MB (Linux), for the experiment tables."""
-    mb = memory.peak_rss_mb()
-    return None if mb is None else round(mb)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def uses_bf16(cfg: TrainConfig) -> bool:
-    """bf16 autocast: when asked for, or with dtype=auto where the hardware runs bf16 natively (hardware.py)."""
-    return resolve_dtype(cfg.dtype, cfg.device) == torch.bfloat16
-
-
 def precision(cfg: TrainConfig) -> str:
-    """What --dtype means on this machine: "bf16" or "fp32" (dtype auto differs from one CPU to the next)."""
-    return "bf16" if uses_bf16(cfg) else "fp32"
+    """What --dtype means on this machine: "bf16" (autocast) or "fp32". auto: bf16 where the CPU runs
+    it natively, else fp32 (speed/hardware.py); so auto differs from one CPU to the next."""
+    return "bf16" if resolve_dtype(cfg.dtype, cfg.device) == torch.bfloat16 else "fp32"
 
 
-def split_off(ds: data.LabelledTexts, fraction: float, seed: int) -> tuple[data.LabelledTexts, data.LabelledTexts]:
-    """A seeded (train, validation) split. The permutation depends only on seed and size, so two
-    tasks read from one file (reviews-topic, reviews-sentiment) split the same way."""
-    order = list(range(len(ds)))
-    random.Random(seed).shuffle(order)
-    n_val = int(len(ds) * fraction)
-
-    def pick(rows: list[int], split: str) -> data.LabelledTexts:
-        rows = sorted(rows)
-        return data.LabelledTexts(ds.name, split, [ds.texts[i] for i in rows], [ds.labels[i] for i in rows],
-                                  ds.label_names, ds.source + f"#{split}")
-    return pick(order[n_val:], "train"), pick(order[:n_val], "val")
+# ----------------------------------------------------------------------------- the model and optimizer
+def build(cfg: TrainConfig, train_sets: dict):
+    """The pretrained encoder with one fresh head per task, and its tokenizer."""
+    encoder = SentenceEncoder.from_pretrained()
+    set_attention_dropout(encoder.model, cfg)
+    num_labels = {task: len(ds.label_names) for task, ds in train_sets.items()}
+    model = MultiTaskModel(encoder.model, num_labels, normalize=cfg.normalize)
+    return model, encoder.tokenizer
 
 
-def per_class_sample(ds: data.LabelledTexts, k: int, seed: int) -> data.LabelledTexts:
-    """A few-shot training set: k seeded examples of each label (all of a label's examples where it
-    has fewer). The seed picks the examples, so seeds differ in data as well as initialisation."""
-    rng = random.Random(seed)
-    by_label: dict[int, list[int]] = {}
-    for i, label in enumerate(ds.labels):
-        by_label.setdefault(label, []).append(i)
-    rows = sorted(i for label in sorted(by_label) for i in rng.sample(by_label[label], min(k, len(by_label[label]))))
-    return data.LabelledTexts(ds.name, ds.split, [ds.texts[i] for i in rows], [ds.labels[i] for i in rows],
-                              ds.label_names, ds.source + f"#{k}-per-class")
+def backbone_config(checkpoint: MPNetConfig, cfg: TrainConfig) -> MPNetConfig:
+    """The checkpoint's config with what the flags change in it, which run.json records: the dropout on
+    the attention probabilities (--attention-dropout 0 draws no masks: a little faster, one regulariser
+    less; docs/training-speed.md and docs/fewshot.md)."""
+    return replace(checkpoint, attention_probs_dropout_prob=cfg.attention_dropout)
 
 
-def task_datasets(cfg: TrainConfig) -> dict[str, str]:
-    """{task: dataset name or file}; tasks are 'a' and 'b' (no 'b' with --task-b none)."""
-    return {"a": cfg.task_a} | ({} if cfg.task_b == "none" else {"b": cfg.task_b})
+def set_attention_dropout(backbone: MPNet, cfg: TrainConfig) -> None:
+    """The model side of backbone_config: every layer's attention takes the flag's dropout."""
+    backbone.cfg = backbone_config(backbone.cfg, cfg)
+    for layer in backbone.layers:
+        layer.attn.dropout_p = backbone.cfg.attention_probs_dropout_prob
 
 
-def load_tasks(cfg: TrainConfig) -> tuple[dict, dict, dict]:
-    """-> (train, validation, evaluation) datasets, each {task: LabelledTexts}."""
-    train, val, final, splits = {}, {}, {}, {}
-    for task, name in task_datasets(cfg).items():
+def run_info(cfg: TrainConfig, backbone: MPNetConfig, train_sets: dict) -> dict:
+    """run.json: what eval.py and predict.py need to rebuild the model, and what a resume must match."""
+    tasks = {t: {"dataset": ds.name, "label_names": ds.label_names} for t, ds in train_sets.items()}
+    for t, name in data.task_datasets(cfg).items():
         if data.is_user_file(name):
-            full, final[task] = load_user_task(cfg, task, name, splits)
-        else:
-            full = data.load(name, "train", cfg.data_dir)
-            final[task] = data.load(name, data.EVAL_SPLIT[name], cfg.data_dir)
-        if cfg.max_train and len(full) > cfg.max_train:
-            full, _ = split_off(full, 1 - cfg.max_train / len(full), cfg.seed + 1)
-        if cfg.per_class:
-            full = per_class_sample(full, cfg.per_class, cfg.seed + 2)
-        train[task], val[task] = split_off(full, cfg.val_fraction, cfg.seed)
-        if cfg.max_val and len(val[task]) > cfg.max_val:
-            _, val[task] = split_off(val[task], cfg.max_val / len(val[task]), cfg.seed)
-    val = {task: ds for task, ds in val.items() if len(ds)}  # --val-fraction 0: no validation, the last epoch is kept
-    return train, val, final
-
-
-def load_user_task(cfg: TrainConfig, task: str, path: str, splits: dict) -> tuple[data.LabelledTexts, data.LabelledTexts]:
-    """Your own file for one task -> (training examples, test examples).
-
-    The test examples come from --test-a/--test-b, else from a seeded stratified split of the file
-    (--test-fraction). Two tasks read from one file share one split, so each row is on the same side
-    for both, made on Task A's labels. The label set is --labels-a/-b, else the sorted labels of the
-    training rows."""
-    column, labels_file, test_file = ((cfg.label_column_a, cfg.labels_a, cfg.test_a) if task == "a"
-                                      else (cfg.label_column_b, cfg.labels_b, cfg.test_b))
-    rows = data.read_user_rows(path, cfg.text_column, column)
-    if test_file:
-        train_rows, test_rows, test_path = rows, data.read_user_rows(test_file, cfg.text_column, column), test_file
-    else:
-        if path not in splits:
-            splits[path] = data.stratified_split(path, rows, cfg.test_fraction, cfg.seed)
-        train_idx, test_idx = splits[path]
-        train_rows, test_rows, test_path = [rows[i] for i in train_idx], [rows[i] for i in test_idx], path
-    names = data.read_label_names(labels_file) if labels_file else sorted({label for _, _, label in train_rows})
-    if len(names) < 2:
-        raise ValueError(f"{path}: the training rows have only the label {names[0]!r}; a classifier needs 2 or more")
-    return data.user_dataset(path, train_rows, names, "train"), data.user_dataset(test_path, test_rows, names, "test")
-
-
-TEST_ROWS = "test-{task}.jsonl"  # in the run folder; run.json names it for each task on your own data
-
-
-def save_test_rows(out: Path, final_sets: dict, cfg: TrainConfig) -> None:
-    """Your own data's test rows, saved in the run folder so that eval.py later scores the same rows."""
-    for task, name in task_datasets(cfg).items():
-        if data.is_user_file(name):
-            ds = final_sets[task]
-            lines = "".join(json.dumps({"text": t, "label": ds.label_names[y]}) + "\n" for t, y in zip(ds.texts, ds.labels))
-            write_atomic(lambda p: p.write_text(lines, encoding="utf-8"), out / TEST_ROWS.format(task=task))
-
-
-def accuracies(model, tokenizer, tasks: dict[str, data.LabelledTexts], autocast: bool,
-               with_loss: bool = False, world: World = World(), caches: dict | None = None) -> dict[str, float]:
-    """acc_<task> for each task (and loss_<task>, the mean cross-entropy, with_loss).
-
-    Under torchrun each rank scores every N-th example and the counts are summed over ranks: N
-    processes validate N times faster, and every rank gets the same numbers, so all of them take the
-    same decisions (best checkpoint, early stopping) without sending any.
-    caches: {task: FeatureCache of its texts' embeddings} when the whole backbone is frozen: only the
-    heads run (a validation costs milliseconds, not a pass of the backbone)."""
-    metrics = {}
-    for task, ds in tasks.items():
-        rows = list(range(world.rank, len(ds), world.size))
-        texts, labels = [ds.texts[i] for i in rows], torch.tensor([ds.labels[i] for i in rows])
-        if not texts:
-            probs = torch.empty(0, 1)
-        elif caches:
-            model.eval()
-            device = next(model.parameters()).device
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                probs = caches[task].logits(model, rows)[task].float().softmax(-1)
-        else:
-            probs = model.predict_proba(tokenizer, texts, autocast=autocast)[task]
-        correct = float((probs.argmax(-1) == labels).sum()) if texts else 0.0
-        nll = float(-probs[torch.arange(len(labels)), labels].clamp(min=1e-12).log().double().sum()) if texts else 0.0
-        correct, nll, n = world.sum([correct, nll, len(texts)])
-        metrics[f"acc_{task}"] = correct / n
-        if with_loss:
-            metrics[f"loss_{task}"] = nll / n
-    return metrics
+            tasks[t]["test_rows"] = run_folder.TEST_ROWS.format(task=t)
+    return {"config": asdict(cfg), "backbone": asdict(backbone), "tasks": tasks, "precision": precision(cfg)}
 
 
 def make_optimizer(groups: list[dict]) -> torch.optim.AdamW:
     """AdamW with its fused kernel: one pass over each parameter's weight, gradient and two moments,
-    instead of a dozen elementwise ops per tensor. On 2 CPU cores the plain loop over BERT-base's
-    parameters costs ~185 ms a step, a quarter of a bf16 step; fused, ~40 ms (README, "Training speed")."""
+    instead of a dozen elementwise ops per tensor (on 2 CPU cores ~40 ms a step instead of ~185)."""
     return torch.optim.AdamW(groups, fused=True)
 
 
@@ -273,125 +175,149 @@ def lr_lambda(total_steps: int, warmup_steps: int, schedule: str = "linear"):
     return factor
 
 
-# ----------------------------------------------------------------------------- stopping cleanly
-class Interrupted(Exception):
-    """Raised after a SIGINT/SIGTERM once the current step is done and the checkpoint is saved."""
+# ----------------------------------------------------------------------------- the state of a run
+@dataclass
+class Progress:
+    """Where a run is. Saved in every checkpoint, so that a resume continues from exactly here."""
+    epoch: int = 0                  # epochs completed
+    step: int = 0                   # optimizer steps taken (skipped ones included)
+    tokens: int = 0                 # real training tokens seen
+    best_loss: float = math.inf     # the best validation so far: the lowest mean loss,
+    best_acc: float = -1.0          # ties broken by the mean accuracy
+    best_metrics: dict = field(default_factory=dict)  # its record
+    stale: int = 0                  # validations since the last new best (--patience)
+    unfrozen: int = 0               # gradual unfreezing: groups thawed so far
+    skipped: int = 0                # steps whose update was skipped (non-finite loss or gradient)
+    bad_in_row: int = 0
+    cache_s: float = 0.0            # seconds spent filling the feature cache
+    history: list = field(default_factory=list)  # one record per validation (metrics.jsonl)
+    losses: list = field(default_factory=list)   # one record per log line (losses.jsonl)
+    done: bool = False
 
-    def __init__(self, signum: int, step: int, path: Path):
-        super().__init__(f"{signal.Signals(signum).name} at step {step}; saved {path}")
-        self.signum, self.step, self.path = signum, step, path
+    def is_better(self, loss: float, acc: float) -> bool:
+        """The best epoch has the lowest mean validation loss (as Hugging Face Trainer's default), ties
+        broken by accuracy. Cross-entropy moves smoothly with the model; accuracy on a few hundred
+        validation examples moves in steps of one example and mostly measures noise."""
+        return loss < self.best_loss or (loss == self.best_loss and acc > self.best_acc)
 
-
-class Diverged(Exception):
-    """Too many non-finite steps in a row, or non-finite weights: the run cannot usefully go on."""
-
-
-class SignalGuard:
-    """While training: the first SIGINT or SIGTERM asks the loop to stop after the current step
-    (a half-done optimizer step is never saved); a second one exits at once, without saving.
-    A scheduler or `docker stop` sends SIGTERM, then SIGKILL after a grace period: the grace
-    period must cover one step plus one checkpoint write."""
-
-    def __enter__(self) -> "SignalGuard":
-        self.signum, self.previous = None, {}
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self.handle)
-        except ValueError:  # not the main thread: signals stay with whoever owns them
-            pass
-        return self
-
-    def handle(self, signum: int, frame) -> None:
-        name = signal.Signals(signum).name
-        if self.signum is not None:
-            print(f"second {name}: exiting now, without saving", file=sys.stderr, flush=True)
-            os._exit(128 + signum)
-        self.signum = signum
-        print(f"{name}: finishing this step, then saving a checkpoint (send it again to exit at once)",
-              file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+    @classmethod
+    def from_dict(cls, saved: dict) -> "Progress":
+        """A checkpoint's progress; checkpoints before this class kept the best as [-loss, acc]."""
+        if "best" in saved:
+            saved = saved | {"best_loss": -saved["best"][0], "best_acc": saved["best"][1]}
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
 
-# ----------------------------------------------------------------------------- the loop
 @dataclass
 class Run:
     """What one training run holds. Everything the loop changes lives here; save_last() stores it."""
     cfg: TrainConfig
     model: MultiTaskModel
+    forward: torch.nn.Module        # what a step calls: the model, or its DDP wrapper under torchrun
     tokenizer: object
-    pools: list
+    pools: list                     # the examples batches are drawn from (data.Pool)
     sampler: data.MultiTaskSampler
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    clip_grad_norm: object          # torch.nn.utils.clip_grad_norm_, or the speed path's (same contract)
     unfreezer: freeze.GradualUnfreezer | None
-    caches: list | None
     class_weights: dict | None
     total_steps: int
-    progress: dict
+    progress: Progress
     device: torch.device
-    use_bf16: bool
+    bf16: bool                      # bf16 autocast
     out: Path
-    val_caches: dict | None             # with the whole backbone frozen: the validation texts' embeddings
-    world: World                        # rank and process count under torchrun (ddp.py); 0 of 1 otherwise
-    forward: torch.nn.Module            # the model, or its DDP wrapper: what training steps call
-    grad_norm: grad_hooks.GradNorm | None  # the gradient norm summed during backward (grad_hooks.py); not under DDP
+    world: World                    # rank and process count under torchrun; 0 of 1 otherwise
 
 
 def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, resume: bool,
           world: World = World(), val_sets: dict | None = None) -> Run:
-    """Sampler, freezing, optimizer groups and schedule; on resume, all of them as last saved."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Sampler, freezing, optimizer groups, schedule and the speed path; on resume, all as last saved."""
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
     device = world.device(cfg.device)
     model.to(device)
     pools = data.make_pools(train_sets)
     sampler = data.MultiTaskSampler([len(p) for p in pools], cfg.batch_size, cfg.temperature, cfg.seed)
     total_steps = planned_steps(cfg, tokenizer, pools, sampler)
     unfreezer = freeze.apply(model, cfg.freeze)
-    # Single process: the word table's gradient in a kept buffer, and the clipping norm summed during
-    # backward (grad_hooks.py). Both need the final set of trainable parameters, so after freezing.
-    grad_norm = grad_hooks.install(model, model.backbone.embeddings) if world.size == 1 else None
     groups = lr_groups.build(model, cfg.lr_groups, base_lr=cfg.lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
     optimizer = make_optimizer(groups)
     print(freeze.summary(model) + "\n" + lr_groups.table(groups), file=sys.stderr)  # before warmup scales the lrs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, int(cfg.warmup * total_steps),
-                                                                            cfg.schedule))
+    schedule = lr_lambda(total_steps, int(cfg.warmup * total_steps), cfg.schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     class_weights = ({t: balanced_class_weights(ds.labels, len(ds.label_names)) for t, ds in train_sets.items()}
                      if cfg.class_weights else None)
-    progress = {"epoch": 0, "step": 0, "tokens": 0, "best": [-1e30, -1.0], "best_metrics": {}, "stale": 0,
-                "unfrozen": 0, "skipped": 0, "bad_in_row": 0, "history": [], "losses": [], "done": False}
+    progress = Progress()
     if resume:
-        weights, optimizer_state, state = load_training_state(out / "last.safetensors")
+        weights, optimizer_state, state = load_training_state(Path(cfg.out) / "last.safetensors")
         model.load_state_dict({k: v.to(device) for k, v in weights.items()})
         optimizer.load_state_dict(optimizer_state)
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
         rngs = state["torch_rng"]  # one per rank; a resume with more processes re-uses rank 0's for the new ones
         torch.set_rng_state(rngs[world.rank] if world.rank < len(rngs) else rngs[0])
-        progress = {"tokens": 0, "stale": 0} | state["progress"]  # (checkpoints from before --max-tokens/--patience)
+        progress = Progress.from_dict(state["progress"])
         if unfreezer:
-            unfreezer.catch_up(progress["unfrozen"])
-        print(f"resumed {out} at epoch {progress['epoch'] + 1}, step {progress['step']}", file=sys.stderr)
-    use_bf16 = uses_bf16(cfg)
-    caches = None
-    trainable = any(p.requires_grad for p in model.parameters())
-    # Under torchrun every rank caches every pool (its slices of later steps may hit any row).
-    # Cache only when a frozen encoder layer is skipped: with just the embeddings frozen (top-12), the
-    # cache would hold a (tokens, 768) copy of every training set to save a table lookup.
-    if trainable and not cfg.no_cache and unfreezer is None and frozen_prefix(model) > 1:
-        caches = [FeatureCache(model, tokenizer, pool.texts, autocast=use_bf16) for pool in pools]
-    val_caches = None
-    if caches and caches[0].pooled and val_sets:
-        val_caches = {t: FeatureCache(model, tokenizer, ds.texts, autocast=use_bf16) for t, ds in val_sets.items()}
-    if caches:
-        progress["cache_s"] = round(sum(c.seconds for c in caches + list((val_caches or {}).values())), 1)
-        print(f"feature cache: {sum(c.nbytes() for c in caches) / 1e6:.0f} MB of frozen-bottom outputs "
-              f"in {progress['cache_s']} s", file=sys.stderr)
-    return Run(cfg, model, tokenizer, pools, sampler, optimizer, scheduler, unfreezer, caches, class_weights,
-               total_steps, progress, device, use_bf16, out, val_caches, world, world.wrap(model), grad_norm)
+            unfreezer.catch_up(progress.unfrozen)
+        print(f"resumed {cfg.out} at epoch {progress.epoch + 1}, step {progress.step}", file=sys.stderr)
+    bf16 = precision(cfg) == "bf16"
+    clip_grad_norm = torch.nn.utils.clip_grad_norm_
+    if not cfg.plain:
+        trainable = any(p.requires_grad for p in model.parameters())
+        cache = trainable and not cfg.no_cache and unfreezer is None  # every rank caches every pool
+        val_texts = [t for ds in (val_sets or {}).values() for t in ds.texts]
+        speed = speed_up(model, optimizer, tokenizer, train_texts=[t for p in pools for t in p.texts] if cache else None,
+                         val_texts=val_texts, autocast=bf16, ddp=world.size > 1)
+        clip_grad_norm, progress.cache_s = speed.clip_grad_norm, max(progress.cache_s, speed.cache_s)
+    return Run(cfg=cfg, model=model, forward=world.wrap(model), tokenizer=tokenizer, pools=pools, sampler=sampler,
+               optimizer=optimizer, scheduler=scheduler, clip_grad_norm=clip_grad_norm, unfreezer=unfreezer,
+               class_weights=class_weights, total_steps=total_steps, progress=progress, device=device, bf16=bf16,
+               out=Path(cfg.out), world=world)
+
+
+# ----------------------------------------------------------------------------- one step
+def train_step(run: Run, pool_idx: int, rows: list[int]) -> tuple[int, dict[str, float]]:
+    """One optimizer step on one batch -> (real tokens, per-task losses)."""
+    here = run.world.slice(rows)  # this process's share of the step (all of it without torchrun)
+    batch = data.collate(run.tokenizer, run.pools[pool_idx], here)
+    ids, mask = batch["input_ids"].to(run.device), batch["attention_mask"].to(run.device)
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.bf16):
+        logits = run.forward(ids, mask)
+    normalizers = loss_normalizers(run.world, run.pools[pool_idx], rows, run.class_weights)  # None without torchrun
+    loss, per_task = multitask_loss(logits, batch["labels"], class_weights=run.class_weights, normalizers=normalizers)
+
+    # Summed over processes (as is without torchrun), so that all take the same decision.
+    tokens, bad = run.world.sum([float(mask.sum()), float(not torch.isfinite(loss))])
+    run.optimizer.zero_grad(set_to_none=True)
+    finite = bad == 0
+    if finite:
+        loss.backward()
+        norm = run.clip_grad_norm(run.model.parameters(), run.cfg.clip)
+        finite = bool(torch.isfinite(norm))
+    if finite:
+        run.optimizer.step()
+        run.progress.bad_in_row = 0
+    run.scheduler.step()
+    run.progress.step += 1
+
+    if not finite:
+        skip_update(run)
+    if run.unfreezer and run.unfreezer.every_steps and run.progress.step % run.unfreezer.every_steps == 0:
+        unfreeze_next(run)
+    return int(tokens), per_task
+
+
+def skip_update(run: Run) -> None:
+    """The NaN guard: a step with a non-finite loss or gradient norm makes no update (its batch is spent
+    and the schedule advances, as a skipped mixed-precision step does); --max-bad-steps in a row stop."""
+    run.optimizer.zero_grad(set_to_none=True)
+    progress = run.progress
+    progress.skipped += 1
+    progress.bad_in_row += 1
+    print(f"step {progress.step}: non-finite loss or gradient norm, update skipped "
+          f"({progress.bad_in_row} in a row, {progress.skipped} in all)", file=sys.stderr, flush=True)
+    if progress.bad_in_row >= run.cfg.max_bad_steps:
+        raise run_folder.diverged(run.out, progress.step, progress.bad_in_row, run.scheduler.get_last_lr())
 
 
 def unfreeze_next(run: Run) -> str | None:
@@ -403,102 +329,28 @@ def unfreeze_next(run: Run) -> str | None:
     return name
 
 
-def loss_normalizers(run: Run, pool_idx: int, rows: list[int]) -> dict[str, float] | None:
-    """DDP: each task's labelled examples in the whole step (class-weighted), divided by the number of
-    processes, so that DDP's average of the ranks' gradients is the whole batch's mean (ddp.py)."""
-    if run.world.size == 1:
-        return None
-    totals = {}
-    for task, labels in run.pools[pool_idx].labels.items():
-        seen = [labels[i] for i in rows if labels[i] != data.IGNORE]
-        weights = run.class_weights[task][seen].tolist() if run.class_weights else [1.0] * len(seen)
-        totals[task] = max(sum(weights), 1e-12) / run.world.size
-    return totals
+# ----------------------------------------------------------------------------- validation and saving
+def accuracies(model: MultiTaskModel, tokenizer, tasks: dict[str, data.LabelledTexts], autocast: bool,
+               with_loss: bool = False, world: World = World()) -> dict[str, float]:
+    """acc_<task> for each task (and loss_<task>, the mean cross-entropy, with_loss).
 
-
-def clip_in_optimizer_step(run: Run) -> torch.Tensor:
-    """Clip the gradients to total norm cfg.clip in the coming optimizer step; -> their total norm.
-
-    clip_grad_norm_ would scale every gradient in place first: one more read and write of 109M
-    numbers a step (about 30 ms on a 2-core AVX2-only EPYC). The fused AdamW kernel can divide each
-    gradient by a `grad_scale` as it reads it (the hook torch.amp.GradScaler unscales through), so
-    the clipping rides along in the pass AdamW makes anyway. The result is clip_grad_norm_'s to
-    rounding: g / ((norm + 1e-6) / clip) here, g * (clip / (norm + 1e-6)) there. In a single
-    process the norm itself was summed during backward (grad_hooks.GradNorm).
-    """
-    if run.grad_norm is not None:
-        norm = run.grad_norm.total()
-    else:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in run.model.parameters() if p.grad is not None])
-    run.optimizer.grad_scale = ((norm + 1e-6) / run.cfg.clip).clamp(min=1.0)
-    return norm
-
-
-def train_step(run: Run, pool_idx: int, rows: list[int]) -> tuple[int, dict[str, float]]:
-    """One optimizer step on one batch -> (real tokens, per-task losses).
-
-    A non-finite loss or gradient norm skips the update (the batch is spent and the schedule
-    advances, as a skipped mixed-precision step does); max_bad_steps such steps in a row raise Diverged.
-    """
-    here = run.world.slice(rows)  # this process's share of the step (all of it without torchrun)
-    batch = data.collate(run.tokenizer, run.pools[pool_idx], here)
-    ids, mask = batch["input_ids"].to(run.device), batch["attention_mask"].to(run.device)
-    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.use_bf16):
-        logits = run.caches[pool_idx].logits(run.forward, here) if run.caches else run.forward(ids, mask)
-    loss, per_task = multitask_loss(logits, batch["labels"], class_weights=run.class_weights,
-                                    normalizers=loss_normalizers(run, pool_idx, rows))
-    run.optimizer.zero_grad(set_to_none=True)
-    # Sums over ranks (none without torchrun), so that every rank takes the same decision: the step's
-    # tokens, and whether any rank's loss is non-finite.
-    tokens, bad = run.world.sum([float(mask.sum()), float(not torch.isfinite(loss))])
-    finite = bad == 0
-    if finite:
-        loss.backward()
-        finite = bool(torch.isfinite(clip_in_optimizer_step(run)))
-    progress = run.progress
-    if finite:
-        run.optimizer.step()
-        progress["bad_in_row"] = 0
-    else:
-        run.optimizer.zero_grad(set_to_none=True)
-        progress["skipped"] += 1
-        progress["bad_in_row"] += 1
-        print(f"step {progress['step'] + 1}: non-finite loss or gradient norm, update skipped "
-              f"({progress['bad_in_row']} in a row, {progress['skipped']} in all)", file=sys.stderr, flush=True)
-    run.scheduler.step()
-    progress["step"] += 1
-    if progress["bad_in_row"] >= run.cfg.max_bad_steps:
-        last = read_progress(run.out / "last.safetensors")
-        lrs = ", ".join(f"{lr:.2e}" for lr in sorted(set(run.scheduler.get_last_lr())))
-        raise Diverged(f"stopped at step {progress['step']}: {progress['bad_in_row']} steps in a row had a non-finite "
-                       f"loss or gradient norm (learning rates now {lrs}). Last good checkpoint: "
-                       + (f"{run.out / 'last.safetensors'} (step {last['step']})" if last else "none was saved")
-                       + ". Lower --lr or check the data.")
-    if run.unfreezer and run.unfreezer.every_steps and progress["step"] % run.unfreezer.every_steps == 0:
-        unfreeze_next(run)
-    return int(tokens), per_task
-
-
-def ensure_finite(run: Run) -> None:
-    """Non-finite weights are never saved: stop instead, pointing at the last good checkpoint."""
-    if not all_finite(run.model.state_dict()):
-        raise Diverged(f"the weights became non-finite by step {run.progress['step']}; not saved. "
-                       f"Last good checkpoint: {run.out / 'last.safetensors'}. Lower --lr.")
-
-
-def save_last(run: Run) -> None:
-    """The resumable state as one atomic file, then metrics.jsonl and losses.jsonl rewritten from the
-    saved history, so they always agree with it."""
-    ensure_finite(run)
-    run.progress["unfrozen"] = run.unfreezer.unfrozen if run.unfreezer else 0
-    rng_states = run.world.gather(torch.get_rng_state())  # every rank takes part; rank 0 alone writes
-    if not run.world.main:
-        return
-    save_training_state(run.out / "last.safetensors", run.model, run.optimizer, run.scheduler, run.sampler,
-                        run.progress, rng_states)
-    for name, records in (("metrics.jsonl", run.progress["history"]), ("losses.jsonl", run.progress["losses"])):
-        lines = "".join(json.dumps(record) + "\n" for record in records)
-        write_atomic(lambda p: p.write_text(lines), run.out / name)
+    Under torchrun each rank scores every N-th example and the counts are summed over ranks: N
+    processes validate N times faster, and every rank gets the same numbers, so all of them take the
+    same decisions (best checkpoint, early stopping) without sending any."""
+    metrics = {}
+    for task, ds in tasks.items():
+        rows = list(range(world.rank, len(ds), world.size))
+        texts, labels = [ds.texts[i] for i in rows], torch.tensor([ds.labels[i] for i in rows])
+        correct = nll = 0.0
+        if texts:
+            probs = model.predict_proba(tokenizer, texts, autocast=autocast)[task]
+            correct = float((probs.argmax(-1) == labels).sum())
+            nll = float(-probs[torch.arange(len(labels)), labels].clamp(min=1e-12).log().double().sum())
+        correct, nll, n = world.sum([correct, nll, len(texts)])
+        metrics[f"acc_{task}"] = correct / n
+        if with_loss:
+            metrics[f"loss_{task}"] = nll / n
+    return metrics
 
 
 def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, started: float,
@@ -507,30 +359,26 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, star
     gradual unfreezing's next group) and every --eval-every steps."""
     progress = run.progress
     if end_of_epoch:
-        progress["epoch"] = epoch + 1
+        progress.epoch = epoch + 1
         if run.unfreezer and not run.unfreezer.every_steps and (name := unfreeze_next(run)):
             print(f"gradual unfreezing: {name} now trains", file=sys.stderr)
-        if progress["history"] and progress["history"][-1]["step"] == progress["step"]:
+        if progress.history and progress.history[-1]["step"] == progress.step:
             return save_at_epoch_end(run)  # this step was just validated (--eval-every, early stop)
-    metrics = (accuracies(run.model, run.tokenizer, val_sets, run.use_bf16, True, run.world, run.val_caches)
-               if val_sets else {})
-    # The best epoch has the lowest mean validation loss (as Hugging Face Trainer's default), ties
-    # broken by accuracy. Cross-entropy moves smoothly with the model; accuracy on a few hundred
-    # validation examples moves in steps of one example (0.5 points for 200) and mostly measures noise.
-    # Without validation data, the last epoch (see train()).
-    score = [-float(np.mean([v for k, v in metrics.items() if k.startswith("loss_")])),
-             float(np.mean([v for k, v in metrics.items() if k.startswith("acc_")]))] if metrics else None
-    record = {"epoch": epoch + 1, "step": progress["step"], "tokens": progress["tokens"], "elapsed_s": round(time.time() - started, 1),
-              "train_s": round(train_s, 1), "cache_s": progress.get("cache_s", 0), "skipped": progress["skipped"],
-              **{f"val_{k}": round(v, 4) for k, v in metrics.items()}}
-    progress["history"].append(record)
-    when = f"epoch {epoch + 1} done" if end_of_epoch else f"validation at step {progress['step']}"
+    metrics = accuracies(run.model, run.tokenizer, val_sets, run.bf16, with_loss=True, world=run.world) if val_sets else {}
+    record = {"epoch": epoch + 1, "step": progress.step, "tokens": progress.tokens,
+              "elapsed_s": round(time.time() - started, 1), "train_s": round(train_s, 1), "cache_s": progress.cache_s,
+              "skipped": progress.skipped, **{f"val_{k}": round(v, 4) for k, v in metrics.items()}}
+    progress.history.append(record)
+    when = f"epoch {epoch + 1} done" if end_of_epoch else f"validation at step {progress.step}"
     print(f"{when}: {record}", file=sys.stderr, flush=True)
-    if metrics and score > progress["best"]:  # lists compare element by element: -loss, then accuracy
-        progress["best"], progress["stale"] = score, 0
-        save_best(run, record)
-    elif metrics:
-        progress["stale"] += 1
+    if metrics:  # without validation data the last epoch is kept (see train())
+        loss = float(np.mean([v for k, v in metrics.items() if k.startswith("loss_")]))
+        acc = float(np.mean([v for k, v in metrics.items() if k.startswith("acc_")]))
+        if progress.is_better(loss, acc):
+            progress.best_loss, progress.best_acc, progress.stale = loss, acc, 0
+            save_best(run, record)
+        else:
+            progress.stale += 1
     if end_of_epoch:
         save_at_epoch_end(run)
     else:
@@ -548,27 +396,91 @@ def save_at_epoch_end(run: Run) -> None:
 def finished(run: Run) -> bool:
     """The step budget, the token budget, or early stopping (--patience validations without a new best)."""
     cfg, progress = run.cfg, run.progress
-    return (progress["step"] >= run.total_steps or 0 < cfg.max_tokens <= progress["tokens"]
-            or 0 < cfg.patience <= progress["stale"])
+    if progress.step >= run.total_steps:
+        return True
+    if cfg.max_tokens and progress.tokens >= cfg.max_tokens:
+        return True
+    return bool(cfg.patience) and progress.stale >= cfg.patience
+
+
+def ensure_finite(run: Run) -> None:
+    """Non-finite weights are never saved: stop instead, pointing at the last good checkpoint."""
+    if not all_finite(run.model.state_dict()):
+        raise Diverged(f"the weights became non-finite by step {run.progress.step}; not saved. "
+                       f"Last good checkpoint: {run.out / 'last.safetensors'}. Lower --lr.")
+
+
+def save_last(run: Run) -> None:
+    """The resumable state as one atomic file, then metrics.jsonl and losses.jsonl rewritten from the
+    saved history, so they always agree with it."""
+    ensure_finite(run)
+    run.progress.unfrozen = run.unfreezer.unfrozen if run.unfreezer else 0
+    rng_states = run.world.gather(torch.get_rng_state())  # every rank takes part; rank 0 alone writes
+    if not run.world.main:
+        return
+    save_training_state(run.out / "last.safetensors", run.model, run.optimizer, run.scheduler, run.sampler,
+                        asdict(run.progress), rng_states)
+    run_folder.save_jsonl(run.out, "metrics.jsonl", run.progress.history)
+    run_folder.save_jsonl(run.out, "losses.jsonl", run.progress.losses)
 
 
 def save_best(run: Run, record: dict) -> None:
     """best.safetensors: the weights alone, for eval.py and predict.py."""
     ensure_finite(run)
-    run.progress["best_metrics"] = record
+    run.progress.best_metrics = record
     if run.world.main:
         save_weights(run.out / "best.safetensors", run.model.state_dict(), {"epoch": str(record["epoch"])})
 
 
-def log_line(run: Run, epoch: int, window: dict[str, list[float]], tokens: int, started: float, start_step: int) -> None:
-    """Print the mean loss per task since the last log line, and keep it for losses.jsonl (plots.py curves)."""
-    step, elapsed = run.progress["step"], time.time() - started
-    eta = elapsed / max(1, step - start_step) * (run.total_steps - step)
-    means = {f"loss_{t}": round(sum(v) / len(v), 4) for t, v in window.items() if v}
+@dataclass
+class Meter:
+    """Logging's running counts: since this process started, and since the last log line."""
+    started: float
+    start_step: int
+    tokens: int = 0                 # real tokens trained on by this process (all ranks)
+    window: dict = field(default_factory=dict)  # per task: the losses since the last log line
+
+
+def log_line(run: Run, epoch: int, meter: Meter) -> None:
+    """Print the mean loss per task since the last log line, and keep it for losses.jsonl (tools/plots.py)."""
+    step, elapsed = run.progress.step, time.time() - meter.started
+    eta = elapsed / max(1, step - meter.start_step) * (run.total_steps - step)
+    means = {f"loss_{t}": round(sum(v) / len(v), 4) for t, v in meter.window.items() if v}
     lr = run.scheduler.get_last_lr()[0]
-    run.progress["losses"].append({"step": step, "lr": lr, **means})
+    run.progress.losses.append({"step": step, "lr": lr, **means})
+    meter.window = {}
     print(f"epoch {epoch + 1} step {step}/{run.total_steps} {' '.join(f'{k}={v:.3f}' for k, v in means.items())} "
-          f"lr={lr:.2e} {tokens / max(elapsed, 1e-9):.0f} tok/s eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
+          f"lr={lr:.2e} {meter.tokens / max(elapsed, 1e-9):.0f} tok/s eta {eta / 60:.1f} min", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- the loop
+def train_epoch(run: Run, epoch: int, val_sets: dict, signals: SignalGuard, meter: Meter) -> float:
+    """Steps until the sampler's epoch or the budget ends, logging, saving and validating on the way.
+    Returns the seconds it took."""
+    cfg, progress = run.cfg, run.progress
+    epoch_start = time.time()
+    for pool_idx, rows in run.sampler:
+        tokens, per_task = train_step(run, pool_idx, rows)
+        meter.tokens += tokens
+        progress.tokens += tokens
+        for task, value in per_task.items():
+            if math.isfinite(value):
+                meter.window.setdefault(task, []).append(value)
+        step = progress.step
+        if step % cfg.log_every == 0 or step == run.total_steps:
+            log_line(run, epoch, meter)
+        # torchrun sends a signal to every rank, not at the same instant: all stop if any got it
+        stop = run.world.sum([float(signals.signum is not None)])[0] > 0
+        if stop or (cfg.save_every and step % cfg.save_every == 0):
+            save_last(run)
+        if stop:
+            raise Interrupted(signals.signum or signal.SIGTERM, step, run.out / "last.safetensors")
+        if cfg.eval_every and step % cfg.eval_every == 0 and val_sets:
+            evaluate_and_save(run, epoch, val_sets, time.time() - epoch_start, meter.started, end_of_epoch=False)
+            freeze.train_mode(run.model)
+        if finished(run):
+            break
+    return time.time() - epoch_start
 
 
 def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, val_sets: dict,
@@ -577,100 +489,36 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     run = setup(cfg, model, tokenizer, train_sets, resume, world, val_sets)
     progress = run.progress
     trainable = any(p.requires_grad for p in model.parameters())
+    last_epoch = cfg.epochs
     if not trainable:
         print("nothing is trainable (freeze=all): one evaluation, no training", file=sys.stderr)
-    started, tokens, start_step, window = time.time(), 0, progress["step"], {}
+        last_epoch = progress.epoch + 1
+    meter = Meter(started=time.time(), start_step=progress.step)
     with SignalGuard() as signals:
-        for epoch in range(progress["epoch"], cfg.epochs if trainable else progress["epoch"] + 1):
-            history = progress["history"]
-            if finished(run) and history and history[-1]["step"] == progress["step"]:
-                break  # resumed after the last step had already been evaluated
+        for epoch in range(progress.epoch, last_epoch):
+            if finished(run) and progress.history and progress.history[-1]["step"] == progress.step:
+                break  # resumed after the last step had already been validated
             freeze.train_mode(model)
-            epoch_start = time.time()
-            for pool_idx, rows in (run.sampler if trainable and not finished(run) else []):
-                n, per_task = train_step(run, pool_idx, rows)
-                tokens += n
-                progress["tokens"] += n
-                for task, value in per_task.items():
-                    if math.isfinite(value):
-                        window.setdefault(task, []).append(value)
-                step = progress["step"]
-                if step % cfg.log_every == 0 or step == run.total_steps:
-                    log_line(run, epoch, window, tokens, started, start_step)
-                    window = {}
-                # torchrun sends the signal to every rank, not at the same instant: all stop if any got it
-                stop = run.world.sum([float(signals.signum is not None)])[0] > 0
-                if stop or (cfg.save_every and step % cfg.save_every == 0):
-                    save_last(run)
-                if stop:
-                    raise Interrupted(signals.signum or signal.SIGTERM, step, run.out / "last.safetensors")
-                if cfg.eval_every and step % cfg.eval_every == 0 and val_sets:
-                    evaluate_and_save(run, epoch, val_sets, time.time() - epoch_start, started, end_of_epoch=False)
-                    freeze.train_mode(model)
-                if finished(run):
-                    break
-            evaluate_and_save(run, epoch, val_sets, time.time() - epoch_start, started)
+            train_s = 0.0
+            if trainable and not finished(run):
+                train_s = train_epoch(run, epoch, val_sets, signals, meter)
+            evaluate_and_save(run, epoch, val_sets, train_s, meter.started)
             if finished(run):
                 break
         if not val_sets:  # no validation data: the model at the end is the one to keep, written once
-            save_best(run, progress["history"][-1])
-        progress["done"] = True
+            save_best(run, progress.history[-1])
+        progress.done = True
         save_last(run)
-    return progress["best_metrics"]
+    return progress.best_metrics
 
 
-# ----------------------------------------------------------------------------- set-up and command line
-def build(cfg: TrainConfig, train_sets: dict):
-    """The pretrained encoder with one fresh head per task."""
-    encoder = SentenceEncoder.from_pretrained()
-    set_attention_dropout(encoder.model, cfg)
-    num_labels = {task: len(ds.label_names) for task, ds in train_sets.items()}
-    model = MultiTaskModel(encoder.model, num_labels, normalize=cfg.normalize)
-    return model, encoder.tokenizer
-
-
-def backbone_config(checkpoint: MPNetConfig, cfg: TrainConfig) -> MPNetConfig:
-    """The checkpoint's config with what the flags change in it, which run.json records: the dropout
-    on the attention probabilities. That is a fresh (B, heads, L, L) mask in every layer at every
-    step, which PyTorch's CPU generator drew one number at a time on the AMD EPYC measured here;
-    --attention-dropout 0 skips those masks: a few percent faster, for one regulariser less (README:
-    "Training speed" for the speed, "Few labels, several seeds" for the accuracy)."""
-    return replace(checkpoint, attention_probs_dropout_prob=cfg.attention_dropout)
-
-
-def set_attention_dropout(backbone: MPNet, cfg: TrainConfig) -> None:
-    """The model side of backbone_config: every layer's attention takes the flag's dropout."""
-    backbone.cfg = backbone_config(backbone.cfg, cfg)
-    for layer in backbone.layers:
-        layer.attn.dropout_p = backbone.cfg.attention_probs_dropout_prob
-
-
-def run_info(cfg: TrainConfig, backbone: MPNetConfig, train_sets: dict) -> dict:
-    tasks = {t: {"dataset": ds.name, "label_names": ds.label_names} for t, ds in train_sets.items()}
-    for t, name in task_datasets(cfg).items():
-        if data.is_user_file(name):
-            tasks[t]["test_rows"] = TEST_ROWS.format(task=t)  # see save_test_rows
-    return {"config": asdict(cfg), "backbone": asdict(backbone), "tasks": tasks, "precision": precision(cfg)}
-
-
-def write_run_info(cfg: TrainConfig, model: MultiTaskModel, train_sets: dict) -> None:
-    from weights.fetch import weights_dir
-
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    info = run_info(cfg, model.backbone.cfg, train_sets)
-    write_atomic(lambda p: p.write_text(json.dumps(info, indent=2)), out / "run.json")
-    shutil.copyfile(weights_dir() / "tokenizer.json", out / "tokenizer.json")
-
-
-# Flags that may change between a run and its resume: they do not change what is computed.
-MAY_DIFFER_ON_RESUME = {"out", "data_dir", "device", "log_every", "save_every", "max_bad_steps"}
+# ----------------------------------------------------------------------------- the command line
 FLAG_TYPES = {"epochs": int_at_least(1), "batch_size": int_at_least(1), "max_steps": int_at_least(0),
               "max_train": int_at_least(0), "per_class": int_at_least(0), "max_tokens": int_at_least(0),
-              "max_val": int_at_least(0), "eval_every": int_at_least(0),
-              "patience": int_at_least(0), "val_fraction": fraction, "test_fraction": fraction, "lr": positive_float,
-              "head_lr": positive_float, "weight_decay": nonnegative_float, "warmup": fraction,
-              "clip": positive_float, "attention_dropout": fraction, "temperature": positive_float, "seed": int_at_least(0),
+              "max_val": int_at_least(0), "eval_every": int_at_least(0), "patience": int_at_least(0),
+              "val_fraction": fraction, "test_fraction": fraction, "lr": positive_float, "head_lr": positive_float,
+              "weight_decay": nonnegative_float, "warmup": fraction, "clip": positive_float,
+              "attention_dropout": fraction, "temperature": positive_float, "seed": int_at_least(0),
               "log_every": int_at_least(1), "save_every": int_at_least(0), "max_bad_steps": int_at_least(1),
               "device": device}
 CHOICES = {"dtype": ["auto", "fp32", "bf16"], "schedule": ["linear", "constant"]}
@@ -684,9 +532,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
         if f.type == "bool":
             parser.add_argument(flag, action="store_true", default=f.default)
         else:
-            kind = FLAG_TYPES.get(f.name, str)
-            parser.add_argument(flag, type=kind, default=f.default, choices=CHOICES.get(f.name),
-                                help=f"default: {f.default}")
+            parser.add_argument(flag, type=FLAG_TYPES.get(f.name, str), default=f.default,
+                                choices=CHOICES.get(f.name), help=f"default: {f.default}")
     parser.add_argument("--resume", action="store_true", help="continue --out's last checkpoint (same flags)")
     args = vars(parser.parse_args(argv))
     resume = args.pop("resume")
@@ -714,133 +561,60 @@ def check_specs(cfg: TrainConfig) -> None:
             raise ValueError(f"argument {flag}: no file {path}")
     if (cfg.test_a and not data.is_user_file(cfg.task_a)) or (cfg.test_b and not data.is_user_file(cfg.task_b)):
         raise ValueError("--test-a/--test-b go with your own data files; built-in datasets bring their test split")
-    freeze.check_spec(cfg.freeze, MPNetConfig().num_hidden_layers, list(task_datasets(cfg)))
+    freeze.check_spec(cfg.freeze, MPNetConfig().num_hidden_layers, list(data.task_datasets(cfg)))
     lr_groups.check_spec(cfg.lr_groups)
-
-
-def resume_command(cfg: TrainConfig) -> str:
-    """The command line that continues this run: every flag that differs from its default, then --resume."""
-    default = TrainConfig()
-    words = ["python", "train.py"]
-    for f in fields(TrainConfig):
-        value = getattr(cfg, f.name)
-        if f.name != "out" and value != getattr(default, f.name):
-            words += [f"--{f.name.replace('_', '-')}"] + ([] if value is True else [str(value)])
-    return shlex.join(words + ["--out", cfg.out, "--resume"])
-
-
-def check_out_folder(cfg: TrainConfig, resume: bool) -> dict | None:
-    """Before anything loads: --resume needs a checkpoint and run.json with the same flags; a fresh
-    run must not silently replace an unfinished one. Returns run.json's content on resume."""
-    out = Path(cfg.out)
-    last, info_path = out / "last.safetensors", out / "run.json"
-    if not resume:
-        progress = read_progress(last) if last.is_file() else None
-        if progress and not progress.get("done"):
-            raise ValueError(f"{out} holds an unfinished run (stopped at step {progress['step']}); continue it with "
-                             f"--resume, or delete {out} or pick another --out to start over")
-        return None
-    if not last.is_file() or not info_path.is_file():
-        missing = " and ".join(str(p.name) for p in (last, info_path) if not p.is_file())
-        raise ValueError(f"--resume: {out} has no {missing}, so there is nothing to resume; "
-                         f"run without --resume to start a fresh run there")
-    info = json.loads(info_path.read_text())
-    # A run keeps the precision it started in (run.json's "precision"; older runs did not record it).
-    # --dtype auto gives bf16 on one CPU and fp32 on another, so a run started with auto may resume
-    # with the --dtype that names its own precision, and must where auto would now give the other.
-    started_in = info.get("precision")
-    if started_in and precision(cfg) != started_in:
-        raise ValueError(f"--resume: {out} trains in {started_in} (run.json), and --dtype {cfg.dtype} gives "
-                         f"{precision(cfg)} on this CPU ({describe()}). A run keeps one precision: resume "
-                         f"with --dtype {started_in}")
-    # A flag missing from run.json did not exist when the run started: it ran with the default.
-    saved, now = asdict(TrainConfig()) | info["config"], asdict(cfg)
-    diffs = [f"--{k.replace('_', '-')} {now[k]!r} (run.json: {saved.get(k)!r})" for k in now
-             if k not in MAY_DIFFER_ON_RESUME and saved.get(k) != now[k] and not (k == "dtype" and started_in)]
-    if diffs:
-        raise ValueError(f"--resume: the flags differ from {info_path}: {'; '.join(diffs)}. Resume with the run's "
-                         f"own flags, or start a fresh run with another --out")
-    progress = read_progress(last)
-    if progress is None:
-        raise ValueError(f"--resume: {last} is not a train.py checkpoint; nothing was loaded")
-    if progress.get("done"):
-        raise ValueError(f"--resume: {out} finished at step {progress['step']}; there is nothing left to train")
-    return info
-
-
-def clear_finished_run(out: Path) -> None:
-    """A fresh run into a folder that holds a finished one: remove its outputs first, so that no
-    file of the old run can be mistaken for the new one's (check_out_folder refuses unfinished ones)."""
-    for name in ("best.safetensors", "last.safetensors", "metrics.jsonl", "losses.jsonl", "best.safetensors.tmp",
-                 "last.safetensors.tmp", "metrics.jsonl.tmp", "losses.jsonl.tmp", "state.pt"):
-        (out / name).unlink(missing_ok=True)
-
-
-def check_resume_matches(info: dict, cfg: TrainConfig, backbone: MPNetConfig, train_sets: dict) -> None:
-    """What sets the parameter shapes (tasks, label names, backbone config) must be what the run saved."""
-    now = run_info(cfg, backbone, train_sets)
-    diffs = [f"{key}: {now[key]} (run.json: {info.get(key)})" for key in ("tasks", "backbone") if info.get(key) != now[key]]
-    if diffs:
-        raise ValueError(f"--resume: the data or model differ from {cfg.out}/run.json: {'; '.join(diffs)}")
-
-
-def quiet_unless_main(world: World) -> None:
-    """Under torchrun only rank 0 prints (its lines hold the numbers of all ranks); the others'
-    tracebacks still reach the terminal."""
-    if world.main:
-        return
-    import traceback
-
-    terminal = sys.stderr
-    sys.stdout = sys.stderr = open(os.devnull, "w")
-    sys.excepthook = lambda kind, value, tb: traceback.print_exception(kind, value, tb, file=terminal)
 
 
 def main(argv: list[str] | None = None) -> None:
     cfg, resume = parse_args(argv)
     world = World.from_env(cfg.device)
-    quiet_unless_main(world)
+    world.quiet_unless_main()
     if cfg.batch_size < world.size:
         sys.exit(f"error: --batch-size {cfg.batch_size} is the global batch and must be at least the number of "
                  f"processes ({world.size}), so that each one gets an example")
+    out, flags, defaults = Path(cfg.out), asdict(cfg), asdict(TrainConfig())
     try:
-        info = check_out_folder(cfg, resume)
-        seed_everything(cfg.seed)
-        train_sets, val_sets, final_sets = load_tasks(cfg)
-        if info is not None:
-            from weights.fetch import weights_dir
-
+        saved_info = run_folder.check_before_start(out, resume, flags, defaults, precision(cfg))
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        train_sets, val_sets, final_sets = data.load_tasks(cfg)
+        if resume:
             config_path = weights_dir() / "config.json"
             checkpoint = MPNetConfig.from_json(config_path) if config_path.is_file() else MPNetConfig()
-            check_resume_matches(info, cfg, backbone_config(checkpoint, cfg), train_sets)
+            now = run_info(cfg, backbone_config(checkpoint, cfg), train_sets)
+            run_folder.check_resume_matches(saved_info, now, out)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
     sizes = ", ".join(f"{t}={ds.name}: {len(ds)} train / {len(val_sets.get(t, ()))} val / {len(final_sets[t])} "
                       f"{final_sets[t].split}" for t, ds in train_sets.items())
     print(f"tasks: {sizes}", file=sys.stderr)
-    print(f"CPU: {describe()}; {'bf16 autocast' if uses_bf16(cfg) else 'fp32'} on {cfg.device}", file=sys.stderr)
+    print(f"CPU: {describe()}; {'bf16 autocast' if precision(cfg) == 'bf16' else 'fp32'} on {cfg.device}"
+          + ("; --plain: no speed path" if cfg.plain else ""), file=sys.stderr)
     model, tokenizer = build(cfg, train_sets)
     if world.size > 1:
         torch.manual_seed(cfg.seed + world.rank)  # the same initial heads everywhere, then each rank its own dropout
     world.barrier()  # every rank has checked the folder before rank 0 changes it
     if not resume and world.main:
-        clear_finished_run(Path(cfg.out))
-        write_run_info(cfg, model, train_sets)
-        save_test_rows(Path(cfg.out), final_sets, cfg)
+        user_test_rows = {t: final_sets[t] for t, name in data.task_datasets(cfg).items() if data.is_user_file(name)}
+        run_folder.start_fresh(out, run_info(cfg, model.backbone.cfg, train_sets), weights_dir() / "tokenizer.json",
+                               user_test_rows)
     start = time.time()
     try:
         best = train(cfg, model, tokenizer, train_sets, val_sets, resume=resume, world=world)
     except Interrupted as e:
-        print(f"{e}\nresume with:\n  {resume_command(cfg)}", file=sys.stderr, flush=True)
+        print(f"{e}\nresume with:\n  {run_folder.resume_command(flags, defaults)}", file=sys.stderr, flush=True)
         sys.exit(128 + e.signum)
     except Diverged as e:
         sys.exit(f"error: {e}")
     world.barrier()  # rank 0 has written best.safetensors
-    model.load_state_dict(load_file(Path(cfg.out) / "best.safetensors"))
-    final = accuracies(model, tokenizer, final_sets, uses_bf16(cfg), world=world)
+    model.load_state_dict(load_file(out / "best.safetensors"))
+    final = accuracies(model, tokenizer, final_sets, precision(cfg) == "bf16", world=world)
+    peak = peak_rss_mb()
     result = {"out": cfg.out, "cpu": describe(), "train_s": round(time.time() - start, 1), "best_epoch": best.get("epoch"),
               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-              "peak_rss_mb": peak_rss_mb(), "cache_s": best.get("cache_s", 0), "epoch_train_s": best.get("train_s"),
+              "peak_rss_mb": None if peak is None else round(peak), "cache_s": best.get("cache_s", 0),
+              "epoch_train_s": best.get("train_s"),
               **{f"{k}_{final_sets[k[-1]].name}_{final_sets[k[-1]].split}": round(100 * v, 2) for k, v in final.items()}}
     print(json.dumps(result))
     world.close()

@@ -167,8 +167,8 @@ assert cosine > unrelated
 # %% [markdown]
 # ## Pictures
 #
-# `python plots.py readme` draws the bucket map, the learnt bias per head, attention maps and the
-# learning rate per layer (README, "Pictures"). With matplotlib installed, the next cell draws the
+# `python -m tools.plots readme` draws the bucket map, the learnt bias per head, attention maps and the
+# learning rate per layer (docs/pictures.md). With matplotlib installed, the next cell draws the
 # bucket map of section 3 here too; without it, the walkthrough skips the picture.
 
 # %%

@@ -28,7 +28,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from cells import cell  # noqa: E402
-from cli import int_at_least  # noqa: E402
+from reliability.flags import int_at_least  # noqa: E402
 
 RESULTS = HERE / "results" / "bench_train"
 BASELINE, PEER = "train.py", "transformers MPNetModel"
@@ -39,7 +39,7 @@ def bench_once(rounds: int) -> dict:
     print(f"== python bench.py --train --rounds {rounds}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "run.json"
-        subprocess.run([sys.executable, str(ROOT / "bench.py"), "--train", "--rounds", str(rounds), "--json", str(report)],
+        subprocess.run([sys.executable, "-m", "tools.bench", "--train", "--rounds", str(rounds), "--json", str(report)],
                        cwd=ROOT, check=True)
         return json.loads(report.read_text())
 

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from checkpoint import write_atomic
-from hardware import describe
+from reliability.checkpoint import write_atomic
+from speed.hardware import describe
 
 
 def cell(results: Path, name: str, compute: Callable[[], dict]) -> dict:

@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import cells  # noqa: E402
-from checkpoint import read_progress, write_atomic  # noqa: E402
-from hardware import describe  # noqa: E402
+from reliability.checkpoint import read_progress, write_atomic  # noqa: E402
+from speed.hardware import describe  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results" / "converged"
 BEFORE = ROOT / "experiments" / "results" / "converged_before_e395022"

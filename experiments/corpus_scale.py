@@ -33,19 +33,19 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from checkpoint import write_atomic  # noqa: E402
+from reliability.checkpoint import write_atomic  # noqa: E402
 from cells import cell  # noqa: E402
-from corpus import CHUNK  # noqa: E402
-from memory import peak_rss_mb  # noqa: E402
+from scale.corpus import CHUNK  # noqa: E402
+from speed.memory import peak_rss_mb  # noqa: E402
 
 RESULTS = HERE / "results" / "corpus"
 WORK = ROOT / "runs" / "corpus"
 MEMORY_SIZES = (10_000, 30_000, 100_000, 1_000_000)
 DTYPE = ["--dtype", "int8"]
 SPEED_ROUNDS = {5_000: 3, 100_000: 1}  # corpus size -> interleaved rounds
-ENCODE = ("import sys, numpy as np; from mpnet import SentenceEncoder; "
+ENCODE = ("import sys, numpy as np; from speed import load_encoder; "
           "lines = open(sys.argv[1], encoding='utf-8').read().split('\\n')[:-1]; "
-          "np.save(sys.argv[2], SentenceEncoder.from_pretrained(dtype='int8').encode(lines).numpy())")
+          "np.save(sys.argv[2], load_encoder(dtype='int8').encode(lines).numpy())")
 
 
 def corpus_file(n: int) -> Path:
@@ -76,7 +76,7 @@ def memory(n: int) -> dict:
     out, progress = WORK / f"emb16-{n}.npy", WORK / f"memory-{n}.progress.json"
     state = json.loads(progress.read_text()) if progress.is_file() else {"peak_rss_mb": 0, "wall_s": 0, "invocations": 0}
     state["invocations"] += 1
-    cmd = [sys.executable, "mpnet.py", "--input", str(corpus_file(n)), "--output", str(out), *DTYPE,
+    cmd = [sys.executable, "-m", "scale.corpus", "--input", str(corpus_file(n)), "--output", str(out), *DTYPE,
            "--output-dtype", "float16"]
     started, wall_before = time.time(), state["wall_s"]
     log = open(WORK / f"memory-{n}.log", "a")  # a file, not a pipe: a pipe nobody reads fills up and blocks
@@ -98,10 +98,10 @@ def speed(n: int, rounds: int) -> dict:
     source, out = corpus_file(n), WORK / "emb-speed.npy"
     ways = {
         "encode() on a list": ([sys.executable, "-c", ENCODE, str(source), str(out)], None),
-        "mpnet.py --input, 1 process": ([sys.executable, "mpnet.py", "--input", str(source), "--output", str(out),
+        "mpnet.py --input, 1 process": ([sys.executable, "-m", "scale.corpus", "--input", str(source), "--output", str(out),
                                          *DTYPE], None),
         "torchrun, 2 processes x 1 thread": ([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                              "--nproc_per_node=2", "mpnet.py", "--input", str(source), "--output",
+                                              "--nproc_per_node=2", "-m", "scale.corpus", "--input", str(source), "--output",
                                               str(out), *DTYPE], {"OMP_NUM_THREADS": "1"}),
     }
     walls, peaks = {name: [] for name in ways}, {name: [] for name in ways}

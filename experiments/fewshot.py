@@ -108,7 +108,7 @@ def setfit_cell(k: int, seed: int) -> dict:
     from setfit import SetFitModel, Trainer, TrainingArguments
 
     import data
-    from train import per_class_sample
+    from data import per_class_sample
     from weights.fetch import weights_dir
 
     result, started = {}, time.time()

@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
-from hardware import describe  # noqa: E402
+from speed.hardware import describe  # noqa: E402
 SETTINGS = {
     "reviews, full fine-tuning": ([], [0, 1, 2]),
     "Banking77 + SST-2, backbone frozen": (["--task-a", "banking77", "--task-b", "sst2", "--freeze", "backbone",

@@ -33,9 +33,9 @@ sys.path.insert(0, str(ROOT))
 from cells import cell  # noqa: E402
 from data import read_stsb  # noqa: E402
 from eval import spearman  # noqa: E402
-from hardware import describe  # noqa: E402
+from speed.hardware import describe  # noqa: E402
 from mpnet import SentenceEncoder  # noqa: E402
-from quant import LINEAR_NAMES, quantize  # noqa: E402
+from speed.quant import LINEAR_NAMES, quantize  # noqa: E402
 
 ALL = tuple((i, n) for i in range(12) for n in LINEAR_NAMES)
 

@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from hardware import describe  # noqa: E402
+from speed.hardware import describe  # noqa: E402
 from cells import cell  # noqa: E402
 
 RESULTS = HERE / "results" / "linear_probe"
@@ -60,9 +60,9 @@ def logreg() -> dict:
 
     import data
     import train
-    from feature_cache import FeatureCache
+    from speed.feature_cache import FeatureCache
     from freeze import freeze_backbone
-    from hardware import native_bf16
+    from speed.hardware import native_bf16
     from heads import MultiTaskModel
     from mpnet import SentenceEncoder
 

@@ -100,9 +100,9 @@ def linear_probe(train_csv: Path, test_csv: Path) -> float:
     from sklearn.linear_model import LogisticRegression
 
     import data
-    from feature_cache import FeatureCache
+    from speed.feature_cache import FeatureCache
     from freeze import freeze_backbone
-    from hardware import native_bf16
+    from speed.hardware import native_bf16
     from heads import MultiTaskModel
     from mpnet import SentenceEncoder
 

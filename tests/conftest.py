@@ -18,7 +18,7 @@ def encoder():
 @pytest.fixture
 def cpu(monkeypatch):
     """Pretend to be a CPU with the given flags (hardware.py's view of it)."""
-    import hardware
+    from speed import hardware
 
     def pretend(*flags, machine="x86_64"):
         monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train as train_mod  # noqa: E402
-from ddp import World  # noqa: E402
+from scale.ddp import World  # noqa: E402
 from heads import MultiTaskModel  # noqa: E402
 from mpnet import MPNet, MPNetConfig, Tokenizer  # noqa: E402
 from data import LabelledTexts  # noqa: E402
@@ -47,12 +47,18 @@ def main(out: Path, spec: str, pools: str) -> None:
     tokenizer = Tokenizer(fetch() / "tokenizer.json")
 
     grads, losses = {}, []
-    real_clip, real_loss = train_mod.clip_in_optimizer_step, train_mod.multitask_loss
+    real_setup, real_loss = train_mod.setup, train_mod.multitask_loss
 
-    def clip(run):
-        if not grads:  # the first step: gradients after DDP's all-reduce, before any update
-            grads.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-        return real_clip(run)
+    def setup(*args, **kw):  # the run's clip_grad_norm, wrapped to see the first step's gradients
+        run = real_setup(*args, **kw)
+        real_clip = run.clip_grad_norm
+
+        def clip(parameters, max_norm):
+            if not grads:  # the first step: gradients after DDP's all-reduce, before any update
+                grads.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+            return real_clip(parameters, max_norm)
+        run.clip_grad_norm = clip
+        return run
 
     def loss(*args, **kw):
         total, per_task = real_loss(*args, **kw)
@@ -60,7 +66,7 @@ def main(out: Path, spec: str, pools: str) -> None:
         losses.append(world.sum([float(total.detach())])[0] / world.size)
         return total, per_task
 
-    train_mod.clip_in_optimizer_step = clip
+    train_mod.setup = setup
     train_mod.multitask_loss = loss
     run_cfg = train_mod.TrainConfig(epochs=2, batch_size=4, lr=1e-3, head_lr=3e-3, warmup=0.25, clip=1e6,
                                     dtype="fp32", log_every=1000, freeze=spec, out=str(out))

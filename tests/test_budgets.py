@@ -6,7 +6,7 @@ import torch
 
 import data
 import train as train_mod
-from checkpoint import read_progress
+from reliability.checkpoint import read_progress
 from test_train import TEXTS, config, tasks, tiny_model, tokenizer  # noqa: F401  (the real tokenizer fixture)
 
 # 8 examples in one pool, batch 2: 4 steps per epoch.
@@ -74,7 +74,7 @@ def test_a_run_stopped_by_its_token_budget_resumes_to_the_same_weights(tmp_path,
     real_step = train_mod.train_step
 
     def crash_at_step_5(run, pool_idx, rows):
-        if run.progress["step"] == 4:
+        if run.progress.step == 4:
             raise RuntimeError("simulated crash")
         return real_step(run, pool_idx, rows)
 
@@ -97,15 +97,20 @@ def test_constant_schedule_holds_the_peak_after_warmup():
 def test_validation_from_cached_embeddings_equals_running_the_backbone(tokenizer):  # noqa: F811
     """With the whole backbone frozen, validation reads the cached embeddings: the same numbers
     (the same batches of 64 length-sorted texts go through the same backbone either way)."""
-    from feature_cache import FeatureCache
+    from speed.feature_cache import FeatureCache
     from freeze import freeze_backbone
 
     model = tiny_model()
     freeze_backbone(model)
     sets = tasks()
-    caches = {t: FeatureCache(model, tokenizer, ds.texts) for t, ds in sets.items()}
     direct = train_mod.accuracies(model, tokenizer, sets, autocast=False, with_loss=True)
-    cached = train_mod.accuracies(model, tokenizer, sets, autocast=False, with_loss=True, caches=caches)
+    cache = FeatureCache(model, tokenizer, [t for ds in sets.values() for t in ds.texts])
+    cache.install(model)
+    looked_up = []
+    real_embed = cache.model_embed
+    cache.model_embed = lambda *a, **kw: looked_up.append(a) or real_embed(*a, **kw)  # the uncached path: not taken
+    cached = train_mod.accuracies(model, tokenizer, sets, autocast=False, with_loss=True)
+    assert looked_up == []
     assert direct.keys() == cached.keys()
     for key in direct:
         assert cached[key] == pytest.approx(direct[key], rel=1e-6, abs=1e-7), key

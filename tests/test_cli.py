@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import eval as eval_mod
-import hardware
+from speed import hardware
 import train as train_mod
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
@@ -38,17 +38,20 @@ def test_train_flags_are_checked_before_anything_loads(capsys, flags, message):
 
 
 @pytest.mark.parametrize("script, flags, message", [
-    ("bench.py", ["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got '0'"),
-    ("bench.py", ["--rounds", "x"], "argument --rounds: must be an integer >= 1, got 'x'"),
+    ("-m tools.bench", ["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got '0'"),
+    ("-m tools.bench", ["--rounds", "x"], "argument --rounds: must be an integer >= 1, got 'x'"),
     ("eval.py", ["--stsb", "valid"], "argument --stsb: invalid choice: 'valid'"),
     ("eval.py", ["--checkpoint", "nowhere", "--dataset", "sst2"], "--checkpoint nowhere: no run.json there"),
     ("eval.py", ["--checkpoint", "x", "--dataset", "imdb"], "argument --dataset: invalid choice: 'imdb'"),
     ("mpnet.py", ["--dtype", "int4", "hello"], "argument --dtype: invalid choice: 'int4'"),
-    ("mpnet.py", [], "give sentences on the command line, or --input FILE --output FILE.npy"),
-    ("mpnet.py", ["--input", "nowhere.txt", "--output", "e.npy"], "--input nowhere.txt: no such file"),
+    ("mpnet.py", [], "the following arguments are required: sentences"),
+    ("-m scale.corpus", ["--input", "nowhere.txt", "--output", "e.npy"], "--input nowhere.txt: no such file"),
+    ("-m scale.corpus", ["--input", "mpnet.py", "--output", "e.txt"], "--input needs --output FILE.npy"),
+    ("-m scale.corpus", ["--input", "mpnet.py", "--output", "e.npy", "--dtype", "int4"], "invalid choice: 'int4'"),
 ])
 def test_other_commands_refuse_bad_flags_in_one_line(script, flags, message):
-    done = subprocess.run([sys.executable, script, *flags], cwd=ROOT_DIR, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, *script.split(), *flags], cwd=ROOT_DIR, capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 2 and message in done.stderr.strip().splitlines()[-1], done.stderr
 
 

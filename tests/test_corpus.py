@@ -1,4 +1,4 @@
-"""Corpus embedding (corpus.py, `mpnet.py --input --output`): row order, float16, resume after a
+"""Corpus embedding (scale/corpus.py, `python -m scale.corpus --input --output`): row order, float16, resume after a
 crash, one or two processes, and bad input refused before the model loads."""
 import json
 import os
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import corpus
+from scale import corpus
 import mpnet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +33,7 @@ def lines(tmp_path):
 
 def test_rows_follow_the_lines_and_match_encode(encoder, lines, tmp_path):
     out = tmp_path / "emb.npy"
-    assert encoder.encode_file(lines, out) == len(SENTENCES)
+    assert corpus.embed_file(encoder, lines, out) == len(SENTENCES)
     got = np.load(out)
     assert got.shape == (len(SENTENCES), 768) and got.dtype == np.float32
     torch.testing.assert_close(torch.from_numpy(got), encoder.encode(SENTENCES), rtol=0, atol=ROW_TOL)
@@ -104,7 +104,7 @@ def test_other_settings_start_over_instead_of_mixing(encoder, lines, tmp_path, m
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, str(ROOT / "mpnet.py"), *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "scale.corpus", *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, env=env)
 
 
@@ -127,13 +127,13 @@ def test_the_output_must_be_a_npy_file(tmp_path, lines):
 
 
 def test_two_processes_under_torchrun_write_the_same_file_as_one(lines, tmp_path):
-    """`torchrun --nproc_per_node=2 mpnet.py --input ...`: 2 gloo processes, chunk i on rank i % 2,
+    """`torchrun --nproc_per_node=2 -m scale.corpus --input ...`: 2 gloo processes, chunk i on rank i % 2,
     give the same bytes as one process (one thread each, so every chunk runs the same arithmetic)."""
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     flags = ["--input", lines, "--chunk-size", 3]
     single = run_cli(*flags, "--output", tmp_path / "one.npy", env=env)
     assert single.returncode == 0, single.stderr[-2000:]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "mpnet.py"),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "scale.corpus",
            *map(str, flags), "--output", str(tmp_path / "two.npy")]
     double = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert double.returncode == 0, double.stderr[-2000:]

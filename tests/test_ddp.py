@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from checkpoint import load_training_state
+from reliability.checkpoint import load_training_state
 
 ROOT = Path(__file__).resolve().parent.parent
 U = 2.0 ** -24  # float32 unit roundoff

@@ -1,4 +1,4 @@
-"""dropout.py: the cheaper masks drop at rate p (to 1/65536), keep the mean, and train like nn.Dropout;
+"""speed/lane_dropout.py: the cheaper masks drop at rate p (to 1/65536), keep the mean, and train like nn.Dropout;
 the written-out training attention computes what scaled_dot_product_attention does."""
 import math
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dropout import LANES, Dropout, dropout, keep_mask
+from speed.lane_dropout import LANES, LaneDropout, dropout, keep_mask
+from speed.training import WrittenOutAttention
 from mpnet import MPNet, MPNetConfig
 
 P = 0.1
@@ -65,17 +66,24 @@ def test_masks_follow_the_global_seed():
 
 def test_off_in_eval_and_at_p_zero():
     x = torch.randn(8, 16)
-    layer = Dropout(P).eval()
+    layer = LaneDropout(P).eval()
     assert layer(x) is x
     assert dropout(x, 0.0) is x
     assert dropout(x, 1e-6) is x  # rounds to 0 of 65536 values dropped
-    assert Dropout(P).train()(x).shape == x.shape
+    assert LaneDropout(P).train()(x).shape == x.shape
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
 def test_bad_probability_is_refused_when_built(p):
     with pytest.raises(ValueError, match=r"dropout probability must be in \[0, 1\)"):
-        Dropout(p)
+        LaneDropout(p)
+
+
+def written_out(model: MPNet) -> MPNet:
+    """The speed path's attention (speed/training.py) on every layer."""
+    for layer in model.layers:
+        layer.attn.__class__ = WrittenOutAttention
+    return model
 
 
 @pytest.mark.numerics
@@ -88,14 +96,14 @@ def test_training_attention_is_the_fused_formula():
                       intermediate_size=32, max_position_embeddings=40, hidden_dropout_prob=0.0,
                       attention_probs_dropout_prob=0.0)  # train(): the written-out path, dropping nothing
     torch.manual_seed(0)
-    model = MPNet(cfg).double()
+    model = written_out(MPNet(cfg).double())
     with torch.no_grad():
         model.relative_bias.normal_()
     ids = torch.tensor([[0, 5, 6, 7, 2, 1, 1], [0, 8, 9, 10, 11, 12, 2]])
     mask = (ids != 1).long()
-    written_out = model.train()(ids, mask)
+    by_hand = model.train()(ids, mask)
     fused = model.eval()(ids, mask)
-    assert (written_out - fused).abs().max() <= 1e-12
+    assert (by_hand - fused).abs().max() <= 1e-12
     model.layers[0].attn.dropout_p = 0.5  # and a real dropout does change it
     assert (model.train()(ids, mask) - fused).abs().max() > 1e-3
 
@@ -104,7 +112,7 @@ def test_training_attention_gives_the_bias_a_gradient():
     cfg = MPNetConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=4,
                       intermediate_size=32, max_position_embeddings=40)
     torch.manual_seed(0)
-    model = MPNet(cfg).train()
+    model = written_out(MPNet(cfg)).train()
     ids = torch.tensor([[0, 5, 6, 7, 2]])
     model(ids, torch.ones_like(ids)).square().sum().backward()
     assert model.relative_bias.grad is not None and model.relative_bias.grad.abs().sum() > 0
@@ -116,7 +124,7 @@ def test_bf16_autocast_training_stays_finite():
     cfg = MPNetConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
                       intermediate_size=32, max_position_embeddings=40)
     torch.manual_seed(0)
-    model = MPNet(cfg).train()
+    model = written_out(MPNet(cfg)).train()
     ids = torch.tensor([[0, 5, 6, 7, 2, 1, 1], [0, 8, 9, 10, 11, 12, 2]])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(ids, (ids != 1).long())

@@ -1,4 +1,4 @@
-"""python data.py fetch against a local HTTP server on 127.0.0.1 that serves the files as their
+"""python -m tools.fetch_data against a local HTTP server on 127.0.0.1 that serves the files as their
 public sources hold them, rebuilt from ../shared/data: no test needs the internet."""
 import hashlib
 import http.server
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import data
-import fetch_data
+from tools import fetch_data
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -123,7 +123,7 @@ def test_a_rerun_after_an_interruption_completes(tmp_path, server):
 
 def test_missing_data_names_the_fetch_command(tmp_path, monkeypatch):
     monkeypatch.delenv("MPNET_DATA_DIR", raising=False)
-    with pytest.raises(FileNotFoundError, match=r"download the benchmarks with `python data.py fetch`"):
+    with pytest.raises(FileNotFoundError, match=r"download the benchmarks with `python -m tools.fetch_data`"):
         data.data_dir(tmp_path / "nowhere")
 
 

@@ -4,7 +4,7 @@ import torch
 
 import freeze
 import train as train_mod
-from feature_cache import FeatureCache, frozen_prefix
+from speed.feature_cache import FeatureCache, frozen_prefix
 from heads import MultiTaskModel
 from mpnet import MPNet, MPNetConfig
 from test_train import config, tasks, tokenizer  # noqa: F401  (the real tokenizer fixture)
@@ -107,22 +107,28 @@ def test_cached_and_uncached_training_agree(tmp_path, tokenizer, monkeypatch, sp
     steps while everything the model computes agrees; no tolerance on such weights means anything.
     """
     grads, losses = {}, {}
-    real_clip, real_loss = train_mod.clip_in_optimizer_step, train_mod.multitask_loss
+    real_setup, real_loss = train_mod.setup, train_mod.multitask_loss
     for no_cache in (False, True):
         model = tiny_model()
         grads[no_cache], losses[no_cache] = {}, []
 
-        def clip(run):
-            if not grads[no_cache]:  # the first step, after backward, before the update
-                grads[no_cache].update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-            return real_clip(run)
+        def setup(*args, **kw):  # the run's clip_grad_norm, wrapped to see the first step's gradients
+            run = real_setup(*args, **kw)
+            real_clip = run.clip_grad_norm
+
+            def clip(parameters, max_norm):
+                if not grads[no_cache]:  # the first step, after backward, before the update
+                    grads[no_cache].update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+                return real_clip(parameters, max_norm)
+            run.clip_grad_norm = clip
+            return run
 
         def loss(*args, **kw):
             total, per_task = real_loss(*args, **kw)
             losses[no_cache].append(float(total.detach()))
             return total, per_task
 
-        monkeypatch.setattr(train_mod, "clip_in_optimizer_step", clip)
+        monkeypatch.setattr(train_mod, "setup", setup)
         monkeypatch.setattr(train_mod, "multitask_loss", loss)
         train_mod.train(config(tmp_path / str(no_cache), epochs=3, freeze=spec, no_cache=no_cache),
                         model, tokenizer, tasks(), {})
@@ -142,7 +148,9 @@ def test_cache_layout(tokenizer):  # noqa: F811
     assert frozen_prefix(model) == 3  # embeddings + layers 0 and 1
     cache = FeatureCache(model, tokenizer, tasks()["a"].texts)
     assert cache.start == 2 and not cache.pooled
-    assert [f.shape for f in cache.features] == [(n, 32) for n in cache.lengths]
+    ids = tokenizer.encode(tasks()["a"].texts)
+    assert len(cache.features) == len(set(map(tuple, ids)))  # one entry per distinct text, keyed by its ids
+    assert all(cache.features[tuple(i)].shape == (len(i), 32) for i in ids)
     freeze.apply(model, "none")
     with pytest.raises(ValueError, match="nothing to cache"):
         FeatureCache(model, tokenizer, ["x"])

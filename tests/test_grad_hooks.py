@@ -1,15 +1,15 @@
-"""grad_hooks.py: the word table's gradient in a kept buffer is bit-identical to the plain dense one,
+"""speed/grad_hooks.py: the word table's gradient in a kept buffer is bit-identical to the plain dense one,
 and the norm summed during backward is the gradients' norm."""
 import copy
 
 import pytest
 import torch
 
-import grad_hooks
+from speed import grad_hooks
 import train as train_mod
 from mpnet import MPNet, MPNetConfig
 from test_train import config, tasks, tiny_model, tokenizer  # noqa: F401  (the real tokenizer fixture)
-from grad_hooks import GradNorm, reuse_word_gradient
+from speed.grad_hooks import GradNorm, SparseGradEmbeddings, reuse_word_gradient
 
 PAD = 1
 
@@ -80,11 +80,11 @@ def test_training_with_the_buffer_gives_bit_identical_weights(tmp_path, tokenize
     """train.py end to end, with and without the kept buffer: the same weights to the last bit."""
     kept = tiny_model()  # seeds torch, so both runs start from the same weights and draw the same dropout masks
     train_mod.train(config(tmp_path / "kept", epochs=2), kept, tokenizer, tasks(), {})
-    assert kept.backbone.embeddings.sparse_grad  # train.py did set it up
+    assert isinstance(kept.backbone.embeddings, SparseGradEmbeddings)  # train.py did set it up
     monkeypatch.setattr(grad_hooks, "reuse_word_gradient", lambda embeddings: None)
     plain = tiny_model()
     train_mod.train(config(tmp_path / "plain", epochs=2), plain, tokenizer, tasks(), {})
-    assert not plain.backbone.embeddings.sparse_grad
+    assert not isinstance(plain.backbone.embeddings, SparseGradEmbeddings)
     trained = dict(kept.named_parameters())
     assert not torch.equal(trained["backbone.embeddings.word"], tiny_model().backbone.embeddings.word)  # it trained
     for name, p in plain.named_parameters():
@@ -95,7 +95,7 @@ def test_a_frozen_table_keeps_the_plain_path():
     model = MPNet(MPNetConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64))
     model.embeddings.word.requires_grad_(False)
     reuse_word_gradient(model.embeddings)  # autograd would refuse the hook; nothing to speed up anyway
-    assert not model.embeddings.sparse_grad
+    assert not isinstance(model.embeddings, SparseGradEmbeddings)
 
 
 def small_model() -> MPNet:

@@ -104,10 +104,10 @@ def test_labels_file_and_test_file(tmp_path):
     test_path = write_csv(tmp_path / "test.csv", [("a3", "x"), ("c1", "z")])
     cfg = train_mod.TrainConfig(task_a=str(train_path), task_b="none", test_a=str(test_path))
     with pytest.raises(ValueError, match=r"test.csv:3: label 'z' is not one of the 2 labels"):
-        train_mod.load_tasks(cfg)
+        data.load_tasks(cfg)
     labels = tmp_path / "labels.txt"
     labels.write_text("x\ny\nz\n")
-    train, _, final = train_mod.load_tasks(train_mod.TrainConfig(**(vars(cfg) | {"labels_a": str(labels)})))
+    train, _, final = data.load_tasks(train_mod.TrainConfig(**(vars(cfg) | {"labels_a": str(labels)})))
     assert final["a"].label_names == ["x", "y", "z"] and final["a"].labels == [0, 2] and len(train["a"]) == 4
 
 
@@ -117,7 +117,7 @@ def test_one_file_with_two_label_columns_gives_examples_with_both_labels(tmp_pat
     path.write_text("text,topic,sentiment\n" + "".join(f"{t},{a},{b}\n" for t, a, b in rows), encoding="utf-8")
     cfg = train_mod.TrainConfig(task_a=str(path), task_b=str(path), label_column_a="topic",
                                 label_column_b="sentiment")
-    train, val, final = train_mod.load_tasks(cfg)
+    train, val, final = data.load_tasks(cfg)
     assert train["a"].texts == train["b"].texts and final["a"].texts == final["b"].texts
     pools = data.make_pools(train)
     assert len(pools) == 1 and set(pools[0].labels) == {"a", "b"}  # one pool: each example carries both
@@ -165,7 +165,7 @@ def test_csv_to_train_to_eval_and_predict_round_trip(tmp_path, tokenizer, monkey
     assert [line["a"]["label"] for line in lines] == [p["a"]["label"] for p in predictions]
     assert "6/6 sentences" in done.stderr
 
-    import plots  # the confusion heatmap reads the same saved rows
+    from tools import plots  # the confusion heatmap reads the same saved rows
 
     plots.plot_confusion(out, None, tmp_path / "confusion.png")
     assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
@@ -181,7 +181,7 @@ def test_val_fraction_zero_trains_on_every_row_and_keeps_the_last_epoch(tmp_path
     csv_path = write_csv(tmp_path / "tickets.csv", ticket_rows())
     cfg = train_mod.TrainConfig(task_a=str(csv_path), task_b="none", val_fraction=0.0, epochs=2, batch_size=8,
                                 dtype="fp32", log_every=100, out=str(tmp_path / "run"))
-    train, val, final = train_mod.load_tasks(cfg)
+    train, val, final = data.load_tasks(cfg)
     assert val == {} and len(train["a"]) == 24 and len(final["a"]) == 6
     torch.manual_seed(0)
     backbone = MPNet(MPNetConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64))

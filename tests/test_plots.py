@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-import plots
+from tools import plots
 from test_train import config, tasks, tiny_model, tokenizer  # noqa: F401  (the real tokenizer fixture)
 import train as train_mod
 

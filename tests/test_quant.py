@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from quant import EXACT_FP32_TERMS, INPUT_MAX, WEIGHT_MAX, Int8Linear, exact_int_mm, quantize
+from speed.quant import EXACT_FP32_TERMS, INPUT_MAX, WEIGHT_MAX, Int8Linear, exact_int_mm, quantize
 
 REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "reference.json").read_text(encoding="utf-8"))
 
@@ -113,11 +113,11 @@ def test_quantize_rejects_unknown_layer_names(encoder):
 
 @pytest.fixture(scope="module")
 def int8_encoder():
-    from mpnet import SentenceEncoder
+    from speed import load_encoder
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # "no fast kernel on this CPU" without VNNI: tested in test_cli
-        return SentenceEncoder.from_pretrained(dtype="int8")
+        return load_encoder(dtype="int8")
 
 
 @pytest.mark.numerics

@@ -7,22 +7,28 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import checkpoint
+from reliability import checkpoint, run_folder
 import train as train_mod
-from checkpoint import load_training_state, read_progress
+from reliability.checkpoint import load_training_state, read_progress
 from test_train import config, tasks, tiny_model, tokenizer  # noqa: F401  (the real tokenizer fixture)
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 
 # 8 examples in one pool, batch 2: 4 steps per epoch, 12 in all; step 6 is in the middle of epoch 2.
 EPOCHS, BATCH, MID = 3, 2, 6
+
+
+def check(cfg, resume):
+    """What main() checks before anything loads."""
+    return run_folder.check_before_start(Path(cfg.out), resume, asdict(cfg), asdict(train_mod.TrainConfig()),
+                                         train_mod.precision(cfg))
 
 
 def run_cfg(path, **kw):
@@ -48,7 +54,7 @@ def step_hook(monkeypatch, at_step, action):
 
     def step(run, pool_idx, rows):
         result = real_step(run, pool_idx, rows)
-        if run.progress["step"] == at_step:
+        if run.progress.step == at_step:
             action()
         return result
 
@@ -206,18 +212,18 @@ def test_resume_with_other_flags_lists_the_differences(tmp_path, tokenizer, monk
     cfg = write_unfinished_run(tmp_path, tokenizer, monkeypatch)
     changed = train_mod.TrainConfig(**(vars(cfg) | {"lr": 5e-4, "batch_size": 4, "log_every": 1}))
     with pytest.raises(ValueError) as e:
-        train_mod.check_out_folder(changed, resume=True)
+        check(changed, resume=True)
     assert "--batch-size 4 (run.json: 2)" in str(e.value) and "--lr 0.0005 (run.json: 0.001)" in str(e.value)
     assert "log-every" not in str(e.value)  # logging does not change what is computed
-    info = train_mod.check_out_folder(cfg, resume=True)
+    info = check(cfg, resume=True)
     other_labels = tasks()
     other_labels["a"].label_names = ["w", "x", "y", "z"]
     with pytest.raises(ValueError, match=r"the data or model differ from .*run.json: tasks"):
-        train_mod.check_resume_matches(info, cfg, tiny_model().backbone.cfg, other_labels)
+        run_folder.check_resume_matches(info, train_mod.run_info(cfg, tiny_model().backbone.cfg, other_labels), tmp_path)
     bigger = train_mod.MPNetConfig(**(vars(info_backbone := tiny_model().backbone.cfg) | {"num_hidden_layers": 4}))
     assert bigger != info_backbone
     with pytest.raises(ValueError, match=r"differ from .*run.json: backbone"):
-        train_mod.check_resume_matches(info, cfg, bigger, tasks())
+        run_folder.check_resume_matches(info, train_mod.run_info(cfg, bigger, tasks()), tmp_path)
 
 
 def test_a_run_resumes_in_the_precision_it_started_in(tmp_path, tokenizer, monkeypatch):  # noqa: F811
@@ -228,29 +234,30 @@ def test_a_run_resumes_in_the_precision_it_started_in(tmp_path, tokenizer, monke
     info = json.loads((Path(cfg.out) / "run.json").read_text())
     started_in = info["precision"]
     other = "bf16" if started_in == "fp32" else "fp32"
-    monkeypatch.setattr(train_mod, "uses_bf16", lambda c: (c.dtype == "bf16") or (c.dtype == "auto" and other == "bf16"))
+    monkeypatch.setattr(train_mod, "precision",
+                        lambda c: "bf16" if (c.dtype == "bf16") or (c.dtype == "auto" and other == "bf16") else "fp32")
     with pytest.raises(ValueError, match=rf"trains in {started_in} \(run.json\), and --dtype auto gives {other} on "
                                          rf"this CPU .* resume with --dtype {started_in}$"):
-        train_mod.check_out_folder(cfg, resume=True)
-    train_mod.check_out_folder(replace(cfg, dtype=started_in), resume=True)  # the flag it names
+        check(cfg, resume=True)
+    check(replace(cfg, dtype=started_in), resume=True)  # the flag it names
     with pytest.raises(ValueError, match=f"trains in {started_in}"):
-        train_mod.check_out_folder(replace(cfg, dtype=other), resume=True)
+        check(replace(cfg, dtype=other), resume=True)
     del info["precision"]
     (Path(cfg.out) / "run.json").write_text(json.dumps(info))
-    train_mod.check_out_folder(cfg, resume=True)  # auto as before: no check of what it means here
+    check(cfg, resume=True)  # auto as before: no check of what it means here
     with pytest.raises(ValueError, match=rf"--dtype '{started_in}' \(run.json: 'auto'\)"):
-        train_mod.check_out_folder(replace(cfg, dtype=started_in), resume=True)
+        check(replace(cfg, dtype=started_in), resume=True)
 
 
 def test_a_fresh_run_does_not_replace_an_unfinished_one(tmp_path, tokenizer, monkeypatch):  # noqa: F811
     cfg = write_unfinished_run(tmp_path, tokenizer, monkeypatch)
     with pytest.raises(ValueError, match=r"holds an unfinished run \(stopped at step 2\); continue it with --resume"):
-        train_mod.check_out_folder(cfg, resume=False)
+        check(cfg, resume=False)
 
 
 def test_resume_command_repeats_every_flag_that_matters(tmp_path):
     cfg = train_mod.TrainConfig(task_a="banking77", batch_size=8, class_weights=True, out=str(tmp_path / "r x"))
-    command = train_mod.resume_command(cfg)
+    command = run_folder.resume_command(asdict(cfg), asdict(train_mod.TrainConfig()))
     assert command == f"python train.py --task-a banking77 --batch-size 8 --class-weights --out '{tmp_path}/r x' --resume"
     assert train_mod.parse_args(shlex.split(command)[2:]) == (cfg, True)
 

@@ -6,11 +6,14 @@ import torch
 from safetensors.torch import load_file
 
 import train as train_mod
-from checkpoint import load_training_state
+from reliability.checkpoint import load_training_state
+import data
 from data import LabelledTexts
 from eval import load_run
 from heads import MultiTaskModel
 from mpnet import MPNet, MPNetConfig, Tokenizer
+from reliability import run_folder
+from speed.training import folded_clip
 from weights.fetch import fetch
 
 TEXTS = ["great product, works well", "arrived late and broken", "the price is far too high",
@@ -58,8 +61,9 @@ def test_tiny_model_overfits_a_few_batches(tmp_path, tokenizer):
 def test_save_then_load_gives_identical_logits(tmp_path, tokenizer):
     cfg = config(tmp_path, epochs=2)
     model = tiny_model()
+    run_folder.start_fresh(tmp_path / "run", train_mod.run_info(cfg, model.backbone.cfg, tasks()),
+                           fetch() / "tokenizer.json")  # run.json and tokenizer.json, as main() writes them
     train_mod.train(cfg, model, tokenizer, tasks(), tasks())
-    train_mod.write_run_info(cfg, model, tasks())
     model.load_state_dict(load_file(tmp_path / "run" / "best.safetensors"))
     loaded, tok, info = load_run(tmp_path / "run")
     batch = tokenizer.pad(tokenizer.encode(TEXTS))
@@ -79,7 +83,7 @@ def test_resume_continues_the_schedule_exactly(tmp_path, tokenizer, monkeypatch)
 
     def crash_after_epoch_2(run):
         real_save(run)
-        if run.progress["epoch"] == 2:
+        if run.progress.epoch == 2:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(train_mod, "save_last", crash_after_epoch_2)
@@ -114,12 +118,12 @@ def test_bad_dataset_name_exits_with_a_clear_message(capsys):
 def test_per_class_sample_takes_k_of_each_label_and_the_seed_picks_which():
     ds = LabelledTexts("toy-topic", "train", [f"text {i}" for i in range(40)], [i % 4 for i in range(40)],
                        ["q", "d", "p", "s"])
-    few = train_mod.per_class_sample(ds, 3, seed=0)
+    few = data.per_class_sample(ds, 3, seed=0)
     assert sorted(few.labels) == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
     assert all(ds.labels[int(t.split()[1])] == label for t, label in zip(few.texts, few.labels))  # rows kept whole
-    assert few.texts != train_mod.per_class_sample(ds, 3, seed=1).texts
-    assert few.texts == train_mod.per_class_sample(ds, 3, seed=0).texts
-    assert len(train_mod.per_class_sample(ds, 50, seed=0)) == 40  # a label with fewer than k: all of it
+    assert few.texts != data.per_class_sample(ds, 3, seed=1).texts
+    assert few.texts == data.per_class_sample(ds, 3, seed=0).texts
+    assert len(data.per_class_sample(ds, 50, seed=0)) == 40  # a label with fewer than k: all of it
 
 
 def test_attention_dropout_zero_makes_training_attention_deterministic(tokenizer):
@@ -147,22 +151,22 @@ def test_a_run_without_attention_dropout_passes_the_resume_check(tmp_path):
     checkpoint = model.backbone.cfg  # what config.json says (0.1), as main() reads it on --resume
     train_mod.set_attention_dropout(model.backbone, cfg)
     info = train_mod.run_info(cfg, model.backbone.cfg, tasks())
-    train_mod.check_resume_matches(info, cfg, train_mod.backbone_config(checkpoint, cfg), tasks())
+    now = train_mod.run_info(cfg, train_mod.backbone_config(checkpoint, cfg), tasks())
+    run_folder.check_resume_matches(info, now, tmp_path)
     with pytest.raises(ValueError, match="the data or model differ"):  # the checkpoint's own config would not
-        train_mod.check_resume_matches(info, cfg, checkpoint, tasks())
+        run_folder.check_resume_matches(info, train_mod.run_info(cfg, checkpoint, tasks()), tmp_path)
 
 
 @pytest.mark.numerics
 @pytest.mark.parametrize("clip", [1e-3, 1e6])  # clipping active, and far from it
 def test_clipping_folded_into_adamw_matches_clip_grad_norm(clip):
-    """train.clip_in_optimizer_step + the fused step against clip_grad_norm_ + the same step.
+    """speed/training.py's folded_clip + the fused step against clip_grad_norm_ + the same step.
 
     Both runs are fed the same gradients (fixed tensors, of a different size each step, so that
     clipping changes AdamW's moments). Only rounding may differ: g / fl((n + 1e-6) / clip) against
     g * fl(clip / (n + 1e-6)) is within 4 units of roundoff (u = 2^-24) of g; AdamW's update
     lr * m / (sqrt(v) + eps) is a ratio in g, so the updates differ by at most ~8u of lr a step,
     plus each weight's rounding a step, which can then land one ulp apart (2u |w|)."""
-    from types import SimpleNamespace
     u, lr, steps = 2.0 ** -24, 1e-2, 3
     torch.manual_seed(0)
     start = [torch.randn(64, 32), torch.randn(64)]
@@ -175,8 +179,7 @@ def test_clipping_folded_into_adamw_matches_clip_grad_norm(clip):
             for p, g in zip(params, step_grads):
                 p.grad = g.clone()
             if how == "folded":
-                train_mod.clip_in_optimizer_step(SimpleNamespace(model=SimpleNamespace(parameters=lambda: params),
-                                                                 optimizer=optimizer, cfg=SimpleNamespace(clip=clip), grad_norm=None))
+                folded_clip(optimizer, grad_norm=None)(params, clip)
             elif how == "clip_grad_norm_":
                 torch.nn.utils.clip_grad_norm_(params, clip)
             optimizer.step()

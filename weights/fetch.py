@@ -33,7 +33,7 @@ ENV_VAR = "MPNET_WEIGHTS_DIR"
 FILES = ("model.safetensors", "tokenizer.json", "config.json")
 # The rest of the upstream repo that sentence-transformers itself reads (modules, pooling, 384-token
 # limit, tokenizer settings): fetched alongside, so that the same folder loads in sentence-transformers
-# as the peer that bench.py --compare measures. mpnet.py never reads them.
+# as the peer that tools/bench.py --compare measures. mpnet.py never reads them.
 ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json", "1_Pooling/config.json",
             "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 MODEL_BYTES = 437_971_872

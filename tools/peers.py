@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from hardware import cpu_flags
+from speed.hardware import cpu_flags
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
 EXPORTS = ROOT / "runs" / "peers"
 PEERS = ("onnx-cpu-fp32", "onnx-cpu-O3", "onnx-cpu-int8", "openvino-cpu-fp32", "openvino-cpu-f32", "openvino-cpu-int8")
 FILE_NAMES = {"onnx-cpu-fp32": "onnx/model.onnx", "onnx-cpu-O3": "onnx/model_O3.onnx",

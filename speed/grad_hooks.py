@@ -10,7 +10,7 @@ rest of backward is still to come. Two costs of a training step move into such h
    the first write to each of its 22,896 4-KiB pages is a page fault: `torch.zeros(30527, 768)`
    took 40 ms on a 2-core AVX2-only AMD EPYC, against 5 ms to zero a buffer already in memory.
    Whether a step pays depends on what the heap looks like: in one measured run about half the
-   backward passes took those 22,896 faults and the others none (README, "Training speed").
+   backward passes took those 22,896 faults and the others none (docs/training-speed.md).
    Instead the lookup asks autograd for a sparse gradient (the T looked-up rows, T x 768, in token
    order), and the hook adds those rows into the kept buffer and makes the buffer `.grad`:
 
@@ -33,16 +33,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mpnet import Embeddings
+import torch.nn.functional as F
+
+from mpnet import Embeddings, position_ids_from
+
+
+class SparseGradEmbeddings(Embeddings):
+    """mpnet.Embeddings whose word lookup hands autograd its gradient as the looked-up rows (sparse)."""
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = position_ids_from(input_ids, self.padding_idx)
+        x = (F.embedding(input_ids, self.word, self.padding_idx, sparse=True)
+             + F.embedding(positions, self.position, self.padding_idx))
+        return self.dropout(self.norm(x))
 
 
 def reuse_word_gradient(embeddings: Embeddings) -> None:
-    """Make the word table's gradient land in one buffer kept across steps (1. above).
+    """Make the word table's gradient land in one buffer kept across steps (1. above): the module
+    becomes a SparseGradEmbeddings (same parameters, same names) and the word table gets the hook.
 
     A table frozen at this point keeps the plain path, also when gradual unfreezing thaws it later (last,
     after every layer): autograd takes a hook only on a tensor that requires a gradient."""
     word = embeddings.word
-    if embeddings.sparse_grad or not word.requires_grad:  # set up already (one buffer is enough), or frozen
+    if isinstance(embeddings, SparseGradEmbeddings) or not word.requires_grad:  # set up already, or frozen
         return
     buffer = torch.zeros_like(word)
 
@@ -51,7 +64,7 @@ def reuse_word_gradient(embeddings: Embeddings) -> None:
         if grad is not None and grad.is_sparse:  # dense: a second backward accumulated into the buffer
             param.grad = buffer.zero_().index_add_(0, grad._indices()[0], grad._values())
 
-    embeddings.sparse_grad = True
+    embeddings.__class__ = SparseGradEmbeddings  # a subclass that adds no state: only forward() changes
     word.register_post_accumulate_grad_hook(densify)
 
 

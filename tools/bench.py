@@ -1,15 +1,15 @@
 """Benchmark mpnet.py: encode throughput, time to first embedding, peak memory.
 
-    python bench.py                          # fp32, bf16 and int8 on CPU
-    python bench.py --device cuda --compare --batch-size 128   # on a GPU, against sentence-transformers fp16
-    python bench.py --compare                # + sentence-transformers (torch, ONNX Runtime, OpenVINO: peers.py)
-    python bench.py --compare --st-model /path/to/all-mpnet-base-v2
-    python bench.py --train                  # fine-tuning tokens/s: train.py vs its bound vs transformers
+    python -m tools.bench                    # fp32, bf16 and int8 on CPU
+    python -m tools.bench --device cuda --compare --batch-size 128   # on a GPU, against sentence-transformers fp16
+    python -m tools.bench --compare          # + sentence-transformers (torch, ONNX Runtime, OpenVINO: peers.py)
+    python -m tools.bench --compare --st-model /path/to/all-mpnet-base-v2
+    python -m tools.bench --train            # fine-tuning tokens/s: train.py vs its bound vs transformers
 
 Throughput: every engine encodes the same corpus once per round, engines
 interleaved within each round, and the median round is reported, so that noise
 on a shared machine hits all engines alike. Start-up and peak memory: each
-engine runs in a fresh process (`python bench.py --child ENGINE`) that loads the
+engine runs in a fresh process (`python -m tools.bench --child ENGINE`) that loads the
 model, embeds one sentence (time to first embedding, counted from just before
 the process is spawned), then encodes the corpus and reports its peak RSS.
 The corpus is the STS-B test sentences from the data folder when present. With --compare, each
@@ -20,9 +20,10 @@ train.py's own sampler, default batch 16), for train.py's train_step, for the bo
 pass alone on the same batches, / 3: a backward costs about two forwards), for train.py with the
 embeddings frozen (--freeze top-12), with the embeddings and the bottom 4 layers frozen (--freeze
 top-8, without its feature cache), for train.py without attention-probability dropout
-(--attention-dropout 0), and for Hugging Face transformers' MPNetModel with the same mean pooling,
-heads, fused AdamW and batches in the same loop. fp32, and bf16 autocast where the
-CPU runs bf16 natively; rounds interleaved as above. Then where the time of one step goes. The
+(--attention-dropout 0), for train.py --plain (the code as read, no speed path), and for Hugging
+Face transformers' MPNetModel with the same mean pooling, heads, fused AdamW and batches in the same
+loop. Every train.py row calls train.train_step itself. fp32, and bf16 autocast where the
+CPU runs bf16 natively; rounds interleaved as above. The
 JSON keeps every round's seconds; experiments/bench_train_runs.py repeats the whole bench in fresh
 processes for the run-to-run spread.
 """
@@ -46,15 +47,16 @@ from types import SimpleNamespace
 
 import torch
 
-import memory
-from cli import int_at_least
+from speed import memory
+from reliability.flags import int_at_least
 from data import DATA_ENV, read_stsb
 from eval import stsb_spearman
-from hardware import describe, encoder_precision, native_bf16
+from speed.hardware import describe, encoder_precision, native_bf16
 from mpnet import SentenceEncoder
+from speed import load_encoder
 from weights.fetch import fetch
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
 # Multiply-adds per token in the encoder's linear layers: per layer q, k, v, o (4 x D x D) + FFN (2 x D x 4D).
 FLOPS_PER_TOKEN = 2 * 12 * (4 * 768 * 768 + 2 * 768 * 3072)
 
@@ -77,7 +79,7 @@ def engines(compare: bool, device: str) -> list[str]:
     if compare:
         names.append("st-cuda-fp16" if device == "cuda" else "st-cpu-fp32")
         if device == "cpu":
-            import peers
+            from tools import peers
 
             names += peers.available()
     return names
@@ -87,7 +89,7 @@ def load_engine(name: str, st_model: str):
     """-> encode(list[str]) -> (N, 768) float32 CPU tensor."""
     who, device, precision = name.split("-")
     if who in ("onnx", "openvino"):
-        import peers
+        from tools import peers
 
         return peers.load(name, Path(st_model))
     if who == "st":
@@ -97,7 +99,7 @@ def load_engine(name: str, st_model: str):
         if precision == "fp16":
             st.half()
         return lambda s, bs: torch.as_tensor(st.encode(s, batch_size=bs, convert_to_numpy=True)).float()
-    enc = SentenceEncoder.from_pretrained(device=device, dtype=precision)
+    enc = load_encoder(device=device, dtype=precision)
     return lambda s, bs: enc.encode(s, batch_size=bs)
 
 
@@ -135,12 +137,12 @@ def child(name: str, args: argparse.Namespace) -> None:
 
 
 def fresh_process(name: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, str(ROOT / "bench.py"), "--child", name, "--sentences", str(args.sentences),
+    cmd = [sys.executable, "-m", "tools.bench", "--child", name, "--sentences", str(args.sentences),
            "--batch-size", str(args.batch_size)] + (["--st-model", args.st_model] if args.st_model else [])
     if args.data_dir:
         cmd += ["--data-dir", args.data_dir]
     spawned = time.time()
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
     report = json.loads(out.strip().splitlines()[-1])
     report["startup_s"] = report.pop("first_embedding_at") - spawned
     return report
@@ -163,14 +165,16 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10, device: str
 
 
 # ----------------------------------------------------------------------------- --train
-def train_run(dtype: str, freeze: str, out: Path, data_dir: str | None, attention_dropout: float = 0.1):
-    """train.py's own set-up (pretrained model, heads, lr groups, fused AdamW, schedule, sampler)."""
+def train_run(dtype: str, freeze: str, out: Path, data_dir: str | None, attention_dropout: float = 0.1,
+              plain: bool = False):
+    """train.py's own set-up (pretrained model, heads, lr groups, fused AdamW, schedule, sampler, speed path)."""
+    import data
     import train
 
     cfg = train.TrainConfig(task_a="banking77", task_b="sst2", data_dir=data_dir, dtype=dtype, freeze=freeze,
-                            no_cache=True, val_fraction=0.0, attention_dropout=attention_dropout,
-                            out=str(out / f"{dtype}-{freeze}-{attention_dropout}"))
-    train_sets, _, _ = train.load_tasks(cfg)
+                            no_cache=True, val_fraction=0.0, attention_dropout=attention_dropout, plain=plain,
+                            out=str(out / f"{dtype}-{freeze}-{attention_dropout}-{plain}"))
+    train_sets, _, _ = data.load_tasks(cfg)
     model, tokenizer = train.build(cfg, train_sets)
     with contextlib.redirect_stderr(io.StringIO()):  # setup() prints its parameter tables
         return train.setup(cfg, model, tokenizer, train_sets, resume=False)
@@ -211,7 +215,7 @@ def train_engines(run, batches: list, hf_available: bool) -> dict:
 
     def forward_only() -> None:
         run.model.eval()
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.use_bf16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.bf16):
             for pool_idx, rows in batches:
                 batch = data.collate(run.tokenizer, run.pools[pool_idx], rows)
                 run.model(batch["input_ids"], batch["attention_mask"])
@@ -227,7 +231,7 @@ def train_engines(run, batches: list, hf_available: bool) -> dict:
             hf.train()
             for pool_idx, rows in batches:
                 batch = data.collate(run.tokenizer, run.pools[pool_idx], rows)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.use_bf16):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.bf16):
                     logits = hf(batch["input_ids"], batch["attention_mask"])
                 loss, _ = multitask_loss(logits, batch["labels"])
                 optimizer.zero_grad(set_to_none=True)
@@ -236,36 +240,6 @@ def train_engines(run, batches: list, hf_available: bool) -> dict:
                 optimizer.step()
         names["transformers MPNetModel"] = transformers_loop
     return names
-
-
-def step_breakdown(run, batches: list) -> dict[str, float]:
-    """Median milliseconds per phase of train_step, timed phase by phase (the same calls, in order)."""
-    import data
-    import freeze
-    import train
-    from heads import multitask_loss
-
-    freeze.train_mode(run.model)
-    phases = {"collate (tokenise, pad)": [], "forward + loss": [], "backward": [], "gradient norm (the sum)": [],
-              "AdamW step (clipping folded in)": []}
-    for pool_idx, rows in batches:
-        t0 = time.perf_counter()
-        batch = data.collate(run.tokenizer, run.pools[pool_idx], rows)
-        t1 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.use_bf16):
-            logits = run.model(batch["input_ids"], batch["attention_mask"])
-        loss, _ = multitask_loss(logits, batch["labels"])
-        t2 = time.perf_counter()
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        t3 = time.perf_counter()
-        train.clip_in_optimizer_step(run)
-        t4 = time.perf_counter()
-        run.optimizer.step()
-        t5 = time.perf_counter()
-        for phase, seconds in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
-            phases[phase].append(seconds)
-    return {phase: 1000 * statistics.median(v) for phase, v in phases.items()}
 
 
 def bench_train(args: argparse.Namespace) -> dict:
@@ -292,6 +266,8 @@ def bench_train(args: argparse.Namespace) -> dict:
             engines["train.py --freeze top-8"] = train_engines(top8, batches, False)["train.py"]
             no_attn_dropout = train_run(dtype, "none", Path(tmp), args.data_dir, attention_dropout=0.0)
             engines["train.py --attention-dropout 0"] = train_engines(no_attn_dropout, batches, False)["train.py"]
+            plain = train_run(dtype, "none", Path(tmp), args.data_dir, plain=True)
+            engines["train.py --plain"] = train_engines(plain, batches, False)["train.py"]
             times = {name: [] for name in engines}
             for round_ in range(args.rounds + 1):  # round 0 warms up (allocates AdamW's state) and is dropped
                 for name, fn in engines.items():
@@ -301,9 +277,7 @@ def bench_train(args: argparse.Namespace) -> dict:
                         times[name].append(time.perf_counter() - start)
             per_s = {name: tokens / statistics.median(t) for name, t in times.items()}
             bound = per_s.pop("forward only (bound x 3)") / 3
-            breakdown = step_breakdown(run, batches)
-            results[dtype] = {"tokens": tokens, "bound_tokens_per_s": bound, "tokens_per_s": per_s,
-                              "step_ms": breakdown, "round_s": times}
+            results[dtype] = {"tokens": tokens, "bound_tokens_per_s": bound, "tokens_per_s": per_s, "round_s": times}
             print(f"\n{dtype}: {len(batches)} steps of batch {run.cfg.batch_size}, {tokens} real tokens, "
                   f"median of {args.rounds} rounds")
             print(f"  {'engine':32} {'tokens/s':>9} {'% bound':>8} {'x transformers':>15}")
@@ -311,11 +285,7 @@ def bench_train(args: argparse.Namespace) -> dict:
             for name, v in per_s.items():
                 hf = per_s.get("transformers MPNetModel")
                 print(f"  {name:32} {v:9.0f} {100 * v / bound:7.0f}% {f'{v / hf:15.2f}' if hf else '':>15}")
-            total = sum(breakdown.values())
-            print(f"  one train.py step, median ms ({total:.0f} ms in all):")
-            for phase, ms in breakdown.items():
-                print(f"    {phase:26} {ms:7.1f} {100 * ms / total:5.1f}%")
-            del run, frozen, top8, no_attn_dropout, engines
+            del run, frozen, top8, no_attn_dropout, plain, engines
     return {"cpu": describe(), "batch_size": train.TrainConfig.batch_size, "steps": args.steps, "rounds": args.rounds, "results": results}
 
 
@@ -337,7 +307,7 @@ def chosen_engines(args: argparse.Namespace) -> list[str]:
     if args.compare and args.st_model is None:
         args.st_model = str(fetch(sentence_transformers=True))
     if any(n.split("-")[0] in ("onnx", "openvino") for n in names):
-        import peers
+        from tools import peers
 
         calibration = [p[0] for p in read_stsb("train", args.data_dir)]  # OpenVINO int8; never the test split
         args.st_model = str(peers.prepare(names, Path(args.st_model), calibration))

@@ -1,6 +1,6 @@
 """What this CPU can do, and the one place that decides which precision to run in.
 
-    from hardware import describe, resolve_dtype
+    from speed.hardware import describe, resolve_dtype
     print(describe())                 # "AMD EPYC (x86_64, 2 threads): avx2 avx512f avx512_bf16 ..."
     dtype = resolve_dtype("auto")     # training: bf16 where the CPU runs it natively, else fp32
     encoder_precision("auto")         # encoding: ("int8" on a CPU with VNNI, else fp32; bf16/fp32 on a GPU, why)
@@ -94,7 +94,7 @@ def encoder_precision(dtype: str | torch.dtype | None, device: str | torch.devic
     'auto' picks the fastest path that keeps the model's quality (experiments/int8_layers.md) on this
     hardware: on a CPU with VNNI, int8 linear layers (quant.py), which bench.py measured at 1.15x
     native bf16 on an AVX-512 BF16 CPU (VNNI multiplies int8 at twice bf16's rate) and at 1.6x fp32
-    with that CPU's kernels capped at AVX2 (see the README, "Measured"); on a CPU without, fp32, since
+    with that CPU's kernels capped at AVX2 (docs/encoding-speed.md); on a CPU without, fp32, since
     int8 there can only be computed as exact fp32 matmuls plus the quantising (quant.exact_int_mm);
     on a GPU, bf16 where it has it, else fp32. Training has no int8 path: it uses resolve_dtype below.
     """

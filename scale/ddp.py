@@ -19,6 +19,7 @@ sums are split differently), as long as dropout is off: each rank draws its own 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,17 @@ class World:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         return world
+
+    def quiet_unless_main(self) -> None:
+        """Under torchrun only rank 0 prints (its lines hold the numbers of all ranks); the others'
+        tracebacks still reach the terminal."""
+        if self.main:
+            return
+        import traceback
+
+        terminal = sys.stderr
+        sys.stdout = sys.stderr = open(os.devnull, "w")
+        sys.excepthook = lambda kind, value, tb: traceback.print_exception(kind, value, tb, file=terminal)
 
     @property
     def comm_device(self) -> torch.device:
@@ -102,3 +114,19 @@ class World:
         if self.size > 1 and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
+
+
+def loss_normalizers(world: World, pool, rows: list[int], class_weights: dict | None) -> dict[str, float] | None:
+    """Each task's labelled examples in the whole step (class-weighted), divided by the number of
+    processes, so that DDP's average of the ranks' gradients is the whole batch's mean (see above).
+    None in a single process: each task's loss is then its plain mean."""
+    if world.size == 1:
+        return None
+    from data import IGNORE
+
+    totals = {}
+    for task, labels in pool.labels.items():
+        seen = [labels[i] for i in rows if labels[i] != IGNORE]
+        weights = class_weights[task][seen].tolist() if class_weights else [1.0] * len(seen)
+        totals[task] = max(sum(weights), 1e-12) / world.size
+    return totals

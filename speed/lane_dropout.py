@@ -4,7 +4,7 @@
 time from its Mersenne Twister: one 64-bit draw turned into one double, compared with p. Training
 draws a mask for each of the 25 hidden-state dropouts (T real tokens x 768) and, at the checkpoint's
 attention dropout of 0.1, one (batch, heads, L, L) mask a layer: millions of random numbers a
-step, ~90 ms of a ~1.8 s fp32 step on a 2-core AVX2-only EPYC (README, "Training speed").
+step, ~90 ms of a ~1.8 s fp32 step on a 2-core AVX2-only EPYC (docs/training-speed.md).
 
 Here one 64-bit draw decides four elements. `random_` fills int64 words from the same generator
 (so `torch.manual_seed` and the checkpoints' saved RNG state work as before), and each word is read
@@ -52,8 +52,8 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     return x * keep_mask(x.shape, p, x.dtype, x.device)  # backward: the gradient times the same mask
 
 
-class Dropout(nn.Module):
-    """Drop-in for nn.Dropout(p), with the masks above."""
+class LaneDropout(nn.Module):
+    """Drop-in for nn.Dropout(p), with the masks above (speed/training.py swaps it in for every nn.Dropout)."""
 
     def __init__(self, p: float = 0.5):
         super().__init__()

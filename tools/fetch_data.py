@@ -1,14 +1,14 @@
 """Download the benchmark datasets from their public sources, check them, and put them in place.
 
-    python data.py fetch                      # Banking77, SST-2 (train, dev), STS-B, TREC
-    python data.py fetch banking77 trec       # some of them
-    python data.py fetch --dir /data/mpnet    # elsewhere (default: the user data folder below)
+    python -m tools.fetch_data                      # Banking77, SST-2 (train, dev), STS-B, TREC
+    python -m tools.fetch_data banking77 trec       # some of them
+    python -m tools.fetch_data --dir /data/mpnet    # elsewhere (default: the user data folder below)
 
 For users outside this project's machines, where ../shared/data does not exist. Each file comes
 from the repository and commit that the dataset's SOURCE.md names (raw files on GitHub), goes
 through the same small conversion that produced the shared copy (a header, a column cut, a
 character set), and must then have the shared copy's sha256: anything else is refused and never
-placed. Files are written under a temporary name and renamed (checkpoint.write_atomic), so an
+placed. Files are written under a temporary name and renamed (reliability/checkpoint.write_atomic), so an
 interrupted fetch leaves no half-file, and a rerun starts that file again.
 
 Where the files go: --dir, else $MPNET_DATA_DIR, else the user data folder
@@ -28,14 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from checkpoint import write_atomic
+from reliability.checkpoint import write_atomic
+from data import user_data_dir
 from weights.fetch import sha256_of
 
 BASE_URL = "https://raw.githubusercontent.com"  # MPNET_DATA_BASE_URL replaces it (the tests use a local server)
-
-
-def user_data_dir() -> Path:
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "mpnet-data"
 
 
 # ----------------------------------------------------------------------------- conversions
@@ -127,7 +124,7 @@ def fetch(names: list[str], folder: Path) -> None:
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python data.py fetch", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.fetch_data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help=f"datasets to fetch (default: all of {', '.join(SOURCES)})")
     parser.add_argument("--dir", type=Path, default=None, help="the data folder (default: $MPNET_DATA_DIR or "
@@ -142,3 +139,7 @@ def main(argv: list[str]) -> None:
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
     print(f"data in {folder}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

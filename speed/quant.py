@@ -55,8 +55,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from hardware import native_int8
-from memory import release_freed_memory
+from speed.hardware import native_int8
+from speed.memory import release_freed_memory
 
 LINEAR_NAMES = ("attn.q", "attn.k", "attn.v", "attn.o", "ffn_in", "ffn_out")
 ALPHA = 0.5

@@ -5,7 +5,7 @@
 #   bash scripts/gpu_check.sh            # writes runs/gpu-check/*.log and a summary at the end
 #
 # 1. parity with the fixture on the GPU: fp32 with TF32 off (max |diff| <= 1e-5), bf16 (cosine >= 0.999)
-# 2. bench.py --compare at batch 128: our fp32/bf16 against sentence-transformers fp16 on the same GPU,
+# 2. tools/bench.py --compare at batch 128: our fp32/bf16 against sentence-transformers fp16 on the same GPU,
 #    and our bf16 tokens/s as a share of the GPU's bf16 matmul peak measured in the same run
 # 3. torchrun smoke: 2 processes on 2 GPUs (nccl) if there are 2, else 1; 30 steps
 # 4. a 300-step Banking77 + SST-2 run on one GPU, bf16 autocast, then eval.py on its checkpoint
@@ -33,8 +33,8 @@ print(f"fp32 max |diff| {diff:.2e} (<= 1e-5: {'PASS' if diff <= 1e-5 else 'FAIL'
       f"bf16 min cosine {cos:.5f} (>= 0.999: {'PASS' if cos >= 0.999 else 'FAIL'})")
 PY
 
-echo "== 2. bench.py --compare, batch 128" | tee -a "$OUT/summary.txt"
-python3 bench.py --device cuda --compare --batch-size 128 --sentences 1379 --rounds 3 \
+echo "== 2. tools/bench.py --compare, batch 128" | tee -a "$OUT/summary.txt"
+python3 -m tools.bench --device cuda --compare --batch-size 128 --sentences 1379 --rounds 3 \
     --startup-runs 1 --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | tail -12 | tee -a "$OUT/summary.txt"
 
 N=$(( GPUS >= 2 ? 2 : 1 ))

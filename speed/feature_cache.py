@@ -37,20 +37,24 @@ def frozen_prefix(model: MultiTaskModel) -> int:
 
 
 class FeatureCache:
-    """Outputs of the frozen bottom for a list of texts, one entry per text, in text order."""
+    """Outputs of the frozen bottom for a list of texts, keyed by each text's token ids.
+
+    install() makes it the model's embed(): a batch whose every row was cached reads its features
+    here and runs only what trains; any other batch (new text: the test set, say) takes the model's
+    own path. Both give the same numbers, since the bottom is frozen.
+    """
 
     def __init__(self, model: MultiTaskModel, tokenizer, texts: list[str], autocast: bool = False,
                  batch_size: int = 64):
         self.frozen = frozen_prefix(model)
         if self.frozen == 0:
             raise ValueError("nothing to cache: the embeddings train, so no part of the backbone is frozen")
-        n_layers = len(model.backbone.layers)
         self.start = self.frozen - 1      # first layer that still trains
-        self.pooled = self.start == n_layers
+        self.pooled = self.start == len(model.backbone.layers)
+        self.model_embed = model.embed    # the uncached path, kept before install() replaces it
         started = time.time()
-        ids = tokenizer.encode(texts)
-        self.lengths = [len(x) for x in ids]
-        self.features: list[torch.Tensor] = [torch.empty(0)] * len(texts)
+        ids = tokenizer.encode(list(dict.fromkeys(texts)))  # each distinct text once
+        self.features: dict[tuple[int, ...], torch.Tensor] = {}
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
@@ -61,24 +65,29 @@ class FeatureCache:
                 if self.pooled:
                     out = model.embed(input_ids, mask)
                     for r, i in enumerate(rows):
-                        self.features[i] = out[r].cpu()
+                        self.features[tuple(ids[i])] = out[r].cpu()
                 else:
                     out = model.backbone(input_ids, mask, stop=self.start)
                     for r, i in enumerate(rows):
-                        self.features[i] = out[r, :self.lengths[i]].cpu()
+                        self.features[tuple(ids[i])] = out[r, :len(ids[i])].cpu()
         model.train(was_training)
         self.seconds = time.time() - started
 
     def nbytes(self) -> int:
-        return sum(f.numel() * f.element_size() for f in self.features)
+        return sum(f.numel() * f.element_size() for f in self.features.values())
 
-    def logits(self, model: torch.nn.Module, rows: list[int]) -> dict[str, torch.Tensor]:
-        """The heads' logits for these examples, running only what trains. model: the MultiTaskModel,
-        or its DDP wrapper (hence model(...), never model.classify: DDP sees only forward())."""
-        device = next(model.parameters()).device
+    def install(self, model: MultiTaskModel) -> None:
+        """From now on model.embed() (hence forward() and predict_proba()) reads this cache."""
+        model.embed = self.embed
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """MultiTaskModel.embed, reading the frozen bottom's outputs from the cache where it has them."""
+        lengths = attention_mask.sum(dim=1).tolist()
+        keys = [tuple(row[:n]) for row, n in zip(input_ids.tolist(), lengths)]
+        if not all(key in self.features for key in keys):
+            return self.model_embed(input_ids, attention_mask)
+        device = attention_mask.device
         if self.pooled:
-            return model(None, None, pooled=torch.stack([self.features[i] for i in rows]).to(device))
-        lengths = torch.tensor([self.lengths[i] for i in rows])
-        mask = (torch.arange(int(lengths.max()))[None, :] < lengths[:, None]).long().to(device)
-        packed = torch.cat([self.features[i] for i in rows]).to(device)  # (T, hidden): the packed layout
-        return model(None, mask, start=self.start, packed=packed)
+            return torch.stack([self.features[key] for key in keys]).to(device)
+        packed = torch.cat([self.features[key] for key in keys]).to(device)  # (T, hidden): the packed layout
+        return self.model_embed(None, attention_mask, start=self.start, packed=packed)

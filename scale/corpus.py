@@ -1,8 +1,11 @@
 """Embed a corpus too large for memory: a file of sentences in, an (N, 768) .npy out.
 
-    python mpnet.py --input sentences.txt --output emb.npy                 # one sentence a line
-    python mpnet.py --input docs.jsonl --field text --output emb.npy --output-dtype float16
-    torchrun --nproc_per_node=2 mpnet.py --input sentences.txt --output emb.npy
+    python -m scale.corpus --input sentences.txt --output emb.npy                 # one sentence a line
+    python -m scale.corpus --input docs.jsonl --field text --output emb.npy --output-dtype float16
+    python -m scale.corpus --input sentences.txt --output emb.npy --dtype auto    # int8 where it is fast
+    torchrun --nproc_per_node=2 -m scale.corpus --input sentences.txt --output emb.npy
+
+In Python: embed_file(encoder, source, output, ...), with any SentenceEncoder.
 
 Row i of the output is line i of the input (an empty line is embedded as the empty sentence), so
 the file lines up with whatever else is keyed by line number.
@@ -40,11 +43,22 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from checkpoint import write_atomic
-from memory import bound_kernel_cache, release_freed_memory
-from predict import chunks
+from reliability.checkpoint import write_atomic
+from reliability.flags import int_at_least
+from speed.memory import bound_kernel_cache, release_freed_memory
 
 CHUNK = 4096
+
+
+def chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def read_sentences(path: Path, field: str | None) -> Iterator[str]:
@@ -173,34 +187,35 @@ def finished_chunks(partial: Path, settings: dict) -> set[int]:
     return done
 
 
-# ----------------------------------------------------------------------------- mpnet.py's command line
-def add_corpus_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", type=Path, help="a file of sentences, one a line (or JSONL with --field)")
+# ----------------------------------------------------------------------------- the command line
+def main(argv: list[str] | None = None) -> None:
+    """Every flag and the whole input are checked before the model loads."""
+    from speed import load_encoder
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", type=Path, required=True, help="a file of sentences, one a line (or JSONL with --field)")
+    parser.add_argument("--output", type=Path, help="the embeddings: an (N, 768) .npy file")
     parser.add_argument("--field", help="--input is JSONL: embed this field of each line's object")
-    parser.add_argument("--output", type=Path, help="--input's embeddings: an (N, 768) .npy file")
     parser.add_argument("--output-dtype", choices=["float32", "float16"], default="float32")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--chunk-size", type=int, default=CHUNK,
-                        help="--input: sentences per chunk (the unit of memory, of resuming and of sharding)")
-
-
-def embed_file_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """`mpnet.py --input F --output E.npy`: every flag and the whole input checked before the model loads."""
-    from mpnet import SentenceEncoder
-
-    if bool(args.sentences) == bool(args.input):
-        parser.error("give sentences on the command line, or --input FILE --output FILE.npy (not both)")
+    parser.add_argument("--dtype", choices=["auto", "fp32", "bf16", "int8"], default="fp32",
+                        help="the encoder's precision; auto: the fastest accurate one here (speed/hardware.py)")
+    parser.add_argument("--batch-size", type=int_at_least(1), default=32)
+    parser.add_argument("--chunk-size", type=int_at_least(1), default=CHUNK,
+                        help="sentences per chunk (the unit of memory, of resuming and of sharding)")
+    args = parser.parse_args(argv)
     if not args.input.is_file():
         parser.error(f"--input {args.input}: no such file")
     if args.output is None or args.output.suffix != ".npy":
         parser.error("--input needs --output FILE.npy")
-    if min(args.batch_size, args.chunk_size) < 1:
-        parser.error("--batch-size and --chunk-size must be positive integers")
     try:
         count_sentences(args.input, args.field)
     except ValueError as e:
         sys.exit(f"error: {e}")
     bound_kernel_cache()
-    encoder = SentenceEncoder.from_pretrained(dtype=args.dtype)
+    encoder = load_encoder(dtype=args.dtype)
     n = embed_file(encoder, args.input, args.output, args.field, args.output_dtype, args.batch_size, args.chunk_size)
     print(f"{n:,} embeddings in {args.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,14 +1,14 @@
 """Pictures of what the model computes and learnt, and of how a training run went (matplotlib).
 
-    python plots.py readme                   # the README's figures into figures/ (curves: runs/default)
-    python plots.py buckets                  # relative-position bucket of every (query, key) pair
-    python plots.py bias                     # the learnt relative-position bias, 32 buckets x 12 heads
-    python plots.py attention "A sentence."  # attention maps: 12 layers x 12 heads, and one head enlarged
-    python plots.py lr-groups                # learning rate per depth for each --lr-groups spec
-    python plots.py curves runs/default      # loss per task and validation accuracy against step
-    python plots.py confusion runs/x --dataset banking77   # confusion heatmap (top confusions for many classes)
+    python -m tools.plots readme                   # the README's figures into docs/figures/ (curves: runs/default)
+    python -m tools.plots buckets                  # relative-position bucket of every (query, key) pair
+    python -m tools.plots bias                     # the learnt relative-position bias, 32 buckets x 12 heads
+    python -m tools.plots attention "A sentence."  # attention maps: 12 layers x 12 heads, and one head enlarged
+    python -m tools.plots lr-groups                # learning rate per depth for each --lr-groups spec
+    python -m tools.plots curves runs/default      # loss per task and validation accuracy against step
+    python -m tools.plots confusion runs/x --dataset banking77   # confusion heatmap (top confusions for many classes)
 
-Each writes a PNG (--out, default figures/NAME.png). matplotlib is an optional extra
+Each writes a PNG (--out, default docs/figures/NAME.png). matplotlib is an optional extra
 (pip install -r requirements-plots.txt); nothing else in the project imports it.
 """
 from __future__ import annotations
@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent
-FIGURES = ROOT / "figures"
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = ROOT / "docs" / "figures"
 
 
 def pyplot():
     try:
         import matplotlib
     except ImportError:
-        sys.exit("plots.py needs matplotlib: pip install -r requirements-plots.txt")
+        sys.exit("tools/plots.py needs matplotlib: pip install -r requirements-plots.txt")
     matplotlib.use("Agg")  # files only, no window
     import matplotlib.pyplot as plt
     return plt
@@ -241,10 +241,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("what", choices=["readme", "buckets", "bias", "attention", "lr-groups", "curves", "confusion"])
     parser.add_argument("target", nargs="?", help="attention: the sentence; curves, confusion: the run folder")
     parser.add_argument("--dataset", help="confusion: which task's dataset (default: the first head)")
-    parser.add_argument("--out", type=Path, help="the PNG to write (default figures/WHAT.png)")
+    parser.add_argument("--out", type=Path, help="the PNG to write (default docs/figures/WHAT.png)")
     args = parser.parse_args(argv)
     if args.what in ("curves", "confusion") and not (args.target and (Path(args.target) / "run.json").is_file()):
-        parser.error(f"{args.what} needs a train.py output folder, e.g. python plots.py {args.what} runs/default")
+        parser.error(f"{args.what} needs a train.py output folder, e.g. python -m tools.plots {args.what} runs/default")
     pyplot()  # fail now, not after loading the model, when matplotlib is missing
     out = args.out or FIGURES / f"{args.what.replace('-', '_')}.png"
     sentence = args.target or "The quick brown fox jumps over the lazy dog."

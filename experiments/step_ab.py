@@ -1,0 +1,92 @@
+"""Two checkouts' training steps, timed in fresh processes, interleaved: did a change move the speed?
+
+    python experiments/step_ab.py --a /path/to/old/checkout --b . --pairs 3
+
+Each run is a fresh process started in one checkout (its own train.py, data.py, model): train.py's set-up
+on Banking77 + SST-2 (as `tools/bench.py --train` builds it: --no-cache, no validation split), one warm-up
+pass over the batches, then --rounds passes of --steps calls of that checkout's own train.train_step, fp32.
+Runs alternate a, b, a, b, ... so that a machine that slows down or speeds up hits both alike. One JSON
+per run in experiments/results/layout_ab/ (tokens/s per round, the checkout's commit, the CPU); the
+summary is the median of the per-pair ratios b / a, with their range.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "layout_ab"
+
+CHILD = r"""
+import contextlib, io, itertools, json, statistics, subprocess, sys, tempfile, time
+sys.path.insert(0, ".")
+import torch
+import data, train
+steps, rounds = int(sys.argv[1]), int(sys.argv[2])
+with tempfile.TemporaryDirectory() as tmp:
+    cfg = train.TrainConfig(task_a="banking77", task_b="sst2", dtype="fp32", no_cache=True, val_fraction=0.0, out=tmp)
+    load = data.load_tasks if hasattr(data, "load_tasks") else train.load_tasks
+    train_sets, _, _ = load(cfg)
+    torch.manual_seed(0)
+    model, tokenizer = train.build(cfg, train_sets)
+    with contextlib.redirect_stderr(io.StringIO()):
+        run = train.setup(cfg, model, tokenizer, train_sets, resume=False)
+    batches = list(itertools.islice(run.sampler, steps))
+    tokens = sum(len(ids) for p, rows in batches for ids in run.tokenizer.encode([run.pools[p].texts[i] for i in rows]))
+    import freeze
+    seconds = []
+    for r in range(rounds + 1):  # round 0 warms up (AdamW's state, the allocator) and is dropped
+        freeze.train_mode(run.model)
+        start = time.perf_counter()
+        for p, rows in batches:
+            train.train_step(run, p, rows)
+        if r:
+            seconds.append(time.perf_counter() - start)
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip())
+try:
+    from speed.hardware import describe
+except ImportError:
+    from hardware import describe
+print(json.dumps({"commit": commit + ("+changes" if dirty else ""), "cpu": describe(), "tokens": tokens,
+                  "round_s": seconds, "tokens_per_s": tokens / statistics.median(seconds)}))
+"""
+
+
+def one_run(tree: Path, steps: int, rounds: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(steps), str(rounds)], cwd=tree, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--a", type=Path, required=True, help="the checkout before the change")
+    parser.add_argument("--b", type=Path, required=True, help="the checkout after it")
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--name", default="run", help="prefix of the result files")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    ratios = []
+    for pair in range(args.pairs):
+        result = {}
+        for side in ("a", "b"):
+            path = RESULTS / f"{args.name}-{pair}-{side}.json"
+            if not path.is_file():  # resumable: one file per run
+                path.write_text(json.dumps(one_run(getattr(args, side), args.steps, args.rounds), indent=1))
+            result[side] = json.loads(path.read_text())
+            print(f"pair {pair} {side}: {result[side]['commit']} {result[side]['tokens_per_s']:.0f} tokens/s", flush=True)
+        ratios.append(result["b"]["tokens_per_s"] / result["a"]["tokens_per_s"])
+    print(f"CPU: {result['a']['cpu']}")
+    print(f"b / a, median of {len(ratios)} pairs: {statistics.median(ratios):.3f} "
+          f"(range {min(ratios):.3f}-{max(ratios):.3f})")
+
+
+if __name__ == "__main__":
+    main()

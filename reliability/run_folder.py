@@ -1,0 +1,158 @@
+"""The run folder (--out): what train.py checks before it starts, and what stops it cleanly.
+
+    info = check_before_start(out, resume, config, defaults, precision)  # before anything loads
+    start_fresh(out, info, tokenizer_file)                               # run.json, tokenizer.json
+    with SignalGuard() as signals: ...                                   # SIGINT/SIGTERM: save, then stop
+    raise diverged(...)                                                  # the NaN guard's last word
+
+Everything here takes plain values (dicts, paths, numbers), so it depends on nothing of the loop.
+A run folder holds: run.json (config, label names, backbone config, precision), tokenizer.json,
+best.safetensors (the best validation's weights), last.safetensors (the whole resumable state in
+one atomic file: checkpoint.py), metrics.jsonl and losses.jsonl, and test-a.jsonl / test-b.jsonl
+for a run on your own data (the rows eval.py scores later).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from reliability.checkpoint import read_progress, write_atomic
+from speed.hardware import describe
+
+# Flags that may change between a run and its resume: they do not change what is computed.
+MAY_DIFFER_ON_RESUME = {"out", "data_dir", "device", "log_every", "save_every", "max_bad_steps"}
+TEST_ROWS = "test-{task}.jsonl"  # your own data's test rows; run.json names the file for each task
+
+
+class Interrupted(Exception):
+    """Raised after a SIGINT/SIGTERM once the current step is done and the checkpoint is saved."""
+
+    def __init__(self, signum: int, step: int, path: Path):
+        super().__init__(f"{signal.Signals(signum).name} at step {step}; saved {path}")
+        self.signum, self.step, self.path = signum, step, path
+
+
+class Diverged(Exception):
+    """Too many non-finite steps in a row, or non-finite weights: the run cannot usefully go on."""
+
+
+def diverged(out: Path, step: int, bad_in_row: int, lrs: list[float]) -> Diverged:
+    """The NaN guard's error: where it stopped, the learning rates, and the last good checkpoint."""
+    last = read_progress(out / "last.safetensors")
+    rates = ", ".join(f"{lr:.2e}" for lr in sorted(set(lrs)))
+    return Diverged(f"stopped at step {step}: {bad_in_row} steps in a row had a non-finite loss or gradient norm "
+                    f"(learning rates now {rates}). Last good checkpoint: "
+                    + (f"{out / 'last.safetensors'} (step {last['step']})" if last else "none was saved")
+                    + ". Lower --lr or check the data.")
+
+
+class SignalGuard:
+    """While training: the first SIGINT or SIGTERM asks the loop to stop after the current step
+    (a half-done optimizer step is never saved); a second one exits at once, without saving.
+    A scheduler or `docker stop` sends SIGTERM, then SIGKILL after a grace period: the grace
+    period must cover one step plus one checkpoint write."""
+
+    def __enter__(self) -> "SignalGuard":
+        self.signum, self.previous = None, {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self.handle)
+        except ValueError:  # not the main thread: signals stay with whoever owns them
+            pass
+        return self
+
+    def handle(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            print(f"second {name}: exiting now, without saving", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+        print(f"{name}: finishing this step, then saving a checkpoint (send it again to exit at once)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def check_before_start(out: Path, resume: bool, config: dict, defaults: dict, precision: str) -> dict | None:
+    """Before anything loads: --resume needs a checkpoint and run.json with the same flags; a fresh
+    run must not silently replace an unfinished one. Returns run.json's content on resume.
+
+    config, defaults: the run's flags and their defaults (dataclasses.asdict of train.TrainConfig);
+    precision: what --dtype means on this CPU, "fp32" or "bf16"."""
+    last, info_path = out / "last.safetensors", out / "run.json"
+    if not resume:
+        progress = read_progress(last) if last.is_file() else None
+        if progress and not progress.get("done"):
+            raise ValueError(f"{out} holds an unfinished run (stopped at step {progress['step']}); continue it with "
+                             f"--resume, or delete {out} or pick another --out to start over")
+        return None
+    if not last.is_file() or not info_path.is_file():
+        missing = " and ".join(str(p.name) for p in (last, info_path) if not p.is_file())
+        raise ValueError(f"--resume: {out} has no {missing}, so there is nothing to resume; "
+                         f"run without --resume to start a fresh run there")
+    info = json.loads(info_path.read_text())
+    # A run keeps the precision it started in (run.json's "precision"; older runs did not record it).
+    # --dtype auto gives bf16 on one CPU and fp32 on another, so a run started with auto may resume
+    # with the --dtype that names its own precision, and must where auto would now give the other.
+    started_in = info.get("precision")
+    if started_in and precision != started_in:
+        raise ValueError(f"--resume: {out} trains in {started_in} (run.json), and --dtype {config['dtype']} gives "
+                         f"{precision} on this CPU ({describe()}). A run keeps one precision: resume "
+                         f"with --dtype {started_in}")
+    # A flag missing from run.json did not exist when the run started: it ran with the default.
+    saved = defaults | info["config"]
+    diffs = [f"--{k.replace('_', '-')} {config[k]!r} (run.json: {saved.get(k)!r})" for k in config
+             if k not in MAY_DIFFER_ON_RESUME and saved.get(k) != config[k] and not (k == "dtype" and started_in)]
+    if diffs:
+        raise ValueError(f"--resume: the flags differ from {info_path}: {'; '.join(diffs)}. Resume with the run's "
+                         f"own flags, or start a fresh run with another --out")
+    progress = read_progress(last)
+    if progress is None:
+        raise ValueError(f"--resume: {last} is not a train.py checkpoint; nothing was loaded")
+    if progress.get("done"):
+        raise ValueError(f"--resume: {out} finished at step {progress['step']}; there is nothing left to train")
+    return info
+
+
+def check_resume_matches(info: dict, now: dict, out: Path) -> None:
+    """What sets the parameter shapes (tasks, label names, backbone config) must be what the run saved.
+    now: the run.json this run would write."""
+    diffs = [f"{key}: {now[key]} (run.json: {info.get(key)})" for key in ("tasks", "backbone") if info.get(key) != now[key]]
+    if diffs:
+        raise ValueError(f"--resume: the data or model differ from {out}/run.json: {'; '.join(diffs)}")
+
+
+def start_fresh(out: Path, info: dict, tokenizer_file: Path, test_rows: dict | None = None) -> None:
+    """A fresh run: remove a finished run's outputs (check_before_start refuses unfinished ones), so that
+    no file of the old run can be mistaken for the new one's; then write run.json, the tokenizer, and
+    test_rows ({task: LabelledTexts}: your own data's test rows, which eval.py later scores)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("best.safetensors", "last.safetensors", "metrics.jsonl", "losses.jsonl", "best.safetensors.tmp",
+                 "last.safetensors.tmp", "metrics.jsonl.tmp", "losses.jsonl.tmp", "state.pt"):
+        (out / name).unlink(missing_ok=True)
+    write_atomic(lambda p: p.write_text(json.dumps(info, indent=2)), out / "run.json")
+    shutil.copyfile(tokenizer_file, out / "tokenizer.json")
+    for task, ds in (test_rows or {}).items():
+        lines = "".join(json.dumps({"text": t, "label": ds.label_names[y]}) + "\n" for t, y in zip(ds.texts, ds.labels))
+        write_atomic(lambda p: p.write_text(lines, encoding="utf-8"), out / TEST_ROWS.format(task=task))
+
+
+def resume_command(config: dict, defaults: dict) -> str:
+    """The command line that continues this run: every flag that differs from its default, then --resume."""
+    words = ["python", "train.py"]
+    for name, value in config.items():
+        if name != "out" and value != defaults[name]:
+            words += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    return shlex.join(words + ["--out", config["out"], "--resume"])
+
+
+def save_jsonl(out: Path, name: str, records: list[dict]) -> None:
+    lines = "".join(json.dumps(record) + "\n" for record in records)
+    write_atomic(lambda p: p.write_text(lines), out / name)
