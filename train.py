@@ -2,27 +2,19 @@
 
     python train.py                                   # topic + sentiment on the embedded reviews set
     python train.py --task-a banking77 --task-b sst2 --epochs 1 --max-train 4000
-    python train.py --task-b none                     # single-task: Task A only
-    python train.py --freeze top-4 --lr-groups llrd:0.9   # freezing (freeze.py), layer-wise LRs (lr_groups.py)
+    python train.py --task-b none --freeze top-4 --lr-groups llrd:0.9   # one task; freeze.py, lr_groups.py
     python train.py --out runs/x --resume             # continue runs/x (same flags) from its last checkpoint
     python train.py --plain                           # exactly the code below, without the speed path
 
-The file reads top to bottom: the config, the model and optimizer, the step (train_step, one
-screen of plain PyTorch), validation and saving, the loop (train), the command line (main).
-
-Three seams, each one call, keep the rest out of the way:
-  * speed:   speed_up(model, optimizer, ...) swaps in faster modules and hooks after the model is
-             built, the same arithmetic (speed/training.py); --plain leaves it out.
-  * scale:   under torchrun, `world` (scale/ddp.py) splits each step across processes; without
-             torchrun every `world.` call is a no-op.
-  * safety:  the run folder's checks, signals and the NaN guard (reliability/run_folder.py), and
-             one atomic file per checkpoint (reliability/checkpoint.py).
+The file reads top to bottom: the config, the model and optimizer, the state of a run, one step
+(train_step: a screen of plain PyTorch), validation and checkpoints, the loop (train), the command line.
+Three seams, one call each, keep the rest out of the way: speed_up() (speed/training.py, off with
+--plain), `world` (scale/ddp.py: every call a no-op without torchrun), and run_folder
+(reliability/run_folder.py: the checks before a run, signals, the NaN guard's message).
 
 Writes into --out: best.safetensors (the best validation's weights), last.safetensors (the whole
-resumable state), run.json, metrics.jsonl, losses.jsonl, tokenizer.json. The last line printed is
-one JSON object with the final metrics. Budgets: --max-steps, --max-tokens (real training tokens),
---patience N (stop after N validations without a new best; --eval-every M validates every M steps
-too). The learning-rate schedule ends where the budget does.
+resumable state, reliability/checkpoint.py), run.json, metrics.jsonl, losses.jsonl, tokenizer.json.
+The last line printed is one JSON object with the final metrics.
 """
 from __future__ import annotations
 
@@ -46,13 +38,12 @@ import lr_groups
 from heads import MultiTaskModel, balanced_class_weights, multitask_loss
 from mpnet import MPNet, MPNetConfig, SentenceEncoder
 from reliability import run_folder
-from reliability.checkpoint import all_finite, load_training_state, save_training_state, save_weights
-from reliability.flags import device, fraction, int_at_least, nonnegative_float, positive_float
+from reliability.checkpoint import load_training_state, save_training_state, save_weights
+from reliability.flags import TRAIN_CHOICES, TRAIN_FLAG_TYPES, check_train_specs
 from reliability.run_folder import Diverged, Interrupted, SignalGuard
 from scale.ddp import World, loss_normalizers
 from speed.hardware import describe, resolve_dtype
 from speed.memory import peak_rss_mb
-from speed.training import speed_up
 from weights.fetch import weights_dir
 
 
@@ -262,7 +253,9 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
         print(f"resumed {cfg.out} at epoch {progress.epoch + 1}, step {progress.step}", file=sys.stderr)
     bf16 = precision(cfg) == "bf16"
     clip_grad_norm = torch.nn.utils.clip_grad_norm_
-    if not cfg.plain:
+    if not cfg.plain:  # the speed path: same arithmetic, faster (speed/training.py)
+        from speed.training import speed_up
+
         trainable = any(p.requires_grad for p in model.parameters())
         cache = trainable and not cfg.no_cache and unfreezer is None  # every rank caches every pool
         val_texts = [t for ds in (val_sets or {}).values() for t in ds.texts]
@@ -403,17 +396,10 @@ def finished(run: Run) -> bool:
     return bool(cfg.patience) and progress.stale >= cfg.patience
 
 
-def ensure_finite(run: Run) -> None:
-    """Non-finite weights are never saved: stop instead, pointing at the last good checkpoint."""
-    if not all_finite(run.model.state_dict()):
-        raise Diverged(f"the weights became non-finite by step {run.progress.step}; not saved. "
-                       f"Last good checkpoint: {run.out / 'last.safetensors'}. Lower --lr.")
-
-
 def save_last(run: Run) -> None:
     """The resumable state as one atomic file, then metrics.jsonl and losses.jsonl rewritten from the
     saved history, so they always agree with it."""
-    ensure_finite(run)
+    run_folder.check_finite(run.model, run.progress.step, run.out)
     run.progress.unfrozen = run.unfreezer.unfrozen if run.unfreezer else 0
     rng_states = run.world.gather(torch.get_rng_state())  # every rank takes part; rank 0 alone writes
     if not run.world.main:
@@ -426,7 +412,7 @@ def save_last(run: Run) -> None:
 
 def save_best(run: Run, record: dict) -> None:
     """best.safetensors: the weights alone, for eval.py and predict.py."""
-    ensure_finite(run)
+    run_folder.check_finite(run.model, run.progress.step, run.out)
     run.progress.best_metrics = record
     if run.world.main:
         save_weights(run.out / "best.safetensors", run.model.state_dict(), {"epoch": str(record["epoch"])})
@@ -513,17 +499,6 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
 
 
 # ----------------------------------------------------------------------------- the command line
-FLAG_TYPES = {"epochs": int_at_least(1), "batch_size": int_at_least(1), "max_steps": int_at_least(0),
-              "max_train": int_at_least(0), "per_class": int_at_least(0), "max_tokens": int_at_least(0),
-              "max_val": int_at_least(0), "eval_every": int_at_least(0), "patience": int_at_least(0),
-              "val_fraction": fraction, "test_fraction": fraction, "lr": positive_float, "head_lr": positive_float,
-              "weight_decay": nonnegative_float, "warmup": fraction, "clip": positive_float,
-              "attention_dropout": fraction, "temperature": positive_float, "seed": int_at_least(0),
-              "log_every": int_at_least(1), "save_every": int_at_least(0), "max_bad_steps": int_at_least(1),
-              "device": device}
-CHOICES = {"dtype": ["auto", "fp32", "bf16"], "schedule": ["linear", "constant"]}
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
     """Flags from TrainConfig's fields; each value is checked here, before any data or weights load."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -532,37 +507,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
         if f.type == "bool":
             parser.add_argument(flag, action="store_true", default=f.default)
         else:
-            parser.add_argument(flag, type=FLAG_TYPES.get(f.name, str), default=f.default,
-                                choices=CHOICES.get(f.name), help=f"default: {f.default}")
+            parser.add_argument(flag, type=TRAIN_FLAG_TYPES.get(f.name, str), default=f.default,
+                                choices=TRAIN_CHOICES.get(f.name), help=f"default: {f.default}")
     parser.add_argument("--resume", action="store_true", help="continue --out's last checkpoint (same flags)")
     args = vars(parser.parse_args(argv))
     resume = args.pop("resume")
     cfg = TrainConfig(**args)
     try:
-        check_specs(cfg)
+        check_train_specs(cfg)
     except ValueError as e:
         parser.error(str(e))
     return cfg, resume
-
-
-def check_specs(cfg: TrainConfig) -> None:
-    """The flags whose values are small languages: dataset names, --freeze, --lr-groups."""
-    for flag, name in (("--task-a", cfg.task_a), ("--task-b", cfg.task_b)):
-        if data.is_user_file(name):
-            if not Path(name).is_file():
-                raise ValueError(f"argument {flag}: no file {name}")
-        elif name not in data.DATASETS and not (flag == "--task-b" and name == "none"):
-            raise ValueError(f"argument {flag}: unknown dataset {name!r}; known: {', '.join(data.DATASETS)}"
-                             + (", none" if flag == "--task-b" else "") + f", or a path to your own "
-                             f"{'/'.join(data.USER_FORMATS)} file")
-    for flag, path in (("--labels-a", cfg.labels_a), ("--labels-b", cfg.labels_b), ("--test-a", cfg.test_a),
-                       ("--test-b", cfg.test_b)):
-        if path is not None and not Path(path).is_file():
-            raise ValueError(f"argument {flag}: no file {path}")
-    if (cfg.test_a and not data.is_user_file(cfg.task_a)) or (cfg.test_b and not data.is_user_file(cfg.task_b)):
-        raise ValueError("--test-a/--test-b go with your own data files; built-in datasets bring their test split")
-    freeze.check_spec(cfg.freeze, MPNetConfig().num_hidden_layers, list(data.task_datasets(cfg)))
-    lr_groups.check_spec(cfg.lr_groups)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -36,7 +36,7 @@ BASELINE, PEER = "train.py", "transformers MPNetModel"
 
 def bench_once(rounds: int) -> dict:
     """One `bench.py --train` in a fresh process; its JSON report."""
-    print(f"== python bench.py --train --rounds {rounds}", flush=True)
+    print(f"== python -m tools.bench --train --rounds {rounds}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "run.json"
         subprocess.run([sys.executable, "-m", "tools.bench", "--train", "--rounds", str(rounds), "--json", str(report)],
@@ -57,7 +57,7 @@ def spread(values: list[float], fmt: str, unit: str = "") -> str:
 
 def table() -> str:
     runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("run-*.json"))]
-    out = ["`bench.py --train` repeated in fresh processes (`python experiments/bench_train_runs.py`): "
+    out = ["`tools/bench.py --train` repeated in fresh processes (`python experiments/bench_train_runs.py`): "
            "median over runs, (min-max) beside it. Each run: the median of its interleaved rounds of "
            "12 steps at batch 16, all rows on the same Banking77 + SST-2 batches.\n"]
     for cpu in sorted({r["cpu"] for r in runs}):
@@ -81,6 +81,8 @@ def table() -> str:
                            f"{spread(vs_peer, '.2f') if vs_peer else '–'} | {spread(vs_ours, '.2f')} |")
             out.append("")
         dtypes = [d for d in ("fp32", "bf16") if any(d in r["results"] for r in mine)]
+        if "step_ms" not in mine[0]["results"]["fp32"]:  # bench.py times only train.py's own step since 1438508
+            continue
         phases = mine[0]["results"]["fp32"]["step_ms"]
         out += [f"Where one train.py step goes (median ms over the runs, default flags):\n",
                 "| phase | " + " | ".join(dtypes) + " |", "| --- |" + " ---: |" * len(dtypes)]

@@ -21,7 +21,7 @@ import signal
 import sys
 from pathlib import Path
 
-from reliability.checkpoint import read_progress, write_atomic
+from reliability.checkpoint import all_finite, read_progress, write_atomic
 from speed.hardware import describe
 
 # Flags that may change between a run and its resume: they do not change what is computed.
@@ -78,6 +78,13 @@ class SignalGuard:
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+def check_finite(model, step: int, out: Path) -> None:
+    """Non-finite weights are never saved: stop instead, pointing at the last good checkpoint."""
+    if not all_finite(model.state_dict()):
+        raise Diverged(f"the weights became non-finite by step {step}; not saved. "
+                       f"Last good checkpoint: {out / 'last.safetensors'}. Lower --lr.")
 
 
 def check_before_start(out: Path, resume: bool, config: dict, defaults: dict, precision: str) -> dict | None:
