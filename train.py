@@ -261,7 +261,9 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
         val_texts = [t for ds in (val_sets or {}).values() for t in ds.texts]
         speed = speed_up(model, optimizer, tokenizer, train_texts=[t for p in pools for t in p.texts] if cache else None,
                          val_texts=val_texts, autocast=bf16, ddp=world.size > 1)
-        clip_grad_norm, progress.cache_s = speed.clip_grad_norm, max(progress.cache_s, speed.cache_s)
+        clip_grad_norm = speed.clip_grad_norm
+        if speed.cache_s:  # a cache was filled in this process (on resume too): its time, as before the redesign
+            progress.cache_s = speed.cache_s
     return Run(cfg=cfg, model=model, forward=world.wrap(model), tokenizer=tokenizer, pools=pools, sampler=sampler,
                optimizer=optimizer, scheduler=scheduler, clip_grad_norm=clip_grad_norm, unfreezer=unfreezer,
                class_weights=class_weights, total_steps=total_steps, progress=progress, device=device, bf16=bf16,
