@@ -55,11 +55,30 @@ def spread(values: list[float], fmt: str, unit: str = "") -> str:
             f"({format(min(values), fmt)}-{format(max(values), fmt)}{unit})")
 
 
+# Earlier versions of the training code, kept for comparison: (folder, what differed from the code as it is).
+EARLIER = [
+    ("bench_train_a2e459b", "Before the gradient hooks (`speed/grad_hooks.py`): lane dropout and the clipping fold only"),
+    ("bench_train_e395022", "Lane dropout and the clipping fold, with training attention written out only at "
+                            "dropout > 0 (so `--attention-dropout 0` took PyTorch's unfused fallback)"),
+    ("bench_train_61daf19", "Before the speed path's dropout, attention and clipping: PyTorch's dropout masks and "
+                            "`clip_grad_norm_`"),
+]
+
+
 def table() -> str:
-    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("run-*.json"))]
     out = ["`tools/bench.py --train` repeated in fresh processes (`python experiments/bench_train_runs.py`): "
            "median over runs, (min-max) beside it. Each run: the median of its interleaved rounds of "
-           "12 steps at batch 16, all rows on the same Banking77 + SST-2 batches.\n"]
+           "12 steps at batch 16, all rows on the same Banking77 + SST-2 batches. Every JSON names the "
+           "commit it ran.\n", "## The code as it is\n", runs_table(RESULTS)]
+    for folder, what in EARLIER:
+        out += [f"## {what}\n", f"`experiments/results/{folder}/`\n", runs_table(HERE / "results" / folder)]
+    return "\n".join(out)
+
+
+def runs_table(results: Path) -> str:
+    """The runs in one folder, grouped by CPU."""
+    runs = [json.loads(p.read_text()) for p in sorted(results.glob("run-*.json"))]
+    out = []
     for cpu in sorted({r["cpu"] for r in runs}):
         mine = [r for r in runs if r["cpu"] == cpu]
         rounds = sorted({r["rounds"] for r in mine})

@@ -5,7 +5,8 @@
 Each run is a fresh process started in one checkout (its own train.py, data.py, model): train.py's set-up
 on Banking77 + SST-2 (as `tools/bench.py --train` builds it: --no-cache, no validation split), one warm-up
 pass over the batches, then --rounds passes of --steps calls of that checkout's own train.train_step, fp32.
-Runs alternate a, b, a, b, ... so that a machine that slows down or speeds up hits both alike. One JSON
+Runs alternate a, b, b, a, a, b, ... (each pair's first side flips, so that neither checkout always
+starts right after the other): a machine that slows down or speeds up hits both alike. One JSON
 per run in experiments/results/layout_ab/ (tokens/s per round, the checkout's commit, the CPU); the
 summary is the median of the per-pair ratios b / a, with their range.
 """
@@ -71,12 +72,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--name", default="run", help="prefix of the result files")
+    parser.add_argument("--alternate", action="store_true", help="odd pairs run b first")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     ratios = []
     for pair in range(args.pairs):
         result = {}
-        for side in ("a", "b"):
+        for side in ("a", "b") if pair % 2 == 0 or not args.alternate else ("b", "a"):
             path = RESULTS / f"{args.name}-{pair}-{side}.json"
             if not path.is_file():  # resumable: one file per run
                 path.write_text(json.dumps(one_run(getattr(args, side), args.steps, args.rounds), indent=1))

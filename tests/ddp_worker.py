@@ -21,7 +21,7 @@ from scale.ddp import World  # noqa: E402
 from heads import MultiTaskModel  # noqa: E402
 from mpnet import MPNet, MPNetConfig, Tokenizer  # noqa: E402
 from data import LabelledTexts  # noqa: E402
-from test_train import tasks  # noqa: E402
+from test_train import recording, tasks  # noqa: E402
 from weights.fetch import fetch  # noqa: E402
 
 
@@ -47,25 +47,8 @@ def main(out: Path, spec: str, pools: str) -> None:
     tokenizer = Tokenizer(fetch() / "tokenizer.json")
 
     grads, losses = {}, []
-    real_setup, real_loss = train_mod.setup, train_mod.multitask_loss
-
-    def setup(*args, **kw):  # the run's clip_grad_norm, wrapped to see the first step's gradients
-        run = real_setup(*args, **kw)
-        real_clip = run.clip_grad_norm
-
-        def clip(parameters, max_norm):
-            if not grads:  # the first step: gradients after DDP's all-reduce, before any update
-                grads.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-            return real_clip(parameters, max_norm)
-        run.clip_grad_norm = clip
-        return run
-
-    def loss(*args, **kw):
-        total, per_task = real_loss(*args, **kw)
-        # each rank's total is its share of the whole batch's mean, times the number of ranks (ddp.py)
-        losses.append(world.sum([float(total.detach())])[0] / world.size)
-        return total, per_task
-
+    # each rank's total is its share of the whole batch's mean, times the number of ranks (ddp.py)
+    setup, loss = recording(grads, losses, loss_value=lambda total: world.sum([float(total.detach())])[0] / world.size)
     train_mod.setup = setup
     train_mod.multitask_loss = loss
     run_cfg = train_mod.TrainConfig(epochs=2, batch_size=4, lr=1e-3, head_lr=3e-3, warmup=0.25, clip=1e6,

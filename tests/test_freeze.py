@@ -7,7 +7,7 @@ import train as train_mod
 from speed.feature_cache import FeatureCache, frozen_prefix
 from heads import MultiTaskModel
 from mpnet import MPNet, MPNetConfig
-from test_train import config, tasks, tokenizer  # noqa: F401  (the real tokenizer fixture)
+from test_train import config, recording, tasks, tokenizer  # noqa: F401  (the real tokenizer fixture)
 
 
 def tiny_model(layers=3, seed=0):
@@ -107,31 +107,15 @@ def test_cached_and_uncached_training_agree(tmp_path, tokenizer, monkeypatch, sp
     steps while everything the model computes agrees; no tolerance on such weights means anything.
     """
     grads, losses = {}, {}
-    real_setup, real_loss = train_mod.setup, train_mod.multitask_loss
     for no_cache in (False, True):
         model = tiny_model()
         grads[no_cache], losses[no_cache] = {}, []
-
-        def setup(*args, **kw):  # the run's clip_grad_norm, wrapped to see the first step's gradients
-            run = real_setup(*args, **kw)
-            real_clip = run.clip_grad_norm
-
-            def clip(parameters, max_norm):
-                if not grads[no_cache]:  # the first step, after backward, before the update
-                    grads[no_cache].update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-                return real_clip(parameters, max_norm)
-            run.clip_grad_norm = clip
-            return run
-
-        def loss(*args, **kw):
-            total, per_task = real_loss(*args, **kw)
-            losses[no_cache].append(float(total.detach()))
-            return total, per_task
-
+        setup, loss = recording(grads[no_cache], losses[no_cache])
         monkeypatch.setattr(train_mod, "setup", setup)
         monkeypatch.setattr(train_mod, "multitask_loss", loss)
         train_mod.train(config(tmp_path / str(no_cache), epochs=3, freeze=spec, no_cache=no_cache),
                         model, tokenizer, tasks(), {})
+        monkeypatch.undo()  # the next round wraps the real functions again
     assert set(grads[False]) == set(grads[True]) and grads[True]
     largest = max(float(g.abs().max()) for g in grads[True].values())
     for name, g in grads[True].items():

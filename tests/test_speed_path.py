@@ -10,7 +10,7 @@ from mpnet import MPNet, MPNetConfig, SelfAttention
 from speed.grad_hooks import SparseGradEmbeddings
 from speed.lane_dropout import LaneDropout
 from speed.training import WrittenOutAttention
-from test_train import config, tasks, tokenizer  # noqa: F401  (the real tokenizer fixture)
+from test_train import config, recording, tasks, tokenizer  # noqa: F401  (the real tokenizer fixture)
 
 U = 2.0 ** -24  # fp32 unit roundoff
 STEPS = 6
@@ -27,25 +27,8 @@ def first_gradients_and_losses(tmp_path, tokenizer, monkeypatch, plain: bool):  
     """train.py on the tiny config: the first step's gradients (after backward, before clipping) and
     the loss of every step, and the trained model."""
     grads, losses = {}, []
-    real_setup, real_loss = train_mod.setup, train_mod.multitask_loss
     model = model_without_dropout()
-
-    def setup(*args, **kw):  # the run's clip_grad_norm, wrapped to see the first step's gradients
-        run = real_setup(*args, **kw)
-        real_clip = run.clip_grad_norm
-
-        def clip(parameters, max_norm):
-            if not grads:
-                grads.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-            return real_clip(parameters, max_norm)
-        run.clip_grad_norm = clip
-        return run
-
-    def loss(*args, **kw):
-        total, per_task = real_loss(*args, **kw)
-        losses.append(float(total.detach()))
-        return total, per_task
-
+    setup, loss = recording(grads, losses)
     monkeypatch.setattr(train_mod, "setup", setup)
     monkeypatch.setattr(train_mod, "multitask_loss", loss)
     cfg = config(tmp_path / str(plain), epochs=3, attention_dropout=0.0, clip=1e-2, plain=plain)  # clipping active

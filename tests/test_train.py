@@ -46,6 +46,31 @@ def config(tmp_path, **kw):
 
 
 @pytest.mark.numerics
+def recording(grads: dict, losses: list, loss_value=lambda total: float(total.detach())):
+    """Stand-ins for train.setup and train.multitask_loss (monkeypatch them in) that record the first
+    step's gradients, after backward and before clipping, into `grads`, and each step's loss into
+    `losses` (loss_value: how to read it; under DDP, summed over ranks)."""
+    real_setup, real_loss = train_mod.setup, train_mod.multitask_loss
+
+    def setup(*args, **kw):  # the run's clip_grad_norm, wrapped to see the first step's gradients
+        run = real_setup(*args, **kw)
+        real_clip = run.clip_grad_norm
+
+        def clip(parameters, max_norm):
+            if not grads:  # the first step (under DDP: after the all-reduce), before any update
+                grads.update({n: p.grad.clone() for n, p in run.model.named_parameters() if p.grad is not None})
+            return real_clip(parameters, max_norm)
+        run.clip_grad_norm = clip
+        return run
+
+    def loss(*args, **kw):
+        total, per_task = real_loss(*args, **kw)
+        losses.append(loss_value(total))
+        return total, per_task
+
+    return setup, loss
+
+
 def test_tiny_model_overfits_a_few_batches(tmp_path, tokenizer):
     cfg = config(tmp_path)
     model = tiny_model()
