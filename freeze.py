@@ -120,6 +120,35 @@ def apply(model: MultiTaskModel, spec: str) -> GradualUnfreezer | None:
     return None
 
 
+# ----------------------------------------------------------------------------- each scenario's recipe
+# Defaults that suit a scenario, measured in this project (docs/strategies.md); train.py's command line
+# applies each one the user did not set. Full fine-tuning keeps TrainConfig's own defaults (BERT's recipe:
+# 3 epochs, warmup then linear decay, the 10% validation split picks the best epoch).
+
+# Only the heads train, on cached embeddings: a linear head is a convex problem and an epoch costs about a
+# second, so train to convergence. Early stopping on validation loss decides the end, hence nothing to
+# decay towards (constant LR, no warmup); then, as scikit-learn's *CV estimators do, fresh heads are fit on
+# train + validation for the best epoch count, since the validation rows are worth more as training rows.
+HEADS_ONLY = dict(epochs=200, patience=10, schedule="constant", warmup=0.0, head_lr=3e-3, refit=True)
+
+# K examples per class leave nothing to hold out: train a fixed budget and keep the last step (SetFit's
+# practice). The few-shot study (docs/fewshot.md) ran 10 passes at K=8 and 5 at K=32 with the heads at
+# 1e-2; heads alone got 10x the passes at a constant 3e-3.
+FEW_SHOT = dict(val_fraction=0.0, head_lr=1e-2)
+FEW_SHOT_HEADS_ONLY = dict(val_fraction=0.0, schedule="constant", warmup=0.0, head_lr=3e-3)
+
+
+def recipe(spec: str, per_class: int = 0) -> tuple[str, dict]:
+    """The scenario's name and its defaults ({TrainConfig field: value}); {} keeps TrainConfig's own."""
+    if spec == "backbone" and per_class:
+        return "heads only, few-shot", FEW_SHOT_HEADS_ONLY | dict(epochs=100 if per_class <= 16 else 50)
+    if spec == "backbone":
+        return "heads only on cached embeddings", HEADS_ONLY
+    if per_class and spec != "all":
+        return "few-shot fine-tuning", FEW_SHOT | dict(epochs=10 if per_class <= 16 else 5)
+    return "fine-tuning", {}
+
+
 def train_mode(model: MultiTaskModel) -> None:
     """model.train(), except that parts with no trainable parameter run in eval mode (no dropout)."""
     model.train()

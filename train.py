@@ -5,6 +5,7 @@
     python train.py --task-b none --freeze top-4 --lr-groups llrd:0.9   # one task; freeze.py, lr_groups.py
     python train.py --out runs/x --resume             # continue runs/x (same flags) from its last checkpoint
     python train.py --plain                           # exactly the code below, without the speed path
+    python train.py --task-b none --freeze backbone   # heads only: its own recipe (freeze.recipe), printed first
 
 The file reads top to bottom: the config, the model and optimizer, the state of a run, one step
 (train_step: a screen of plain PyTorch), validation and checkpoints, the loop (train), the command line.
@@ -90,7 +91,20 @@ class TrainConfig:
     save_every: int = 0                 # > 0: save last.safetensors every N steps, not at each epoch's end
     max_bad_steps: int = 5              # this many non-finite steps in a row stop the run
     plain: bool = False                 # exactly the code you read here: no speed path (speed/training.py)
+    refit: bool = False                 # after early stopping: fresh heads on train + validation (see refit())
+    recipe: str = "auto"                # auto: the command line fills unset flags from freeze.recipe; none: these
     out: str = "runs/default"
+
+def with_recipe(cfg: TrainConfig, given: set[str]) -> tuple[TrainConfig, str]:
+    """The scenario's recipe (freeze.recipe) in every field not in `given` (the flags the user typed,
+    which always win) -> (config, one line saying what was chosen and why)."""
+    name, defaults = freeze.recipe(cfg.freeze, cfg.per_class)
+    chosen = {k: v for k, v in defaults.items() if k not in given}
+    if cfg.recipe == "none" or not chosen:
+        return cfg, ""
+    words = ", ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in chosen.items())
+    return replace(cfg, **chosen), f"recipe for {name} (freeze.recipe): {words}"
+
 
 def precision(cfg: TrainConfig) -> str:
     """What --dtype means on this machine: "bf16" (autocast) or "fp32". auto: bf16 where the CPU runs
@@ -123,12 +137,14 @@ def set_attention_dropout(backbone: MPNet, cfg: TrainConfig) -> None:
 
 
 def run_info(cfg: TrainConfig, backbone: MPNetConfig, train_sets: dict) -> dict:
-    """run.json: what eval.py and predict.py need to rebuild the model, and what a resume must match."""
+    """run.json: what eval.py and predict.py need to rebuild the model, and what a resume must match;
+    "recipe" names the scenario whose defaults the command line used (freeze.recipe)."""
     tasks = {t: {"dataset": ds.name, "label_names": ds.label_names} for t, ds in train_sets.items()}
     for t, name in data.task_datasets(cfg).items():
         if data.is_user_file(name):
             tasks[t]["test_rows"] = run_folder.TEST_ROWS.format(task=t)
-    return {"config": asdict(cfg), "backbone": asdict(backbone), "tasks": tasks, "precision": precision(cfg)}
+    return {"config": asdict(cfg), "backbone": asdict(backbone), "tasks": tasks, "precision": precision(cfg),
+            "recipe": freeze.recipe(cfg.freeze, cfg.per_class)[0] if cfg.recipe == "auto" else "none"}
 
 
 def make_optimizer(groups: list[dict]) -> torch.optim.AdamW:
@@ -500,36 +516,64 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     return progress.best_metrics
 
 
+def refit(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, val_sets: dict, best: dict,
+          initial_heads: dict, world: World = World()) -> dict:
+    """--refit: early stopping picked the number of epochs; now the heads start again from the same
+    initial weights and train on train + validation for that many epochs, with no validation, and
+    become best.safetensors (scikit-learn's *CV estimators end the same way). Its own run folder is
+    out/refit/, so an interrupted refit resumes there. The backbone is as the search left it: for
+    --freeze backbone, untouched; the feature cache already holds the validation rows."""
+    out = Path(cfg.out)
+    refit_cfg = replace(cfg, epochs=best["epoch"], patience=0, val_fraction=0.0, refit=False,
+                        out=str(out / run_folder.REFIT))
+    everything = {t: ds if t not in val_sets else replace(ds, texts=ds.texts + val_sets[t].texts,
+                                                           labels=ds.labels + val_sets[t].labels)
+                  for t, ds in train_sets.items()}
+    rows = sum(len(ds) for ds in everything.values())
+    print(f"refit: fresh heads on all {rows} rows (train + validation) for {refit_cfg.epochs} epochs, the best "
+          f"validation's count", file=sys.stderr)
+    model.heads.load_state_dict(initial_heads)
+    resume = (Path(refit_cfg.out) / "last.safetensors").is_file()  # this run's refit began and was stopped
+    refit_best = train(refit_cfg, model, tokenizer, everything, {}, resume=resume, world=world)
+    if world.main:
+        save_weights(out / "best.safetensors", model.state_dict(), {"epoch": str(refit_cfg.epochs), "refit": "yes"})
+    world.barrier()
+    return best | {"refit_rows": rows, "train_s": best.get("train_s", 0) + refit_best.get("train_s", 0)}
+
+
 # ----------------------------------------------------------------------------- the command line
-def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool]:
-    """Flags from TrainConfig's fields; each value is checked here, before any data or weights load."""
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, str]:
+    """Flags from TrainConfig's fields, each checked here, before any data or weights load; then the
+    scenario's recipe in the flags not given. -> (config, --resume, the recipe's line)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(TrainConfig):
+    for f in fields(TrainConfig):  # default=SUPPRESS: a flag not typed is absent, so the recipe may fill it
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
-            parser.add_argument(flag, action="store_true", default=f.default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
         else:
-            parser.add_argument(flag, type=TRAIN_FLAG_TYPES.get(f.name, str), default=f.default,
+            parser.add_argument(flag, type=TRAIN_FLAG_TYPES.get(f.name, str), default=argparse.SUPPRESS,
                                 choices=TRAIN_CHOICES.get(f.name), help=f"default: {f.default}")
     parser.add_argument("--resume", action="store_true", help="continue --out's last checkpoint (same flags)")
-    args = vars(parser.parse_args(argv))
-    resume = args.pop("resume")
-    cfg = TrainConfig(**args)
+    given = vars(parser.parse_args(argv))
+    resume = given.pop("resume")
+    cfg, recipe_line = with_recipe(TrainConfig(**given), given=set(given))
     try:
         check_train_specs(cfg)
     except ValueError as e:
         parser.error(str(e))
-    return cfg, resume
+    return cfg, resume, recipe_line
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg, resume = parse_args(argv)
+    cfg, resume, recipe_line = parse_args(argv)
     world = World.from_env(cfg.device)
     world.quiet_unless_main()
     if cfg.batch_size < world.size:
         sys.exit(f"error: --batch-size {cfg.batch_size} is the global batch and must be at least the number of "
                  f"processes ({world.size}), so that each one gets an example")
     out, flags, defaults = Path(cfg.out), asdict(cfg), asdict(TrainConfig())
+    same_scenario = TrainConfig(freeze=cfg.freeze, per_class=cfg.per_class, recipe=cfg.recipe)
+    scenario_defaults = asdict(with_recipe(same_scenario, given=set())[0])  # what resume_command may leave out
     try:
         saved_info = run_folder.check_before_start(out, resume, flags, defaults, precision(cfg))
         random.seed(cfg.seed)
@@ -546,9 +590,12 @@ def main(argv: list[str] | None = None) -> None:
     sizes = ", ".join(f"{t}={ds.name}: {len(ds)} train / {len(val_sets.get(t, ()))} val / {len(final_sets[t])} "
                       f"{final_sets[t].split}" for t, ds in train_sets.items())
     print(f"tasks: {sizes}", file=sys.stderr)
+    if recipe_line:
+        print(recipe_line, file=sys.stderr)
     print(f"CPU: {describe()}; {'bf16 autocast' if precision(cfg) == 'bf16' else 'fp32'} on {cfg.device}"
           + ("; --plain: no speed path" if cfg.plain else ""), file=sys.stderr)
     model, tokenizer = build(cfg, train_sets)
+    initial_heads = {k: v.clone() for k, v in model.heads.state_dict().items()}  # for --refit
     if world.size > 1:
         torch.manual_seed(cfg.seed + world.rank)  # the same initial heads everywhere, then each rank its own dropout
     world.barrier()  # every rank has checked the folder before rank 0 changes it
@@ -559,8 +606,10 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     try:
         best = train(cfg, model, tokenizer, train_sets, val_sets, resume=resume, world=world)
+        if cfg.refit and val_sets:
+            best = refit(cfg, model, tokenizer, train_sets, val_sets, best, initial_heads, world)
     except Interrupted as e:
-        print(f"{e}\nresume with:\n  {run_folder.resume_command(flags, defaults)}", file=sys.stderr, flush=True)
+        print(f"{e}\nresume with:\n  {run_folder.resume_command(flags, scenario_defaults)}", file=sys.stderr, flush=True)
         sys.exit(128 + e.signum)
     except Diverged as e:
         sys.exit(f"error: {e}")
@@ -569,6 +618,7 @@ def main(argv: list[str] | None = None) -> None:
     final = accuracies(model, tokenizer, final_sets, precision(cfg) == "bf16", world=world)
     peak = peak_rss_mb()
     result = {"out": cfg.out, "cpu": describe(), "train_s": round(time.time() - start, 1), "best_epoch": best.get("epoch"),
+              "refit_rows": best.get("refit_rows"),
               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "peak_rss_mb": None if peak is None else round(peak), "cache_s": best.get("cache_s", 0),
               "epoch_train_s": best.get("train_s"),

@@ -19,3 +19,26 @@ def cell(results: Path, name: str, compute: Callable[[], dict]) -> dict:
     results.mkdir(parents=True, exist_ok=True)
     write_atomic(lambda p: p.write_text(json.dumps(result, indent=2)), path)
     return result
+
+
+def frozen_embeddings(texts: list[str]):
+    """(N, 768) numpy: the embeddings heads on a frozen backbone read (raw mean-pooled), computed as
+    train.py's feature cache computes them (bf16 autocast where the CPU runs it natively, as --dtype auto).
+    The encoder is loaded once per process."""
+    import torch
+
+    from freeze import freeze_backbone
+    from heads import MultiTaskModel
+    from speed.feature_cache import FeatureCache
+    from speed.hardware import native_bf16
+
+    global _PROBE_MODEL
+    if "_PROBE_MODEL" not in globals():
+        from mpnet import SentenceEncoder
+
+        encoder = SentenceEncoder.from_pretrained()
+        _PROBE_MODEL = (MultiTaskModel(encoder.model, {"a": 2}), encoder.tokenizer)
+        freeze_backbone(_PROBE_MODEL[0])
+    model, tokenizer = _PROBE_MODEL
+    cache = FeatureCache(model, tokenizer, texts, autocast=native_bf16())
+    return torch.stack([cache.features[tuple(ids)] for ids in tokenizer.encode(texts)]).float().numpy()

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from speed.hardware import describe  # noqa: E402
 SETTINGS = {
     "reviews, full fine-tuning": ([], [0, 1, 2]),
-    "Banking77 + SST-2, backbone frozen": (["--task-a", "banking77", "--task-b", "sst2", "--freeze", "backbone",
+    "Banking77 + SST-2, backbone frozen": (["--recipe", "none", "--task-a", "banking77", "--task-b", "sst2", "--freeze", "backbone",
                                            "--epochs", "1", "--max-steps", "400", "--max-train", "10000"], [0]),
 }
 

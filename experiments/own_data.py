@@ -46,7 +46,8 @@ CLASSES = ["ENTY", "HUM", "LOC", "NUM"]
 # The head-training recipe, fixed before looking at any test score: the cache makes a pass over
 # 2,000 embeddings cost milliseconds, so the head trains for 60 passes with a 1e-2 peak LR and the
 # best pass is picked on the 10% validation split.
-RECIPE = ["--task-b", "none", "--freeze", "backbone", "--epochs", "60", "--head-lr", "1e-2", "--batch-size", "16",
+# --recipe none: these flags as written (the study predates the scenario recipes)
+RECIPE = ["--recipe", "none", "--task-b", "none", "--freeze", "backbone", "--epochs", "60", "--head-lr", "1e-2", "--batch-size", "16",
           "--log-every", "1000"]
 
 
@@ -96,22 +97,13 @@ def train_run(train_csv: Path, test_csv: Path, seed: int, name: str, extra: tupl
 def linear_probe(train_csv: Path, test_csv: Path) -> float:
     """scikit-learn's logistic regression on the embeddings the heads read (see module docstring)."""
     import numpy as np
-    import torch
     from sklearn.linear_model import LogisticRegression
 
     import data
-    from speed.feature_cache import FeatureCache
-    from freeze import freeze_backbone
-    from speed.hardware import native_bf16
-    from heads import MultiTaskModel
-    from mpnet import SentenceEncoder
+    from cells import frozen_embeddings
 
-    encoder = SentenceEncoder.from_pretrained()
-    model = MultiTaskModel(encoder.model, {"a": len(CLASSES)})
-    freeze_backbone(model)
     sets = [data.read_user_rows(p, "text", "label") for p in (train_csv, test_csv)]
-    features = [torch.stack(FeatureCache(model, encoder.tokenizer, [t for _, t, _ in rows],
-                                         autocast=native_bf16()).features).float().numpy() for rows in sets]
+    features = [frozen_embeddings([t for _, t, _ in rows]) for rows in sets]
     labels = [np.array([CLASSES.index(y) for _, _, y in rows]) for rows in sets]
     probe = LogisticRegression(max_iter=5000).fit(features[0], labels[0])
     return round(100 * float((probe.predict(features[1]) == labels[1]).mean()), 2)

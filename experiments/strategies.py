@@ -19,7 +19,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-BUDGET = ["--epochs", "1", "--max-steps", "400", "--batch-size", "16", "--max-train", "10000", "--seed", "0",
+# --recipe none: every row on TrainConfig's defaults plus its own flags (a one-budget comparison)
+BUDGET = ["--recipe", "none", "--epochs", "1", "--max-steps", "400", "--batch-size", "16", "--max-train", "10000", "--seed", "0",
           "--log-every", "100"]
 JOINT = ["--task-a", "banking77", "--task-b", "sst2"]
 

@@ -75,7 +75,7 @@ TRAIN_FLAG_TYPES = {"epochs": int_at_least(1), "batch_size": int_at_least(1), "m
               "attention_dropout": fraction, "temperature": positive_float, "seed": int_at_least(0),
               "log_every": int_at_least(1), "save_every": int_at_least(0), "max_bad_steps": int_at_least(1),
               "device": device}
-TRAIN_CHOICES = {"dtype": ["auto", "fp32", "bf16"], "schedule": ["linear", "constant"]}
+TRAIN_CHOICES = {"dtype": ["auto", "fp32", "bf16"], "schedule": ["linear", "constant"], "recipe": ["auto", "none"]}
 
 
 def check_train_specs(cfg) -> None:

@@ -27,6 +27,7 @@ from speed.hardware import describe
 # Flags that may change between a run and its resume: they do not change what is computed.
 MAY_DIFFER_ON_RESUME = {"out", "data_dir", "device", "log_every", "save_every", "max_bad_steps"}
 TEST_ROWS = "test-{task}.jsonl"  # your own data's test rows; run.json names the file for each task
+REFIT = "refit"  # --refit's own run, inside the run folder (train.refit)
 
 
 class Interrupted(Exception):
@@ -123,9 +124,18 @@ def check_before_start(out: Path, resume: bool, config: dict, defaults: dict, pr
     progress = read_progress(last)
     if progress is None:
         raise ValueError(f"--resume: {last} is not a train.py checkpoint; nothing was loaded")
-    if progress.get("done"):
+    if progress.get("done") and not refit_pending(out, info["config"]):
         raise ValueError(f"--resume: {out} finished at step {progress['step']}; there is nothing left to train")
     return info
+
+
+def refit_pending(out: Path, config: dict) -> bool:
+    """A run with --refit whose search finished but whose refit (in out/refit/) did not."""
+    if not config.get("refit") or not config.get("val_fraction"):
+        return False
+    last = out / REFIT / "last.safetensors"
+    progress = read_progress(last) if last.is_file() else None
+    return not (progress and progress.get("done"))
 
 
 def check_resume_matches(info: dict, now: dict, out: Path) -> None:
@@ -141,9 +151,10 @@ def start_fresh(out: Path, info: dict, tokenizer_file: Path, test_rows: dict | N
     no file of the old run can be mistaken for the new one's; then write run.json, the tokenizer, and
     test_rows ({task: LabelledTexts}: your own data's test rows, which eval.py later scores)."""
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("best.safetensors", "last.safetensors", "metrics.jsonl", "losses.jsonl", "best.safetensors.tmp",
-                 "last.safetensors.tmp", "metrics.jsonl.tmp", "losses.jsonl.tmp", "state.pt"):
-        (out / name).unlink(missing_ok=True)
+    for folder in (out, out / REFIT):
+        for name in ("best.safetensors", "last.safetensors", "metrics.jsonl", "losses.jsonl", "best.safetensors.tmp",
+                     "last.safetensors.tmp", "metrics.jsonl.tmp", "losses.jsonl.tmp", "state.pt"):
+            (folder / name).unlink(missing_ok=True)
     write_atomic(lambda p: p.write_text(json.dumps(info, indent=2)), out / "run.json")
     shutil.copyfile(tokenizer_file, out / "tokenizer.json")
     for task, ds in (test_rows or {}).items():
@@ -152,11 +163,17 @@ def start_fresh(out: Path, info: dict, tokenizer_file: Path, test_rows: dict | N
 
 
 def resume_command(config: dict, defaults: dict) -> str:
-    """The command line that continues this run: every flag that differs from its default, then --resume."""
+    """The command line that continues this run: every flag that differs from its default (defaults: what
+    the same command line would give without it, the scenario's recipe included), then --resume."""
     words = ["python", "train.py"]
     for name, value in config.items():
-        if name != "out" and value != defaults[name]:
-            words += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
+        flag = name.replace("_", "-")
+        if name == "out" or value == defaults[name]:
+            continue
+        if isinstance(value, bool):
+            words.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            words += [f"--{flag}", str(value)]
     return shlex.join(words + ["--out", config["out"], "--resume"])
 
 

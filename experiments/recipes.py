@@ -1,0 +1,174 @@
+"""Scenario recipes (freeze.recipe), measured: heads on a frozen backbone with default flags, against the
+defaults before the recipes and against scikit-learn's logistic regression on the same embeddings.
+
+    python experiments/recipes.py                  # every missing cell, most important first
+    python experiments/recipes.py --table-only
+
+Sets (Task A only, --task-b none):
+  banking77   77 intents, 10,003 training rows, test 3,080 (built in)
+  trec6-csv   TREC's 6 question types, 5,452 rows, test 500, given as your own CSV files (--task-a FILE
+              --test-a FILE), so the own-data path is the one measured
+  trec50      TREC's 50 fine question types (built in as trec-fine; not used in any earlier study), test 500
+  sst2        2 labels, 67,349 phrases, SST-2 dev 872 (one seed: its cache pass alone is minutes)
+
+Rows, one JSON per (row, set, seed) cell in experiments/results/recipes/:
+  defaults    python train.py --task-a SET --task-b none --freeze backbone --seed S   (the recipe picks the rest)
+  before      the same with --recipe none: TrainConfig's defaults, as every user got before the recipes
+  logreg      LogisticRegression (scikit-learn defaults, max_iter 5000) on the embeddings the heads read,
+              fitted on all training rows (what the refit trains on) and on seed S's training split
+The wall time of a train.py row is the whole process: loading, the cache pass, training, the refit and
+the test pass.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from cells import cell, frozen_embeddings  # noqa: E402
+
+RESULTS = HERE / "results" / "recipes"
+WORK = ROOT / "runs" / "recipes"
+SEEDS = (0, 1, 2)
+SETS = {"banking77": SEEDS, "trec6-csv": SEEDS, "trec50": SEEDS, "sst2": (0,)}
+ROWS = {"defaults": "default flags (`--freeze backbone`)", "before": "`--recipe none` (the defaults before)"}
+EVAL_SPLIT = {"banking77": "test", "trec6-csv": "test", "trec50": "test", "sst2": "dev"}
+
+
+def trec_csv_files() -> tuple[Path, Path]:
+    """TREC's coarse labels as a user would hand them over: text,label CSV files."""
+    import data
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for split in ("train", "test"):
+        ds, path = data.load("trec", split), WORK / f"trec6-{split}.csv"
+        if not path.is_file():
+            with open(path.with_suffix(".tmp"), "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(["text", "label"])
+                writer.writerows((t, ds.label_names[y]) for t, y in zip(ds.texts, ds.labels))
+            path.with_suffix(".tmp").rename(path)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def task_flags(name: str) -> list[str]:
+    if name == "trec6-csv":
+        train_csv, test_csv = trec_csv_files()
+        return ["--task-a", str(train_csv), "--test-a", str(test_csv)]
+    return ["--task-a", {"trec50": "trec-fine"}.get(name, name)]
+
+
+def head(row: str, name: str, seed: int) -> dict:
+    flags = task_flags(name) + ["--task-b", "none", "--freeze", "backbone", "--seed", str(seed), "--log-every", "100000"]
+    if row == "before":
+        flags += ["--recipe", "none"]
+    out = WORK / f"{row}-{name}-{seed}"
+    cmd = [sys.executable, "train.py", *flags, "--out", str(out)]
+    print("==", " ".join(cmd[1:]), file=sys.stderr, flush=True)
+    started = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=True)
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    recipe = [line for line in proc.stderr.splitlines() if line.startswith("recipe for")]
+    accuracy = next(v for k, v in result.items() if k.startswith("acc_a_"))
+    return {"accuracy": accuracy, "wall_s": round(time.time() - started, 1), "cache_s": result["cache_s"],
+            "best_epoch": result["best_epoch"], "refit_rows": result.get("refit_rows"),
+            "recipe": recipe[0] if recipe else None, "command": "python " + " ".join(cmd[1:-2])}
+
+
+def logreg(name: str) -> dict:
+    """One embedding pass over the training and evaluation texts, then the fits."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    import data
+
+    if name == "trec6-csv":
+        full, test = data.load("trec", "train"), data.load("trec", "test")
+    else:
+        dataset = {"trec50": "trec-fine"}.get(name, name)
+        full, test = data.load(dataset, "train"), data.load(dataset, EVAL_SPLIT[name])
+    started = time.time()
+    x_full, x_test = frozen_embeddings(full.texts), frozen_embeddings(test.texts)
+    embed_s = time.time() - started
+    y_full, y_test = np.array(full.labels), np.array(test.labels)
+
+    def fit(rows) -> float:
+        probe = LogisticRegression(max_iter=5000).fit(x_full[rows], y_full[rows])
+        return round(100 * float((probe.predict(x_test) == y_test).mean()), 2)
+
+    per_seed = {}
+    for seed in SETS[name]:  # the rows train.py trains on before the refit: data.split_off's permutation
+        order = list(range(len(full)))
+        random.Random(seed).shuffle(order)
+        per_seed[str(seed)] = fit(sorted(order[int(len(full) * 0.1):]))
+    return {"all_rows": fit(list(range(len(full)))), "train_split_per_seed": per_seed, "rows": len(full),
+            "embed_s": round(embed_s, 1)}
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f} (1 seed)"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)})"
+
+
+def table() -> str:
+    load = lambda path: json.loads(path.read_text()) if path.is_file() else None
+    lines = ["Heads on the frozen backbone (`--task-b none --freeze backbone`), mean ± std over seeds (count "
+             "in brackets); the seed picks the validation split and the head's initialisation. Logistic "
+             "regression: scikit-learn's defaults on the same raw mean-pooled embeddings. Wall time: the "
+             "whole train.py process (loading, cache pass, training, refit, test pass), median.", "",
+             "| set | train.py, default flags | wall time | train.py, `--recipe none` | logistic regression, all rows "
+             "| logistic regression, the training split | default − LR (all rows) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    cpus = set()
+    for name in SETS:
+        runs = {row: [r for s in SETS[name] if (r := load(RESULTS / f"{row}-{name}-{s}.json"))] for row in ROWS}
+        lr = load(RESULTS / f"logreg-{name}.json")
+        cpus |= {r["cpu"] for rows in runs.values() for r in rows} | ({lr["cpu"]} if lr else set())
+        if not runs["defaults"]:
+            continue
+        acc = [r["accuracy"] for r in runs["defaults"]]
+        wall = statistics.median(r["wall_s"] for r in runs["defaults"])
+        before = mean_std([r["accuracy"] for r in runs["before"]]) if runs["before"] else "not run"
+        lr_all = f"{lr['all_rows']:.2f}" if lr else "not run"
+        lr_split = mean_std(list(lr["train_split_per_seed"].values())) if lr else "not run"
+        gap = f"{statistics.mean(acc) - lr['all_rows']:+.2f}" if lr else "–"
+        lines.append(f"| {name} | {mean_std(acc)} | {wall / 60:.1f} min | {before} | {lr_all} | {lr_split} | {gap} |")
+    recipes = {r["recipe"] for name in SETS for s in SETS[name] if (r := load(RESULTS / f"defaults-{name}-{s}.json"))}
+    lines += ["", "What the default flags chose: " + "; ".join(sorted(filter(None, recipes))) + ".",
+              f"CPU: {', '.join(sorted(cpus))}. Generated by `python experiments/recipes.py`.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    args = parser.parse_args()
+    if not args.table_only:
+        for name in args.sets:  # the target's cells first: defaults and the reference, then the row before
+            for seed in SETS[name]:
+                cell(RESULTS, f"defaults-{name}-{seed}", lambda: head("defaults", name, seed))
+            cell(RESULTS, f"logreg-{name}", lambda: logreg(name))
+        for name in args.sets:
+            for seed in SETS[name]:
+                cell(RESULTS, f"before-{name}-{seed}", lambda: head("before", name, seed))
+    text = table()
+    (HERE / "recipes.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
