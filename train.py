@@ -106,6 +106,12 @@ def with_recipe(cfg: TrainConfig, given: set[str]) -> tuple[TrainConfig, str]:
     return replace(cfg, **chosen), f"recipe for {name} (freeze.recipe): {words}"
 
 
+def scenario_defaults(cfg: TrainConfig) -> dict:
+    """Every flag's value when not typed, in cfg's scenario: what a resume command may leave out."""
+    _, chosen = freeze.recipe(cfg.freeze, cfg.per_class)
+    return asdict(TrainConfig()) | (chosen if cfg.recipe == "auto" else {})
+
+
 def precision(cfg: TrainConfig) -> str:
     """What --dtype means on this machine: "bf16" (autocast) or "fp32". auto: bf16 where the CPU runs
     it natively, else fp32 (speed/hardware.py); so auto differs from one CPU to the next."""
@@ -235,6 +241,7 @@ class Run:
     bf16: bool                      # bf16 autocast
     out: Path
     world: World                    # rank and process count under torchrun; 0 of 1 otherwise
+    unsaved_best: dict | None = None  # with --save-every: the best weights, written with the next save_last()
 
 
 def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, resume: bool,
@@ -398,8 +405,8 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, star
 
 def save_at_epoch_end(run: Run) -> None:
     """last.safetensors at each epoch's end; with --save-every N, only every N steps (in the loop).
-    A few-shot epoch is a step or two, and a save is a 1.3 GB write. The run's end saves once,
-    after the loop, whichever way it ends."""
+    A few-shot epoch is a step or two, a heads-only epoch about a second, and a save is a 0.4-1.3 GB
+    write. The run's end saves once, after the loop, whichever way it ends."""
     if not run.cfg.save_every and not finished(run):
         save_last(run)
 
@@ -422,6 +429,8 @@ def save_last(run: Run) -> None:
     rng_states = run.world.gather(torch.get_rng_state())  # every rank takes part; rank 0 alone writes
     if not run.world.main:
         return
+    if run.unsaved_best is not None:  # best first: last.safetensors's record of the best must exist on disk
+        write_best(run, run.unsaved_best)
     save_training_state(run.out / "last.safetensors", run.model, run.optimizer, run.scheduler, run.sampler,
                         asdict(run.progress), rng_states)
     run_folder.save_jsonl(run.out, "metrics.jsonl", run.progress.history)
@@ -429,11 +438,23 @@ def save_last(run: Run) -> None:
 
 
 def save_best(run: Run, record: dict) -> None:
-    """best.safetensors: the weights alone, for eval.py and predict.py."""
+    """best.safetensors: the weights alone, for eval.py and predict.py. With --save-every, kept in
+    memory and written with the next save_last(): a new best may come every few seconds (heads on
+    cached features), and a resume goes back to last.safetensors, whose record of the best is then
+    the one on disk."""
     run_folder.check_finite(run.model, run.progress.step, run.out)
     run.progress.best_metrics = record
-    if run.world.main:
-        save_weights(run.out / "best.safetensors", run.model.state_dict(), {"epoch": str(record["epoch"])})
+    if not run.world.main:
+        return
+    if run.cfg.save_every:
+        run.unsaved_best = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+    else:
+        write_best(run, run.model.state_dict())
+
+
+def write_best(run: Run, weights: dict) -> None:
+    save_weights(run.out / "best.safetensors", weights, {"epoch": str(run.progress.best_metrics["epoch"])})
+    run.unsaved_best = None
 
 
 @dataclass
@@ -572,8 +593,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: --batch-size {cfg.batch_size} is the global batch and must be at least the number of "
                  f"processes ({world.size}), so that each one gets an example")
     out, flags, defaults = Path(cfg.out), asdict(cfg), asdict(TrainConfig())
-    same_scenario = TrainConfig(freeze=cfg.freeze, per_class=cfg.per_class, recipe=cfg.recipe)
-    scenario_defaults = asdict(with_recipe(same_scenario, given=set())[0])  # what resume_command may leave out
     try:
         saved_info = run_folder.check_before_start(out, resume, flags, defaults, precision(cfg))
         random.seed(cfg.seed)
@@ -609,7 +628,7 @@ def main(argv: list[str] | None = None) -> None:
         if cfg.refit and val_sets:
             best = refit(cfg, model, tokenizer, train_sets, val_sets, best, initial_heads, world)
     except Interrupted as e:
-        print(f"{e}\nresume with:\n  {run_folder.resume_command(flags, scenario_defaults)}", file=sys.stderr, flush=True)
+        print(f"{e}\nresume with:\n  {run_folder.resume_command(flags, scenario_defaults(cfg))}", file=sys.stderr, flush=True)
         sys.exit(128 + e.signum)
     except Diverged as e:
         sys.exit(f"error: {e}")

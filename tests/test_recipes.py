@@ -1,0 +1,99 @@
+"""Scenario recipes (freeze.recipe): the command line fills only the flags not typed, and --refit fits
+fresh heads on train + validation for the epoch count that early stopping picked."""
+import shlex
+from dataclasses import asdict, replace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import freeze
+import train as train_mod
+from data import LabelledTexts
+from reliability import run_folder
+from heads import MultiTaskModel
+from mpnet import MPNet, MPNetConfig
+from test_train import TEXTS, TOPIC, config, tokenizer  # noqa: F401  (the real tokenizer fixture)
+
+
+def test_the_default_job_takes_trainconfigs_own_defaults():
+    cfg, resume, line = train_mod.parse_args([])
+    assert cfg == train_mod.TrainConfig() and not resume and line == ""
+
+
+def test_heads_only_takes_the_linear_probe_recipe_and_says_so():
+    cfg, _, line = train_mod.parse_args(["--freeze", "backbone", "--task-b", "none"])
+    _, recipe = freeze.recipe("backbone")
+    assert {k: getattr(cfg, k) for k in recipe} == recipe and cfg.refit and cfg.schedule == "constant"
+    assert line.startswith("recipe for heads only on cached embeddings") and "--refit" in line
+
+
+def test_every_flag_the_user_types_wins():
+    cfg, _, line = train_mod.parse_args(["--freeze", "backbone", "--epochs", "7", "--head-lr", "0.02", "--no-refit"])
+    assert (cfg.epochs, cfg.head_lr, cfg.refit) == (7, 0.02, False)
+    assert cfg.patience == 10 and "--epochs" not in line and "--refit" not in line
+    cfg, _, line = train_mod.parse_args(["--freeze", "backbone", "--recipe", "none"])
+    assert cfg == train_mod.TrainConfig(freeze="backbone", recipe="none") and line == ""
+
+
+@pytest.mark.parametrize("k, epochs", [(8, 10), (32, 5)])
+def test_few_shot_takes_the_few_shot_studys_budget(k, epochs):
+    cfg, _, _ = train_mod.parse_args(["--per-class", str(k)])
+    assert (cfg.epochs, cfg.val_fraction, cfg.head_lr, cfg.refit) == (epochs, 0.0, 1e-2, False)
+    cfg, _, _ = train_mod.parse_args(["--per-class", str(k), "--freeze", "backbone"])
+    assert (cfg.epochs, cfg.val_fraction, cfg.schedule) == (10 * epochs, 0.0, "constant")
+
+
+def test_a_resume_command_gives_back_the_same_config(tmp_path):
+    cfg, _, _ = train_mod.parse_args(["--freeze", "backbone", "--no-refit", "--epochs", "200", "--out", str(tmp_path)])
+    command = run_folder.resume_command(asdict(cfg), train_mod.scenario_defaults(cfg))
+    assert "--no-refit" in command and "--epochs" not in command  # 200 is the recipe's own
+    assert train_mod.parse_args(shlex.split(command)[2:])[:2] == (cfg, True)
+
+
+def split_tasks():
+    """Task A alone: 6 training rows, 2 validation rows."""
+    names = ["q", "d", "p", "s"]
+    return ({"a": LabelledTexts("toy-topic", "train", TEXTS[:6], TOPIC[:6], names, source="toy")},
+            {"a": LabelledTexts("toy-topic", "val", TEXTS[6:], TOPIC[6:], names, source="toy#val")})
+
+
+def one_head_model() -> MultiTaskModel:
+    """The tiny config with Task A's head alone, without dropout: the runs below draw nothing at random."""
+    torch.manual_seed(0)
+    cfg = MPNetConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    return MultiTaskModel(MPNet(cfg), {"a": 4}, dropout=0.0)
+
+
+def test_refit_trains_the_initial_heads_on_train_and_validation(tmp_path, tokenizer):  # noqa: F811
+    """refit() = a fresh run on all 8 rows for the best epoch count, from the same initial heads."""
+    train_sets, val_sets = split_tasks()
+    cfg = config(tmp_path, epochs=8, freeze="backbone", schedule="constant", warmup=0.0, refit=True,
+                 out=str(tmp_path / "run"))
+    model = one_head_model()
+    initial = {k: v.clone() for k, v in model.heads.state_dict().items()}
+    best = train_mod.train(cfg, model, tokenizer, train_sets, val_sets)
+    searched = load_file(tmp_path / "run" / "best.safetensors")
+    best = train_mod.refit(cfg, model, tokenizer, train_sets, val_sets, best, initial)
+    refitted = load_file(tmp_path / "run" / "best.safetensors")
+    assert best["refit_rows"] == 8 and (tmp_path / "run" / "refit" / "last.safetensors").is_file()
+
+    direct = one_head_model()
+    all_rows = {"a": replace(train_sets["a"], texts=TEXTS, labels=TOPIC)}
+    train_mod.train(replace(cfg, epochs=best["epoch"], refit=False, val_fraction=0.0, out=str(tmp_path / "direct")),
+                    direct, tokenizer, all_rows, {})
+    expected = load_file(tmp_path / "direct" / "best.safetensors")
+    assert set(refitted) == set(expected)
+    for name, weight in expected.items():
+        torch.testing.assert_close(refitted[name], weight, rtol=0, atol=0, msg=name)  # same arithmetic, same order
+    assert not torch.equal(refitted["heads.a.1.weight"], searched["heads.a.1.weight"])  # it did replace the search's
+
+
+def test_an_interrupted_refit_can_be_resumed(tmp_path):
+    """check_before_start refuses a finished run, unless its refit is still to finish."""
+    out = tmp_path / "run"
+    (out / "refit").mkdir(parents=True)
+    config = asdict(train_mod.TrainConfig(freeze="backbone", refit=True))
+    assert run_folder.refit_pending(out, config)
+    assert not run_folder.refit_pending(out, config | {"refit": False})
+    assert not run_folder.refit_pending(out, config | {"val_fraction": 0.0})
