@@ -126,6 +126,23 @@ def stsb_spearman(encoder, split: str = "test", data_dir: str | None = None, bat
 
 
 # ----------------------------------------------------------------------------- checkpoints
+# run.json is input, not trust: the sizes that decide how much gets built, bounded before anything is.
+BACKBONE_LIMITS = {"vocab_size": 1_000_000, "hidden_size": 8192, "num_hidden_layers": 96, "num_attention_heads": 128,
+                   "intermediate_size": 65536, "max_position_embeddings": 65536, "relative_attention_num_buckets": 1024}
+
+
+def check_run_info(info: dict) -> None:
+    """Raise ValueError unless run.json's sizes are sane and its test_rows stay inside the run folder."""
+    for key, limit in BACKBONE_LIMITS.items():
+        value = info["backbone"].get(key)
+        if value is not None and not (isinstance(value, int) and 0 < value <= limit):
+            raise ValueError(f"backbone {key} is {value!r}, expected an integer in 1..{limit:,}")
+    for task, spec in info["tasks"].items():
+        rows = spec.get("test_rows")
+        if rows is not None and (not isinstance(rows, str) or Path(rows).name != rows or rows in ("", ".", "..")):
+            raise ValueError(f"task {task}'s test_rows {rows!r} must name a file inside the run folder")
+
+
 def load_run(folder: str | Path):
     """A trained MultiTaskModel, its tokenizer and run.json from a train.py output folder."""
     import torch
@@ -141,6 +158,7 @@ def load_run(folder: str | Path):
             raise FileNotFoundError(f"{p} not found: is {folder} a train.py output folder?")
     try:
         info = json.loads(info_path.read_text())
+        check_run_info(info)
         with torch.device("meta"):
             model = MultiTaskModel(MPNet(MPNetConfig(**info["backbone"])),
                                    {t: len(v["label_names"]) for t, v in info["tasks"].items()},

@@ -592,6 +592,16 @@ def main(argv: list[str] | None = None) -> None:
     if cfg.batch_size < world.size:
         sys.exit(f"error: --batch-size {cfg.batch_size} is the global batch and must be at least the number of "
                  f"processes ({world.size}), so that each one gets an example")
+    try:
+        with run_folder.locked(Path(cfg.out), enabled=world.main):  # one train.py per run folder
+            run_and_test(cfg, resume, recipe_line, world)
+    except run_folder.FolderInUse as e:
+        sys.exit(f"error: {e}")
+
+
+def run_and_test(cfg: TrainConfig, resume: bool, recipe_line: str, world: World) -> None:
+    """Check the run folder, load the data and the model, train (and refit), then score the test sets
+    with the best weights; the last line printed is one JSON object."""
     out, flags, defaults = Path(cfg.out), asdict(cfg), asdict(TrainConfig())
     try:
         saved_info = run_folder.check_before_start(out, resume, flags, defaults, precision(cfg))

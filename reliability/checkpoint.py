@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -35,12 +36,23 @@ FORMAT = "mpnet-train-checkpoint/1"
 
 
 def write_atomic(write: Callable[[Path], None], path: Path) -> None:
-    """write(tmp) then rename onto path; the data is on disk before the rename makes it visible."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """write(tmp) then rename onto path; the data is on disk before the rename makes it visible.
+
+    The temporary file has a name of its own in the same folder (mkstemp), so two writers never write
+    into one file, and a write that fails removes it: only a kill -9 leaves one behind, and nothing
+    reads it."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make run folders unreadable to a group that shares them
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     try:  # make the rename itself durable (a no-op where directories cannot be opened)
         fd = os.open(path.parent, os.O_RDONLY)
         try:

@@ -1,8 +1,9 @@
 """The run folder (--out): what train.py checks before it starts, and what stops it cleanly.
 
-    info = check_before_start(out, resume, config, defaults, precision)  # before anything loads
-    start_fresh(out, info, tokenizer_file)                               # run.json, tokenizer.json
-    with SignalGuard() as signals: ...                                   # SIGINT/SIGTERM: save, then stop
+    with locked(out):                                                    # one train.py per folder
+        info = check_before_start(out, resume, config, defaults, precision)  # before anything loads
+        start_fresh(out, info, tokenizer_file)                               # run.json, tokenizer.json
+        with SignalGuard() as signals: ...                                   # SIGINT/SIGTERM/SIGHUP: save, stop
     raise diverged(...)                                                  # the NaN guard's last word
 
 Everything here takes plain values (dicts, paths, numbers), so it depends on nothing of the loop.
@@ -13,13 +14,16 @@ for a run on your own data (the rows eval.py scores later).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
 import shutil
 import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from reliability.checkpoint import all_finite, read_progress, write_atomic
 from speed.hardware import describe
@@ -52,8 +56,37 @@ def diverged(out: Path, step: int, bad_in_row: int, lrs: list[float]) -> Diverge
                     + ". Lower --lr or check the data.")
 
 
+class FolderInUse(Exception):
+    """Another process holds the run folder's lock."""
+
+
+@contextmanager
+def locked(out: Path, enabled: bool = True) -> Iterator[None]:
+    """An exclusive lock on the run folder while the run lasts (fcntl.flock on out/.lock, released by
+    the OS if the process dies): a second train.py on the same --out, say a requeued job while the
+    first is still in its grace period, is refused before it reads or writes anything there.
+    enabled=False: a torchrun rank other than 0, whose rank 0 holds the lock."""
+    if not enabled:
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise FolderInUse(f"{out} is in use by another train.py (PID {holder}); wait for it to end, "
+                              f"or pick another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield  # leaving the with-block closes the file, which releases the lock
+
+
 class SignalGuard:
-    """While training: the first SIGINT or SIGTERM asks the loop to stop after the current step
+    """While training: the first SIGINT, SIGTERM or SIGHUP asks the loop to stop after the current step
     (a half-done optimizer step is never saved); a second one exits at once, without saving.
     A scheduler or `docker stop` sends SIGTERM, then SIGKILL after a grace period: the grace
     period must cover one step plus one checkpoint write."""
@@ -61,7 +94,7 @@ class SignalGuard:
     def __enter__(self) -> "SignalGuard":
         self.signum, self.previous = None, {}
         try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the ssh session dropped
                 self.previous[sig] = signal.signal(sig, self.handle)
         except ValueError:  # not the main thread: signals stay with whoever owns them
             pass
@@ -152,11 +185,12 @@ def start_fresh(out: Path, info: dict, tokenizer_file: Path, test_rows: dict | N
     test_rows ({task: LabelledTexts}: your own data's test rows, which eval.py later scores)."""
     out.mkdir(parents=True, exist_ok=True)
     for folder in (out, out / REFIT):
-        for name in ("best.safetensors", "last.safetensors", "metrics.jsonl", "losses.jsonl", "best.safetensors.tmp",
-                     "last.safetensors.tmp", "metrics.jsonl.tmp", "losses.jsonl.tmp", "state.pt"):
+        for name in ("best.safetensors", "last.safetensors", "metrics.jsonl", "losses.jsonl", "state.pt"):
             (folder / name).unlink(missing_ok=True)
+        for debris in folder.glob("*.tmp"):  # what a kill -9 during a write left (checkpoint.write_atomic)
+            debris.unlink()
     write_atomic(lambda p: p.write_text(json.dumps(info, indent=2)), out / "run.json")
-    shutil.copyfile(tokenizer_file, out / "tokenizer.json")
+    write_atomic(lambda p: shutil.copyfile(tokenizer_file, p), out / "tokenizer.json")
     for task, ds in (test_rows or {}).items():
         lines = "".join(json.dumps({"text": t, "label": ds.label_names[y]}) + "\n" for t, y in zip(ds.texts, ds.labels))
         write_atomic(lambda p: p.write_text(lines, encoding="utf-8"), out / TEST_ROWS.format(task=task))

@@ -1,6 +1,7 @@
 """Interruption, checkpoint consistency, resume checks and the non-finite guard, on the tiny config
 (plus one end-to-end signal test of the real `python train.py`)."""
 import json
+import os
 import pickle
 import shlex
 import signal
@@ -69,7 +70,7 @@ def resume(cfg, tokenizer):  # noqa: F811
 
 # ----------------------------------------------------------------------------- signals and mid-epoch resume
 @pytest.mark.numerics
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])  # SIGHUP: a dropped ssh session
 def test_signal_mid_epoch_saves_then_resume_equals_uninterrupted(tmp_path, tokenizer, monkeypatch, straight, sig):  # noqa: F811
     cfg, handler_before = run_cfg(tmp_path), signal.getsignal(sig)
     step_hook(monkeypatch, MID, lambda: signal.raise_signal(sig))
@@ -150,8 +151,8 @@ def test_a_save_that_dies_leaves_the_previous_checkpoint_whole(tmp_path, tokeniz
         train_mod.train(cfg, tiny_model(), tokenizer, tasks(), tasks())
     monkeypatch.undo()
     out = tmp_path / "run"
-    assert (out / "last.safetensors.tmp").exists()  # the debris of the failed save...
-    weights, _, state = load_training_state(out / "last.safetensors")  # ...beside a whole checkpoint
+    assert not list(out.glob("*.tmp"))  # the failed save took its temporary file with it...
+    weights, _, state = load_training_state(out / "last.safetensors")  # ...and left the whole checkpoint
     # the save at step 4, taken in the loop as the epoch's last batch was done (--save-every: the
     # epoch's end writes nothing more); the resume then does the epoch's end
     assert state["progress"]["step"] == 4 and state["sampler"]["position"] == 4
@@ -356,3 +357,80 @@ def test_sigterm_to_train_py_saves_prints_the_resume_command_and_exits_143(tmp_p
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and "second SIGTERM: exiting now, without saving" in err
     assert read_progress(out / "last.safetensors")["step"] == step  # the interrupted save never happened
+
+
+# ----------------------------------------------------------------------------- one run per folder, atomic writes
+def test_a_second_train_py_on_the_same_out_is_refused_naming_the_first(tmp_path, monkeypatch, capsys):
+    """A requeued job while the first is still in its grace period: refused before it reads or writes."""
+    def loads(cfg):
+        raise AssertionError("the second process went on to load the data")
+
+    monkeypatch.setattr(train_mod.data, "load_tasks", loads)
+    out = tmp_path / "run"
+    with run_folder.locked(out):  # the first process
+        with pytest.raises(SystemExit) as e:
+            train_mod.main(["--out", str(out)])
+    assert f"is in use by another train.py (PID {os.getpid()})" in str(e.value.code)
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing of the first run's was touched
+    with run_folder.locked(out):  # released when the first one ends
+        pass
+
+
+def test_two_writers_of_one_file_never_share_a_temporary_file(tmp_path):
+    names = []
+
+    def inner(p):
+        names.append(p)
+        p.write_text("inner")
+
+    def outer(p):
+        names.append(p)
+        p.write_text("outer")
+        checkpoint.write_atomic(inner, tmp_path / "f")  # a second writer, while the first one writes
+
+    checkpoint.write_atomic(outer, tmp_path / "f")
+    assert names[0] != names[1] and (tmp_path / "f").read_text() == "outer"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_the_tokenizer_copy_is_atomic(tmp_path, monkeypatch):
+    def dies_halfway(src, dst):
+        Path(dst).write_bytes(Path(src).read_bytes()[:100])
+        raise OSError("simulated: disk full")
+
+    monkeypatch.setattr(run_folder.shutil, "copyfile", dies_halfway)
+    source = tmp_path / "tokenizer-source.json"
+    source.write_text("x" * 1000)
+    out = tmp_path / "run"
+    with pytest.raises(OSError, match="disk full"):
+        run_folder.start_fresh(out, {"config": {}}, source)
+    assert not (out / "tokenizer.json").exists() and not list(out.glob("*.tmp"))
+
+
+# ----------------------------------------------------------------------------- run.json is input, not trust
+def hostile_run(tmp_path, backbone=None, test_rows="test-a.jsonl") -> Path:
+    out = tmp_path / "hostile"
+    out.mkdir()
+    (out / "best.safetensors").write_bytes(b"")
+    info = {"config": {"normalize": False}, "backbone": {"num_hidden_layers": 2} | (backbone or {}),
+            "tasks": {"a": {"dataset": "x", "label_names": ["p", "q"], "test_rows": test_rows}}}
+    (out / "run.json").write_text(json.dumps(info))
+    return out
+
+
+@pytest.mark.parametrize("test_rows", ["../secret.jsonl", "/etc/passwd", "..", "sub/../../x.jsonl"])
+def test_run_json_test_rows_may_not_leave_the_run_folder(tmp_path, test_rows):
+    from eval import load_run
+
+    with pytest.raises(ValueError, match=r"test_rows .* must name a file inside the run folder"):
+        load_run(hostile_run(tmp_path, test_rows=test_rows))
+
+
+@pytest.mark.parametrize("key, value", [("num_hidden_layers", 10**5), ("hidden_size", -1), ("vocab_size", "big")])
+def test_run_json_sizes_are_bounded_before_anything_is_built(tmp_path, key, value):
+    from eval import load_run
+
+    started = time.time()
+    with pytest.raises(ValueError, match=rf"backbone {key} is"):
+        load_run(hostile_run(tmp_path, backbone={key: value}))
+    assert time.time() - started < 5
