@@ -95,6 +95,7 @@ class TrainConfig:
     recipe: str = "auto"                # auto: the command line fills unset flags from freeze.recipe; none: these
     out: str = "runs/default"
 
+
 def with_recipe(cfg: TrainConfig, given: set[str]) -> tuple[TrainConfig, str]:
     """The scenario's recipe (freeze.recipe) in every field not in `given` (the flags the user typed,
     which always win) -> (config, one line saying what was chosen and why)."""
