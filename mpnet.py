@@ -392,7 +392,8 @@ class SentenceEncoder(nn.Module):
         """Load from a folder with model.safetensors, tokenizer.json and config.json.
 
         path defaults to $MPNET_WEIGHTS_DIR or weights/all-mpnet-base-v2; if the files
-        are missing there, they are fetched first (see weights/fetch.py).
+        are missing there, they are fetched first (see weights/fetch.py). A path you pass is
+        yours: it is never fetched into, and one without the files is an error.
         dtype: None or "fp32" (the default), or "bf16": the weights cast to bfloat16.
         For int8, or for the fastest accurate precision on this machine chosen for you, use
         speed.load_encoder(dtype="int8" or "auto"): it loads this model and then swaps modules.
@@ -402,6 +403,10 @@ class SentenceEncoder(nn.Module):
             hint = " (int8 and auto live in the speed path: speed.load_encoder)" if dtype in ("int8", "auto") else ""
             raise ValueError(f"dtype must be 'fp32', 'bf16' or None, not {dtype!r}{hint}")
         folder = weights_dir(path)
+        if not is_complete(folder) and path is not None:
+            raise FileNotFoundError(f"{folder} does not hold all-mpnet-base-v2's {', '.join(FILES)} (model.safetensors "
+                                    f"at its full size); nothing there was changed. Leave path out to use, and if "
+                                    f"needed fetch, the default folder")
         if not is_complete(folder):
             print(f"all-mpnet-base-v2 weights not found in {folder} (need {', '.join(FILES)}); "
                   f"fetching them now.", file=sys.stderr)

@@ -76,3 +76,20 @@ def test_env_var_names_the_folder(tmp_path, monkeypatch):
     monkeypatch.setenv(wf.ENV_VAR, str(tmp_path / "elsewhere"))
     assert wf.weights_dir() == tmp_path / "elsewhere"
     assert wf.weights_dir(tmp_path / "explicit") == tmp_path / "explicit"
+
+
+def test_a_folder_you_name_is_never_fetched_into(tmp_path, monkeypatch):
+    """from_pretrained(path) on a folder holding something else (an fp16 export, your own files) is an
+    error that changes nothing there, not a silent download of the upstream model over it."""
+    import mpnet
+
+    def fetches(*args, **kwargs):
+        raise AssertionError("it fetched into the user's folder")
+
+    monkeypatch.setattr(mpnet, "fetch", fetches)
+    (tmp_path / "model.safetensors").write_bytes(b"an fp16 export, half the size")
+    (tmp_path / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(FileNotFoundError, match="does not hold all-mpnet-base-v2.*nothing there was changed"):
+        mpnet.SentenceEncoder.from_pretrained(tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
