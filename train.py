@@ -495,18 +495,23 @@ def train_epoch(run: Run, epoch: int, val_sets: dict, signals: SignalGuard, mete
         step = progress.step
         if step % cfg.log_every == 0 or step == run.total_steps:
             log_line(run, epoch, meter)
-        # torchrun sends a signal to every rank, not at the same instant: all stop if any got it
-        stop = run.world.sum([float(signals.signum is not None)])[0] > 0
-        if stop or (cfg.save_every and step % cfg.save_every == 0):
+        if cfg.save_every and step % cfg.save_every == 0:
             save_last(run)
-        if stop:
-            raise Interrupted(signals.signum or signal.SIGTERM, step, run.out / "last.safetensors")
         if cfg.eval_every and step % cfg.eval_every == 0 and val_sets:
             evaluate_and_save(run, epoch, val_sets, time.time() - epoch_start, meter.started, end_of_epoch=False)
             freeze.train_mode(run.model)
         if finished(run):
             break
+        stop_if_signalled(run, signals)
     return time.time() - epoch_start
+
+
+def stop_if_signalled(run: Run, signals: SignalGuard) -> None:
+    """After a step, or a validation, that a signal arrived during: save, then stop. torchrun sends a
+    signal to every rank, not at the same instant: all stop if any got it."""
+    if run.world.sum([float(signals.signum is not None)])[0] > 0:
+        save_last(run)
+        raise Interrupted(signals.signum or signal.SIGTERM, run.progress.step, run.out / "last.safetensors")
 
 
 def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, val_sets: dict,
@@ -531,6 +536,7 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
             evaluate_and_save(run, epoch, val_sets, train_s, meter.started)
             if finished(run):
                 break
+            stop_if_signalled(run, signals)
         if not val_sets:  # no validation data: the model at the end is the one to keep, written once
             save_best(run, progress.history[-1])
         progress.done = True

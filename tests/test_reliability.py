@@ -84,6 +84,23 @@ def test_signal_mid_epoch_saves_then_resume_equals_uninterrupted(tmp_path, token
 
 
 @pytest.mark.numerics
+def test_a_signal_during_validation_stops_right_after_it(tmp_path, tokenizer, monkeypatch, straight):  # noqa: F811
+    """Not one step later: the validation at the end of epoch 1 (step 4) is saved, and the run stops there."""
+    cfg, real_accuracies = run_cfg(tmp_path), train_mod.accuracies
+
+    def accuracies(*args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)  # arrives while the validation runs
+        return real_accuracies(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "accuracies", accuracies)
+    with pytest.raises(train_mod.Interrupted) as stopped:
+        train_mod.train(cfg, tiny_model(), tokenizer, tasks(), tasks())
+    assert stopped.value.step == 4 and read_progress(tmp_path / "run" / "last.safetensors")["step"] == 4
+    monkeypatch.undo()
+    assert_same_weights(straight, resume(cfg, tokenizer))
+
+
+@pytest.mark.numerics
 def test_save_every_then_crash_then_resume_equals_uninterrupted(tmp_path, tokenizer, monkeypatch, straight):  # noqa: F811
     cfg = run_cfg(tmp_path, save_every=3)
 
