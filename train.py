@@ -93,7 +93,8 @@ class TrainConfig:
     plain: bool = False                 # exactly the code you read here: no speed path (speed/training.py)
     refit: bool = False                 # after early stopping: fresh heads on train + validation (see refit())
     recipe: str = "auto"                # auto: the command line fills unset flags from freeze.recipe; none: these
-    out: str = "runs/default"
+    out: str = "runs/default"           # not typed, and runs/default holds a run: the next free runs/default-N
+    overwrite: bool = False             # a fresh run may replace the trained model in --out
 
 
 def with_recipe(cfg: TrainConfig, given: set[str]) -> tuple[TrainConfig, str]:
@@ -585,6 +586,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, str]:
     given = vars(parser.parse_args(argv))
     resume = given.pop("resume")
     cfg, recipe_line = with_recipe(TrainConfig(**given), given=set(given))
+    if "out" not in given and not resume:  # keep the model of an earlier `python train.py`
+        cfg = replace(cfg, out=str(run_folder.next_free(Path(cfg.out))))
     try:
         check_train_specs(cfg)
     except ValueError as e:

@@ -90,7 +90,7 @@ def run_cell(cell: str) -> None:
     started_in = json.loads((out / "run.json").read_text()).get("precision") if resume else None
     keep = ["--dtype", started_in] if started_in else []
     cmd = ([sys.executable, str(ROOT / "train.py"), *CELLS[cell], *COMMON, *keep, "--out", str(out)]
-           + (["--resume"] if resume else []))
+           + (["--resume"] if resume else ["--overwrite"]))  # a cell run again replaces its folder
     print(("resuming: " if resume else "running: ") + " ".join(cmd[1:]), flush=True)
     start, code = time.time(), commit()
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)

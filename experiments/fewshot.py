@@ -89,7 +89,7 @@ def train_cell(k: int, seed: int, name: str) -> dict:
              "--epochs", "100000", "--max-steps", str(steps), "--save-every", str(steps), "--log-every", "50",
              *rows(k)[name][1]]
     out = ROOT / "runs" / "fewshot" / f"{k}-{seed}-{name}"
-    cmd = [sys.executable, str(ROOT / "train.py"), *flags, "--out", str(out)]
+    cmd = [sys.executable, str(ROOT / "train.py"), *flags, "--overwrite", "--out", str(out)]  # a cell run again replaces its folder
     print(f"== K={k} seed={seed} {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -28,7 +28,7 @@ SETTINGS = {
 
 
 def train(flags: list[str]) -> dict:
-    cmd = [sys.executable, str(ROOT / "train.py"), *flags, "--out", str(ROOT / "runs" / "heads-input")]
+    cmd = [sys.executable, str(ROOT / "train.py"), *flags, "--overwrite", "--out", str(ROOT / "runs" / "heads-input")]
     print("==", " ".join(cmd[1:]), file=sys.stderr, flush=True)
     out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])

@@ -43,14 +43,14 @@ RECIPE = ["--recipe", "none", "--task-a", "banking77", "--task-b", "none", "--ma
 
 
 def head(seed: int) -> dict:
-    cmd = [sys.executable, "train.py", *RECIPE, "--seed", str(seed), "--out", str(ROOT / "runs" / f"probe-{seed}")]
+    cmd = [sys.executable, "train.py", *RECIPE, "--seed", str(seed), "--overwrite", "--out", str(ROOT / "runs" / f"probe-{seed}")]
     print("==", " ".join(cmd[1:]), file=sys.stderr, flush=True)
     started = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     return {"accuracy": result["acc_a_banking77_test"], "wall_s": round(time.time() - started, 1),
             "cache_s": result["cache_s"], "best_epoch": result["best_epoch"], "cpu": describe(),
-            "command": "python " + " ".join(cmd[1:-2])}
+            "command": "python " + " ".join(cmd[1:-3])}
 
 
 def logreg() -> dict:

@@ -84,7 +84,7 @@ def few_shot_csv(train: list, k: int, seed: int) -> Path:
 def train_run(train_csv: Path, test_csv: Path, seed: int, name: str, extra: tuple[str, ...] = ()) -> dict:
     out = WORK / name
     cmd = [sys.executable, "train.py", "--task-a", str(train_csv), "--test-a", str(test_csv), *RECIPE, *extra,
-           "--seed", str(seed), "--out", str(out)]
+           "--seed", str(seed), "--overwrite", "--out", str(out)]
     print("==", " ".join(cmd[1:]), file=sys.stderr, flush=True)
     started = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)

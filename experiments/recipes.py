@@ -75,7 +75,7 @@ def head(row: str, name: str, seed: int) -> dict:
     if row == "before":
         flags += ["--recipe", "none"]
     out = WORK / f"{row}-{name}-{seed}"
-    cmd = [sys.executable, "train.py", *flags, "--out", str(out)]
+    cmd = [sys.executable, "train.py", *flags, "--overwrite", "--out", str(out)]  # a cell run again replaces its folder
     print("==", " ".join(cmd[1:]), file=sys.stderr, flush=True)
     started = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=True)
@@ -84,7 +84,7 @@ def head(row: str, name: str, seed: int) -> dict:
     accuracy = next(v for k, v in result.items() if k.startswith("acc_a_"))
     return {"accuracy": accuracy, "wall_s": round(time.time() - started, 1), "cache_s": result["cache_s"],
             "best_epoch": result["best_epoch"], "refit_rows": result.get("refit_rows"),
-            "recipe": recipe[0] if recipe else None, "command": "python " + " ".join(cmd[1:-2])}
+            "recipe": recipe[0] if recipe else None, "command": "python " + " ".join(cmd[1:-3])}
 
 
 def logreg(name: str) -> dict:

@@ -49,7 +49,7 @@ ROWS = [
 
 def run(name: str, flags: list[str]) -> dict:
     out = HERE / "results" / f"{name}.json"
-    cmd = [sys.executable, str(ROOT / "train.py"), *BUDGET, *flags, "--out", str(ROOT / "runs" / f"strategy-{name}")]
+    cmd = [sys.executable, str(ROOT / "train.py"), *BUDGET, *flags, "--overwrite", "--out", str(ROOT / "runs" / f"strategy-{name}")]
     print(f"== {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])

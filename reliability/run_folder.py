@@ -29,7 +29,7 @@ from reliability.checkpoint import all_finite, read_progress, write_atomic
 from speed.hardware import describe
 
 # Flags that may change between a run and its resume: they do not change what is computed.
-MAY_DIFFER_ON_RESUME = {"out", "data_dir", "device", "log_every", "save_every", "max_bad_steps"}
+MAY_DIFFER_ON_RESUME = {"out", "data_dir", "device", "log_every", "save_every", "max_bad_steps", "overwrite"}
 TEST_ROWS = "test-{task}.jsonl"  # your own data's test rows; run.json names the file for each task
 REFIT = "refit"  # --refit's own run, inside the run folder (train.refit)
 
@@ -123,7 +123,8 @@ def check_finite(model, step: int, out: Path) -> None:
 
 def check_before_start(out: Path, resume: bool, config: dict, defaults: dict, precision: str) -> dict | None:
     """Before anything loads: --resume needs a checkpoint and run.json with the same flags; a fresh
-    run must not silently replace an unfinished one. Returns run.json's content on resume.
+    run replaces neither an unfinished run nor a trained model (best.safetensors) unless the flags say
+    --overwrite. Returns run.json's content on resume.
 
     config, defaults: the run's flags and their defaults (dataclasses.asdict of train.TrainConfig);
     precision: what --dtype means on this CPU, "fp32" or "bf16"."""
@@ -133,6 +134,9 @@ def check_before_start(out: Path, resume: bool, config: dict, defaults: dict, pr
         if progress and not progress.get("done"):
             raise ValueError(f"{out} holds an unfinished run (stopped at step {progress['step']}); continue it with "
                              f"--resume, or delete {out} or pick another --out to start over")
+        if (out / "best.safetensors").is_file() and not config.get("overwrite"):
+            raise ValueError(f"{out} holds a trained model (best.safetensors, {(out / 'best.safetensors').stat().st_size / 1e6:.0f} "
+                             f"MB), which a fresh run there would replace; --overwrite replaces it, or pick another --out")
         return None
     if not last.is_file() or not info_path.is_file():
         missing = " and ".join(str(p.name) for p in (last, info_path) if not p.is_file())
@@ -160,6 +164,16 @@ def check_before_start(out: Path, resume: bool, config: dict, defaults: dict, pr
     if progress.get("done") and not refit_pending(out, info["config"]):
         raise ValueError(f"--resume: {out} finished at step {progress['step']}; there is nothing left to train")
     return info
+
+
+def next_free(out: Path) -> Path:
+    """out itself if it holds no run, else the first of out-2, out-3, ... that holds none: running the
+    default job twice keeps the first one's model (as Lightning's version_N folders do)."""
+    candidate, n = out, 1
+    while (candidate / "run.json").is_file() or (candidate / "best.safetensors").is_file():
+        n += 1
+        candidate = out.with_name(f"{out.name}-{n}")
+    return candidate
 
 
 def refit_pending(out: Path, config: dict) -> bool:

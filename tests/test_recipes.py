@@ -16,7 +16,8 @@ from mpnet import MPNet, MPNetConfig
 from test_train import TEXTS, TOPIC, config, tokenizer  # noqa: F401  (the real tokenizer fixture)
 
 
-def test_the_default_job_takes_trainconfigs_own_defaults():
+def test_the_default_job_takes_trainconfigs_own_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no earlier runs/default here
     cfg, resume, line = train_mod.parse_args([])
     assert cfg == train_mod.TrainConfig() and not resume and line == ""
 

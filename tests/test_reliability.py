@@ -273,6 +273,32 @@ def test_a_fresh_run_does_not_replace_an_unfinished_one(tmp_path, tokenizer, mon
         check(cfg, resume=False)
 
 
+def test_a_fresh_run_never_replaces_a_trained_model_unless_asked(tmp_path):
+    """Also when last.safetensors was deleted to save space, or is damaged: best.safetensors is the model."""
+    cfg = run_cfg(tmp_path)
+    out = Path(cfg.out)
+    out.mkdir()
+    (out / "run.json").write_text("{}")
+    (out / "best.safetensors").write_bytes(b"a trained model")
+    with pytest.raises(ValueError, match=r"holds a trained model \(best.safetensors.*--overwrite replaces it"):
+        check(cfg, resume=False)
+    (out / "last.safetensors").write_bytes(b"damaged")
+    with pytest.raises(ValueError, match="holds a trained model"):
+        check(cfg, resume=False)
+    check(replace(cfg, overwrite=True), resume=False)  # asked for
+
+
+def test_running_the_default_job_twice_keeps_the_first_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert train_mod.parse_args([])[0].out == "runs/default"
+    for name in ("default", "default-2"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "best.safetensors").write_bytes(b"a trained model")
+    assert train_mod.parse_args([])[0].out == "runs/default-3"
+    assert train_mod.parse_args(["--resume"])[0].out == "runs/default"  # resume means the folder named
+    assert train_mod.parse_args(["--out", "runs/default", "--overwrite"])[0].out == "runs/default"
+
+
 def test_resume_command_repeats_every_flag_that_matters(tmp_path):
     cfg = train_mod.TrainConfig(task_a="banking77", batch_size=8, class_weights=True, out=str(tmp_path / "r x"))
     command = run_folder.resume_command(asdict(cfg), asdict(train_mod.TrainConfig()))
