@@ -86,8 +86,13 @@ def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.opt
     tensors["rng.torch"] = rng_states[0]
     for rank, rng in enumerate(rng_states[1:], 1):
         tensors[f"rng.torch.{rank}"] = rng
+    sampler_state = sampler.state_dict()
+    # Each pool's remaining order as a tensor, not as JSON in the header: safetensors refuses a header over
+    # 100 MB, which a JSON list passes at about 11M rows.
+    for i, order in enumerate(sampler_state.pop("orders")):
+        tensors[f"sampler.order.{i}"] = torch.tensor(order, dtype=torch.int64)
     state = {"optimizer_groups": opt["param_groups"], "scheduler": scheduler.state_dict(),
-             "sampler": sampler.state_dict(), "progress": progress}
+             "sampler": sampler_state, "progress": progress}
     metadata = {"format": FORMAT, "state": json.dumps(state)}
     write_atomic(lambda p: save_file(tensors, p, metadata=metadata), path)
 
@@ -119,6 +124,9 @@ def load_training_state(path: Path) -> tuple[dict, dict, dict]:
     for group in groups:
         if "betas" in group:
             group["betas"] = tuple(group["betas"])  # JSON made the tuple a list
+    orders = sorted(int(name.rsplit(".", 1)[1]) for name in tensors if name.startswith("sampler.order."))
+    if orders:  # checkpoints before the orders moved out of the header keep them in state["sampler"]
+        state["sampler"]["orders"] = [tensors[f"sampler.order.{i}"].tolist() for i in orders]
     ranks = sorted(int(name.rsplit(".", 1)[1]) for name in tensors if name.startswith("rng.torch."))
     state["torch_rng"] = [tensors["rng.torch"]] + [tensors[f"rng.torch.{r}"] for r in ranks]  # one per rank
     return model, {"state": slots, "param_groups": groups}, state

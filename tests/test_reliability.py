@@ -186,6 +186,24 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
+def test_a_sampler_of_twelve_million_rows_fits_in_a_checkpoint(tmp_path):
+    """The remaining order travels as a tensor: as JSON in the header it would pass safetensors' 100 MB
+    header limit, and the checkpoint could not be read back."""
+    class Sampler:
+        def state_dict(self):
+            return {"rng": [3, [1, 2], None], "orders": [list(range(12_000_000)), [2, 0, 1]], "position": 5}
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    path = tmp_path / "last.safetensors"
+    checkpoint.save_training_state(path, model, optimizer, scheduler, Sampler(), {"step": 5})
+    _, _, state = load_training_state(path)
+    assert state["sampler"]["position"] == 5 and state["sampler"]["orders"][1] == [2, 0, 1]
+    assert state["sampler"]["orders"][0] == list(range(12_000_000))  # 109 MB as JSON
+    assert read_progress(path) == {"step": 5}
+
+
 def test_a_pickle_in_place_of_the_checkpoint_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "code-ran"
     (tmp_path / "last.safetensors").write_bytes(pickle.dumps({"optimizer": Payload(str(marker))}))
