@@ -43,7 +43,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from reliability.checkpoint import write_atomic
+from reliability.checkpoint import sync_folder, write_atomic
 from reliability.flags import int_at_least
 from speed.memory import bound_kernel_cache, release_freed_memory
 
@@ -148,6 +148,7 @@ def embed_file(encoder, source: Path, output: Path, field: str | None = None, dt
         if missing:
             raise RuntimeError(f"chunks {sorted(missing)[:5]} were not embedded; run the command again to finish")
         os.replace(partial, output)
+        sync_folder(output.parent)  # the rename itself is on disk before the records that allow it go
         for p in partial.parent.glob(partial.name + ".done-*"):
             p.unlink()
     shards.barrier()
@@ -166,7 +167,8 @@ def prepare(partial: Path, settings: dict) -> None:
 
 
 def done_files(partial: Path) -> list[Path]:
-    return sorted(partial.parent.glob(partial.name + ".done-*"))
+    """Each rank's record, .done-RANK; not the temporary file a killed write left (.done-RANK.XXXX.tmp)."""
+    return sorted(p for p in partial.parent.glob(partial.name + ".done-*") if p.name.rsplit("-", 1)[1].isdigit())
 
 
 def done_file(partial: Path, rank: int) -> Path:

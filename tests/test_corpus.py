@@ -83,6 +83,29 @@ def test_a_crash_mid_corpus_resumes_to_the_same_file(encoder, lines, tmp_path, m
     assert np.array_equal(np.load(out), np.load(straight))
 
 
+def test_a_kill_during_a_record_write_does_not_block_the_resume(encoder, lines, tmp_path, monkeypatch):
+    """kill -9 while a chunk's record was being written leaves its temporary file; the resume ignores it."""
+    straight = tmp_path / "straight.npy"
+    corpus.embed_file(encoder, lines, straight, chunk_size=3)
+    out = tmp_path / "emb.npy"
+    real_encode, calls = encoder.encode, []
+
+    def crash_on_third_chunk(sentences, batch_size=32):
+        calls.append(len(sentences))
+        if len(calls) == 3:
+            raise RuntimeError("simulated crash")
+        return real_encode(sentences, batch_size)
+
+    monkeypatch.setattr(encoder, "encode", crash_on_third_chunk)
+    with pytest.raises(RuntimeError, match="simulated"):
+        corpus.embed_file(encoder, lines, out, chunk_size=3)
+    monkeypatch.undo()
+    for debris in ("emb.npy.partial.done-0.tmp", "emb.npy.partial.done-0.k3x9a1.tmp"):  # before and since mkstemp
+        (tmp_path / debris).write_text('{"chunks": [0, 1')  # cut off mid-write
+    corpus.embed_file(encoder, lines, out, chunk_size=3)
+    assert np.array_equal(np.load(out), np.load(straight))
+
+
 def test_other_settings_start_over_instead_of_mixing(encoder, lines, tmp_path, monkeypatch):
     out = tmp_path / "emb.npy"
     real_encode, calls = encoder.encode, []
