@@ -18,6 +18,7 @@ import csv
 import json
 import os
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -231,6 +232,12 @@ def read_user_rows(path: str | os.PathLike, text_column: str, label_column: str)
             raise ValueError(f"{path}:{line}: empty label in column {label_column!r}; every row needs a label")
     if not rows:
         raise ValueError(f"{path}: no rows")
+    spaced = [(line, label) for line, _, label in rows if label != label.strip()]
+    if spaced:  # " pos" would otherwise be a class of its own beside "pos"
+        line, label = spaced[0]
+        print(f"{path}: {len(spaced)} labels had spaces around them (first: line {line}, {label!r}); "
+              f"read without the spaces", file=sys.stderr)
+        rows = [(line, text, label.strip()) for line, text, label in rows]
     return rows
 
 

@@ -82,6 +82,15 @@ def test_a_bom_and_crlf_are_fine_and_integer_labels_become_strings(tmp_path):
     assert data.read_user_rows(path, "text", "label") == [(2, "hello", "1"), (3, "world", "0")]
 
 
+def test_labels_with_spaces_around_them_are_read_without_them_said_once(tmp_path, capsys):
+    path = tmp_path / "spaced.csv"
+    path.write_text("text,label\nfine,pos\ngood, pos\nbad,neg \nawful,neg\n")
+    labels = [label for _, _, label in data.read_user_rows(path, "text", "label")]
+    assert labels == ["pos", "pos", "neg", "neg"]  # two classes, not four
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 labels had spaces around them (first: line 3, ' pos')" in err[0]
+
+
 def test_stratified_split_keeps_every_label_on_both_sides_and_depends_on_the_seed_only(tmp_path):
     rows = [(i + 2, t, y) for i, (t, y) in enumerate(ticket_rows())]
     train, test = data.stratified_split("t.csv", rows, 0.2, seed=0)
