@@ -15,6 +15,7 @@ A dataset name picks the file and the label column:
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import random
@@ -184,6 +185,13 @@ def load(name: str, split: str, folder: str | os.PathLike | None = None) -> Labe
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     return DATASETS[name](split, None if name.startswith("reviews") else data_dir(folder))
+
+
+def fingerprints(sets: list[LabelledTexts], extra: list[str | None] = ()) -> dict[str, str]:
+    """{file: sha256} of every file the datasets were read from, and of the `extra` files (test and label
+    files): run.json keeps them, and a resume refuses data that changed under the saved sampler."""
+    paths = sorted({ds.source.split("#")[0] for ds in sets} | {p for p in extra if p})
+    return {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths if Path(p).is_file()}  # (in-memory sets: none)
 
 
 # ----------------------------------------------------------------------------- your own data

@@ -145,14 +145,16 @@ def set_attention_dropout(backbone: MPNet, cfg: TrainConfig) -> None:
 
 
 def run_info(cfg: TrainConfig, backbone: MPNetConfig, train_sets: dict) -> dict:
-    """run.json: what eval.py and predict.py need to rebuild the model, and what a resume must match;
-    "recipe" names the scenario whose defaults the command line used (freeze.recipe)."""
+    """run.json: what eval.py and predict.py need to rebuild the model, and what a resume must match
+    (data_sha256: the data files); "recipe" names the scenario whose defaults the command line used."""
     tasks = {t: {"dataset": ds.name, "label_names": ds.label_names} for t, ds in train_sets.items()}
     for t, name in data.task_datasets(cfg).items():
         if data.is_user_file(name):
             tasks[t]["test_rows"] = run_folder.TEST_ROWS.format(task=t)
+    extra = [cfg.test_a, cfg.test_b, cfg.labels_a, cfg.labels_b]
     return {"config": asdict(cfg), "backbone": asdict(backbone), "tasks": tasks, "precision": precision(cfg),
-            "recipe": freeze.recipe(cfg.freeze, cfg.per_class)[0] if cfg.recipe == "auto" else "none"}
+            "recipe": freeze.recipe(cfg.freeze, cfg.per_class)[0] if cfg.recipe == "auto" else "none",
+            "data_sha256": data.fingerprints(list(train_sets.values()), extra)}
 
 
 def make_optimizer(groups: list[dict]) -> torch.optim.AdamW:

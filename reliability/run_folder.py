@@ -191,6 +191,14 @@ def check_resume_matches(info: dict, now: dict, out: Path) -> None:
     diffs = [f"{key}: {now[key]} (run.json: {info.get(key)})" for key in ("tasks", "backbone") if info.get(key) != now[key]]
     if diffs:
         raise ValueError(f"--resume: the data or model differ from {out}/run.json: {'; '.join(diffs)}")
+    # The data files, compared by content rather than path (a --data-dir may move); runs from before
+    # run.json recorded data_sha256 are not checked.
+    saved = info.get("data_sha256")
+    changed = [path for path, digest in now["data_sha256"].items() if saved is not None and digest not in saved.values()]
+    if changed:
+        raise ValueError(f"--resume: {changed[0]} is not the file the run started with (its sha256 differs from "
+                         f"{out}/run.json's); the saved sampler positions would point at other rows. Restore the "
+                         f"file, or start a fresh run with another --out")
 
 
 def start_fresh(out: Path, info: dict, tokenizer_file: Path, test_rows: dict | None = None) -> None:
