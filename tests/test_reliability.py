@@ -495,3 +495,12 @@ def test_run_json_sizes_are_bounded_before_anything_is_built(tmp_path, key, valu
     with pytest.raises(ValueError, match=rf"backbone {key} is"):
         load_run(hostile_run(tmp_path, backbone={key: value}))
     assert time.time() - started < 5
+
+
+# ----------------------------------------------------------------------------- fault injection
+def test_kill_9_at_random_instants_then_resume_gives_the_uninterrupted_weights():
+    """The short form of tests/fault_injection.py (the long form: --kills 200)."""
+    import fault_injection
+
+    result = fault_injection.run(kills=3, seed=1)
+    assert result["kills"] >= 3 and result["corrupt_or_lost"] == 0  # run() raises on any difference
