@@ -156,14 +156,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    parser.add_argument("--before-seeds", type=int, nargs="+", default=list(SEEDS),
+                        help="the seeds of the `--recipe none` row (default: every seed of the set)")
+    parser.add_argument("--no-logreg", action="store_true", help="skip the logistic-regression cells")
     args = parser.parse_args()
     if not args.table_only:
         for name in args.sets:  # the target's cells first: defaults and the reference, then the row before
             for seed in SETS[name]:
                 cell(RESULTS, f"defaults-{name}-{seed}", lambda: head("defaults", name, seed))
-            cell(RESULTS, f"logreg-{name}", lambda: logreg(name))
+            if not args.no_logreg:
+                cell(RESULTS, f"logreg-{name}", lambda: logreg(name))
         for name in args.sets:
-            for seed in SETS[name]:
+            for seed in [s for s in SETS[name] if s in args.before_seeds]:
                 cell(RESULTS, f"before-{name}-{seed}", lambda: head("before", name, seed))
     text = table()
     (HERE / "recipes.md").write_text(text)

@@ -5,7 +5,7 @@ never interrupted, and no resume may start from further back than the last compl
 
 Each trial trains the tiny model (tests/kill_worker.py: 24 steps, a checkpoint after every step) in a
 fresh folder, kills the process with SIGKILL at a random instant after it has started training
-(uniform over the time an uninterrupted run trains), starts it again, and so on until a run finishes
+(uniform over the first half of the time an uninterrupted run trains), starts it again, and so on until a run finishes
 by itself. Then it compares the final weights with those of
 an uninterrupted run, bit for bit (same machine, same threads). tests/test_reliability.py runs a short
 form in CI.
@@ -59,7 +59,7 @@ def trial(out: Path, rng: random.Random, max_delay: float) -> dict:
             proc.wait()
             outcome = proc.returncode
             break
-        time.sleep(rng.uniform(0, max_delay))
+        time.sleep(rng.uniform(0, max_delay / 2))  # within the first half: more kills a trial
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
