@@ -58,20 +58,25 @@ def test_jsonl_field(encoder, tmp_path):
     torch.testing.assert_close(torch.from_numpy(np.load(out)), encoder.encode(SENTENCES[:4]), rtol=0, atol=ROW_TOL)
 
 
-def test_a_crash_mid_corpus_resumes_to_the_same_file(encoder, lines, tmp_path, monkeypatch):
-    straight = tmp_path / "straight.npy"
-    corpus.embed_file(encoder, lines, straight, chunk_size=3)
-
-    out, calls = tmp_path / "emb.npy", []
+def crash_on_third_chunk(encoder, monkeypatch, calls: list) -> None:
+    """encoder.encode records each chunk's size in `calls` and raises on the third chunk."""
     real_encode = encoder.encode
 
-    def crash_on_third_chunk(sentences, batch_size=32):
+    def encode(sentences, batch_size=32):
         calls.append(len(sentences))
         if len(calls) == 3:
             raise RuntimeError("simulated crash")
         return real_encode(sentences, batch_size)
 
-    monkeypatch.setattr(encoder, "encode", crash_on_third_chunk)
+    monkeypatch.setattr(encoder, "encode", encode)
+
+
+def test_a_crash_mid_corpus_resumes_to_the_same_file(encoder, lines, tmp_path, monkeypatch):
+    straight = tmp_path / "straight.npy"
+    corpus.embed_file(encoder, lines, straight, chunk_size=3)
+
+    out, calls = tmp_path / "emb.npy", []
+    crash_on_third_chunk(encoder, monkeypatch, calls)
     with pytest.raises(RuntimeError, match="simulated"):
         corpus.embed_file(encoder, lines, out, chunk_size=3)
     assert not out.exists()  # the output path only ever holds a complete file
@@ -88,15 +93,7 @@ def test_a_kill_during_a_record_write_does_not_block_the_resume(encoder, lines, 
     straight = tmp_path / "straight.npy"
     corpus.embed_file(encoder, lines, straight, chunk_size=3)
     out = tmp_path / "emb.npy"
-    real_encode, calls = encoder.encode, []
-
-    def crash_on_third_chunk(sentences, batch_size=32):
-        calls.append(len(sentences))
-        if len(calls) == 3:
-            raise RuntimeError("simulated crash")
-        return real_encode(sentences, batch_size)
-
-    monkeypatch.setattr(encoder, "encode", crash_on_third_chunk)
+    crash_on_third_chunk(encoder, monkeypatch, [])
     with pytest.raises(RuntimeError, match="simulated"):
         corpus.embed_file(encoder, lines, out, chunk_size=3)
     monkeypatch.undo()
