@@ -169,6 +169,10 @@ def load_run(folder: str | Path):
         weights = load_file(weights_path)
     except Exception as e:  # safetensors raises its own error type for damaged files
         raise ValueError(f"{weights_path} is not a readable safetensors file ({e})") from None
+    wrong_dtype = sorted(k for k, v in weights.items() if v.dtype != torch.float32)
+    if wrong_dtype:
+        raise ValueError(f"{weights_path}: {wrong_dtype[0]} is {weights[wrong_dtype[0]].dtype}, expected float32 "
+                         f"(train.py saves float32 weights); was the file converted or written by another tool?")
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in weights.items()}
     if found != expected:

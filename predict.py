@@ -54,6 +54,8 @@ class Classifier:
 
     def predict(self, texts: Sequence[str], top: int = 3, batch_size: int = 64) -> list[dict]:
         """Per text: for each task the most probable label, its probability, and the next top-1 labels."""
+        if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+            raise ValueError(f"top must be an integer >= 1 (the labels to show per task), got {top!r}")
         probs = self.predict_proba(texts, batch_size)
         results = [{"text": t} for t in texts]
         for task, p in probs.items():

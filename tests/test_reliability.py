@@ -138,6 +138,40 @@ def test_same_seed_fp32_gives_bit_identical_weights(tmp_path, tokenizer, straigh
     assert_same_weights(straight, again)
 
 
+def tiny_run_folder(tmp_path, dtype=torch.float32) -> Path:
+    """A run folder as train.py writes it, for the tiny model; its weights saved in `dtype`."""
+    from safetensors.torch import save_file
+
+    from weights.fetch import fetch
+
+    model, out = tiny_model(), tmp_path / "tiny"
+    out.mkdir()
+    info = {"config": {"normalize": False}, "backbone": asdict(model.backbone.cfg),
+            "tasks": {"a": {"dataset": "toy", "label_names": ["q", "d", "p", "s"]},
+                      "b": {"dataset": "toy", "label_names": ["neg", "pos"]}}}
+    (out / "run.json").write_text(json.dumps(info))
+    (out / "tokenizer.json").write_bytes((fetch() / "tokenizer.json").read_bytes())
+    save_file({k: v.to(dtype).contiguous() for k, v in model.state_dict().items()}, out / "best.safetensors")
+    return out
+
+
+def test_best_weights_of_another_dtype_are_refused(tmp_path):
+    from eval import load_run
+
+    with pytest.raises(ValueError, match=r"is torch.bfloat16, expected float32"):
+        load_run(tiny_run_folder(tmp_path, torch.bfloat16))
+
+
+@pytest.mark.parametrize("top", [0, -1, 1.5, True])
+def test_predict_top_must_be_a_positive_integer(tmp_path, top):
+    from predict import Classifier
+
+    classifier = Classifier.from_checkpoint(tiny_run_folder(tmp_path))
+    assert classifier.predict(["the parcel never came"], top=1)[0]["a"]["next"] == []
+    with pytest.raises(ValueError, match="top must be an integer >= 1"):
+        classifier.predict(["the parcel never came"], top=top)
+
+
 # ----------------------------------------------------------------------------- fault injection
 def fail_writing_halfway(tensors, path, metadata=None):
     Path(path).write_bytes(b"\x00" * 100)  # a torn write: some bytes, then the process dies
