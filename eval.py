@@ -131,12 +131,28 @@ BACKBONE_LIMITS = {"vocab_size": 1_000_000, "hidden_size": 8192, "num_hidden_lay
                    "intermediate_size": 65536, "max_position_embeddings": 65536, "relative_attention_num_buckets": 1024}
 
 
+# Numbers no tensor shape checks: a run.json that changed them would load and silently compute another model.
+FIXED_BY_THE_CHECKPOINT = ("layer_norm_eps", "pad_token_id", "relative_attention_max_distance")
+
+
 def check_run_info(info: dict) -> None:
-    """Raise ValueError unless run.json's sizes are sane and its test_rows stay inside the run folder."""
+    """Raise ValueError unless run.json's sizes are sane, the numbers no shape checks agree with the
+    backbone's own config.json, and its test_rows stay inside the run folder."""
+    from mpnet import MPNetConfig
+    from weights.fetch import weights_dir
+
     for key, limit in BACKBONE_LIMITS.items():
         value = info["backbone"].get(key)
         if value is not None and not (isinstance(value, int) and 0 < value <= limit):
             raise ValueError(f"backbone {key} is {value!r}, expected an integer in 1..{limit:,}")
+    config_path = weights_dir() / "config.json"
+    reference = MPNetConfig.from_json(config_path) if config_path.is_file() else MPNetConfig()
+    for key in FIXED_BY_THE_CHECKPOINT:
+        if key in info["backbone"] and info["backbone"][key] != getattr(reference, key):
+            raise ValueError(f"backbone {key} is {info['backbone'][key]!r}, but the backbone's config.json says "
+                             f"{getattr(reference, key)!r}")
+    if not isinstance(info["config"].get("normalize", False), bool):
+        raise ValueError(f"config normalize is {info['config']['normalize']!r}, expected true or false")
     for task, spec in info["tasks"].items():
         rows = spec.get("test_rows")
         if rows is not None and (not isinstance(rows, str) or Path(rows).name != rows or rows in ("", ".", "..")):

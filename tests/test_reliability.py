@@ -155,6 +155,16 @@ def tiny_run_folder(tmp_path, dtype=torch.float32) -> Path:
     return out
 
 
+def test_run_json_normalize_must_be_a_boolean(tmp_path):
+    from eval import load_run
+
+    out = tiny_run_folder(tmp_path)
+    info = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps(info | {"config": {"normalize": "yes"}}))
+    with pytest.raises(ValueError, match="config normalize is 'yes', expected true or false"):
+        load_run(out)
+
+
 def test_best_weights_of_another_dtype_are_refused(tmp_path):
     from eval import load_run
 
@@ -521,7 +531,8 @@ def test_run_json_test_rows_may_not_leave_the_run_folder(tmp_path, test_rows):
         load_run(hostile_run(tmp_path, test_rows=test_rows))
 
 
-@pytest.mark.parametrize("key, value", [("num_hidden_layers", 10**5), ("hidden_size", -1), ("vocab_size", "big")])
+@pytest.mark.parametrize("key, value", [("num_hidden_layers", 10**5), ("hidden_size", -1), ("vocab_size", "big"),
+                                        ("layer_norm_eps", 1e-12), ("pad_token_id", 0)])
 def test_run_json_sizes_are_bounded_before_anything_is_built(tmp_path, key, value):
     from eval import load_run
 
