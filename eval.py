@@ -139,14 +139,12 @@ def check_run_info(info: dict) -> None:
     """Raise ValueError unless run.json's sizes are sane, the numbers no shape checks agree with the
     backbone's own config.json, and its test_rows stay inside the run folder."""
     from mpnet import MPNetConfig
-    from weights.fetch import weights_dir
 
     for key, limit in BACKBONE_LIMITS.items():
         value = info["backbone"].get(key)
         if value is not None and not (isinstance(value, int) and 0 < value <= limit):
             raise ValueError(f"backbone {key} is {value!r}, expected an integer in 1..{limit:,}")
-    config_path = weights_dir() / "config.json"
-    reference = MPNetConfig.from_json(config_path) if config_path.is_file() else MPNetConfig()
+    reference = MPNetConfig.of_weights()
     for key in FIXED_BY_THE_CHECKPOINT:
         if key in info["backbone"] and info["backbone"][key] != getattr(reference, key):
             raise ValueError(f"backbone {key} is {info['backbone'][key]!r}, but the backbone's config.json says "

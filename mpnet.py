@@ -57,6 +57,12 @@ class MPNetConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
+    @classmethod
+    def of_weights(cls) -> "MPNetConfig":
+        """The fetched checkpoint's config.json; before the fetch, these defaults (the same values)."""
+        path = weights_dir() / "config.json"
+        return cls.from_json(path) if path.is_file() else cls()
+
 
 # ----------------------------------------------------------------------------- 2. indices
 def position_ids_from(input_ids: torch.Tensor, padding_idx: int) -> torch.Tensor:
