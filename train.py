@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import signal
 import sys
@@ -39,7 +40,7 @@ import lr_groups
 from heads import MultiTaskModel, balanced_class_weights, multitask_loss
 from mpnet import MPNet, MPNetConfig, SentenceEncoder
 from reliability import run_folder
-from reliability.checkpoint import load_training_state, save_training_state, save_weights
+from reliability.checkpoint import load_training_state, save_training_state, save_weights, sync_folder
 from reliability.flags import TRAIN_CHOICES, TRAIN_FLAG_TYPES, check_train_specs
 from reliability.run_folder import Diverged, Interrupted, SignalGuard
 from scale.ddp import World, loss_normalizers
@@ -552,8 +553,9 @@ def refit(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     """--refit: early stopping picked the number of epochs; now the heads start again from the same
     initial weights and train on train + validation for that many epochs, with no validation, and
     become best.safetensors (scikit-learn's *CV estimators end the same way). Its own run folder is
-    out/refit/, so an interrupted refit resumes there. The backbone is as the search left it: for
-    --freeze backbone, untouched; the feature cache already holds the validation rows."""
+    out/refit/, so an interrupted refit resumes there; its best.safetensors is then moved into out/.
+    The backbone is frozen (--refit needs --freeze backbone), and the feature cache already holds the
+    validation rows."""
     out = Path(cfg.out)
     refit_cfg = replace(cfg, epochs=best["epoch"], patience=0, val_fraction=0.0, refit=False,
                         out=str(out / run_folder.REFIT))
@@ -566,8 +568,9 @@ def refit(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     model.heads.load_state_dict(initial_heads)
     resume = (Path(refit_cfg.out) / "last.safetensors").is_file()  # this run's refit began and was stopped
     refit_best = train(refit_cfg, model, tokenizer, everything, {}, resume=resume, world=world)
-    if world.main:
-        save_weights(out / "best.safetensors", model.state_dict(), {"epoch": str(refit_cfg.epochs), "refit": "yes"})
+    if world.main:  # a rename, not a second 0.4 GB write; until it happens, run_folder.refit_pending says so
+        os.replace(Path(refit_cfg.out) / "best.safetensors", out / "best.safetensors")
+        sync_folder(out)
     world.barrier()
     return best | {"refit_rows": rows, "train_s": best.get("train_s", 0) + refit_best.get("train_s", 0)}
 
@@ -622,9 +625,7 @@ def run_and_test(cfg: TrainConfig, resume: bool, recipe_line: str, world: World)
         torch.manual_seed(cfg.seed)
         train_sets, val_sets, final_sets = data.load_tasks(cfg)
         if resume:
-            config_path = weights_dir() / "config.json"
-            checkpoint = MPNetConfig.from_json(config_path) if config_path.is_file() else MPNetConfig()
-            now = run_info(cfg, backbone_config(checkpoint, cfg), train_sets)
+            now = run_info(cfg, backbone_config(MPNetConfig.of_weights(), cfg), train_sets)
             run_folder.check_resume_matches(saved_info, now, out)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -101,4 +101,6 @@ def check_train_specs(cfg) -> None:
     if (cfg.test_a and not data.is_user_file(cfg.task_a)) or (cfg.test_b and not data.is_user_file(cfg.task_b)):
         raise ValueError("--test-a/--test-b go with your own data files; built-in datasets bring their test split")
     freeze.check_spec(cfg.freeze, MPNetConfig().num_hidden_layers, list(data.task_datasets(cfg)))
+    if cfg.refit and cfg.freeze != "backbone":  # it restarts the heads alone: a trained backbone would stay trained
+        raise ValueError(f"--refit fits fresh heads on a frozen backbone, so it needs --freeze backbone, not {cfg.freeze}")
     lr_groups.check_spec(cfg.lr_groups)

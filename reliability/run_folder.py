@@ -35,7 +35,7 @@ REFIT = "refit"  # --refit's own run, inside the run folder (train.refit)
 
 
 class Interrupted(Exception):
-    """Raised after a SIGINT/SIGTERM once the current step is done and the checkpoint is saved."""
+    """Raised after a SIGINT, SIGTERM or SIGHUP once the current step is done and the checkpoint is saved."""
 
     def __init__(self, signum: int, step: int, path: Path):
         super().__init__(f"{signal.Signals(signum).name} at step {step}; saved {path}")
@@ -177,12 +177,13 @@ def next_free(out: Path) -> Path:
 
 
 def refit_pending(out: Path, config: dict) -> bool:
-    """A run with --refit whose search finished but whose refit (in out/refit/) did not."""
+    """A run with --refit whose search finished but whose refit did not reach out/best.safetensors: its
+    own run in out/refit/ is unfinished, or finished with its best.safetensors not yet moved out."""
     if not config.get("refit") or not config.get("val_fraction"):
         return False
     last = out / REFIT / "last.safetensors"
     progress = read_progress(last) if last.is_file() else None
-    return not (progress and progress.get("done"))
+    return not (progress and progress.get("done")) or (out / REFIT / "best.safetensors").is_file()
 
 
 def check_resume_matches(info: dict, now: dict, out: Path) -> None:

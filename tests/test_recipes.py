@@ -78,6 +78,7 @@ def test_refit_trains_the_initial_heads_on_train_and_validation(tmp_path, tokeni
     best = train_mod.refit(cfg, model, tokenizer, train_sets, val_sets, best, initial)
     refitted = load_file(tmp_path / "run" / "best.safetensors")
     assert best["refit_rows"] == 8 and (tmp_path / "run" / "refit" / "last.safetensors").is_file()
+    assert not (tmp_path / "run" / "refit" / "best.safetensors").exists()  # moved into the run folder
 
     direct = one_head_model()
     all_rows = {"a": replace(train_sets["a"], texts=TEXTS, labels=TOPIC)}
@@ -91,10 +92,32 @@ def test_refit_trains_the_initial_heads_on_train_and_validation(tmp_path, tokeni
 
 
 def test_an_interrupted_refit_can_be_resumed(tmp_path):
-    """check_before_start refuses a finished run, unless its refit is still to finish."""
+    """check_before_start refuses a finished run, unless its refit is still to finish: its own run, or
+    the move of its best.safetensors into the run folder."""
+    from reliability.checkpoint import save_training_state
+
     out = tmp_path / "run"
     (out / "refit").mkdir(parents=True)
     config = asdict(train_mod.TrainConfig(freeze="backbone", refit=True))
     assert run_folder.refit_pending(out, config)
     assert not run_folder.refit_pending(out, config | {"refit": False})
     assert not run_folder.refit_pending(out, config | {"val_fraction": 0.0})
+
+    class Sampler:
+        def state_dict(self):
+            return {"rng": [3, [1], None], "orders": [[0]], "position": 0}
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    save_training_state(out / "refit" / "last.safetensors", model, optimizer, scheduler, Sampler(), {"done": True})
+    (out / "refit" / "best.safetensors").write_bytes(b"the refit's weights, not moved yet")
+    assert run_folder.refit_pending(out, config)  # killed between the refit's end and the move
+    (out / "refit" / "best.safetensors").rename(out / "best.safetensors")
+    assert not run_folder.refit_pending(out, config)
+
+
+def test_refit_needs_a_frozen_backbone(capsys):
+    with pytest.raises(SystemExit):
+        train_mod.parse_args(["--refit", "--freeze", "top-4"])
+    assert "--refit fits fresh heads on a frozen backbone, so it needs --freeze backbone, not top-4" in capsys.readouterr().err
