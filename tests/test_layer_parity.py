@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import mpnet
-from layer_parity import SENTENCES, TOLERANCE, compare, our_hidden_states, reference_hidden_states, report
+from tools.layer_parity import SENTENCES, TOLERANCE, compare, our_hidden_states, reference_hidden_states, report
 from weights.fetch import weights_dir
 
 

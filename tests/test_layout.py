@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = ("speed", "scale", "reliability", "tools", "weights")
+FOLDERS = ("speed", "scale", "reliability", "tools", "weights", "exercises")
 
 
 def project_modules() -> dict[str, Path]:

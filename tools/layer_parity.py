@@ -1,7 +1,7 @@
 """Where does a reimplementation first diverge? Hidden states, layer by layer, against transformers.
 
-    python tests/layer_parity.py                       # a few built-in sentences
-    python tests/layer_parity.py "A sentence." "Another one, a bit longer."
+    python -m tools.layer_parity                       # a few built-in sentences
+    python -m tools.layer_parity "A sentence." "Another one, a bit longer."
 
 Runs mpnet.py's encoder and Hugging Face `transformers`' MPNetModel (a test-only dependency),
 both loaded from the same local weights folder, on the same token ids, and prints the largest
