@@ -81,20 +81,26 @@ def _checked(name: str, split: str, path: Path, rows: list[tuple[int, str, str]]
 
 
 def read_table(path: Path, columns: list[str], delimiter: str = "\t") -> list[tuple[int, dict[str, str]]]:
-    """(line number, {column: value}) for every row of a CSV or TSV file with a header.
+    """(line number, {column: value}) for every row of a CSV or TSV file with a header (table_rows)."""
+    return list(table_rows(path, columns, delimiter))
+
+
+def table_rows(path: Path, columns: list[str], delimiter: str = "\t") -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, {column: value}) for each row of a CSV or TSV file with a header, streamed.
 
     TSVs are read with quoting off (a bare " is text: STS-B and TREC contain them); CSVs follow
     RFC 4180 (quoted fields may hold commas, quotes and newlines: Banking77 has them). A byte-order
-    mark, CRLF or mixed line endings and blank lines are fine. Anything that would make a row's
-    fields ambiguous is an error naming file and line: a missing column, a row with more or fewer
-    fields than the header (in a TSV, a tab or newline inside a text), an unterminated quote,
-    bytes that are not UTF-8.
+    mark, CRLF line endings and blank lines are fine, and so is a field of any length. Lines end at a
+    line feed only (CRLF is fine), so that row i is line i as `wc -l` counts it. Anything that would make a row's fields
+    ambiguous is an error naming file and line: a missing column, a row with more or fewer fields
+    than the header (in a TSV, a tab or newline inside a text), a lone carriage return outside
+    quotes, an unterminated quote, bytes that are not UTF-8.
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    rows = []
-    with open(path, encoding="utf-8-sig", newline="") as f:  # utf-8-sig: drops a leading BOM
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # the default stops at 131,072 characters
+    with open(path, encoding="utf-8-sig", newline="\n") as f:  # utf-8-sig: drops a leading BOM
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting, strict=True)
         try:
             header = next(reader, None)
@@ -110,13 +116,15 @@ def read_table(path: Path, columns: list[str], delimiter: str = "\t") -> list[tu
                 if len(fields) != len(header):
                     raise ValueError(f"{path}:{reader.line_num}: {len(fields)} fields where the header has "
                                      f"{len(header)}" + (" (a tab inside a text?)" if delimiter == "\t" else ""))
-                rows.append((reader.line_num, dict(zip(header, fields))))
+                yield reader.line_num, dict(zip(header, fields))
         except csv.Error as e:
+            if "new-line character" in str(e):
+                raise ValueError(f"{path}:{reader.line_num}: a carriage return (\\r) inside a row; lines end at \\n "
+                                 f"(or \\r\\n): remove it, or quote the field in a CSV") from None
             raise ValueError(f"{path}:{reader.line_num}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({e})") from None
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}: not UTF-8 text after line {reader.line_num} ({e.reason}); "
                              f"re-save it as UTF-8") from None
-    return rows
 
 
 def _split_file(path_of: dict[str, str], name: str, split: str, folder: Path) -> Path:
@@ -147,7 +155,7 @@ def read_sst2(split: str, folder: Path) -> LabelledTexts:
 
 
 def read_banking77(split: str, folder: Path) -> LabelledTexts:
-    # RFC-4180 CSV with CRLF endings and newlines inside quoted fields: csv with newline="".
+    # RFC-4180 CSV with CRLF endings and newlines inside quoted fields: the csv module keeps them inside the field.
     path = _split_file({"train": "banking77/train.csv", "test": "banking77/test.csv"}, "banking77", split, folder)
     categories = json.loads((folder / "banking77" / "categories.json").read_text(encoding="utf-8"))
     rows = [(line, r["text"], r["category"]) for line, r in read_table(path, ["text", "category"], delimiter=",")]
@@ -212,7 +220,7 @@ def read_user_rows(path: str | os.PathLike, text_column: str, label_column: str)
         raise FileNotFoundError(f"{path} not found")
     if path.suffix.lower() == ".jsonl":
         rows = []
-        with open(path, encoding="utf-8-sig") as f:
+        with open(path, encoding="utf-8-sig", newline="\n") as f:
             for line, raw in enumerate(f, start=1):
                 if not raw.strip():
                     continue
@@ -228,6 +236,12 @@ def read_user_rows(path: str | os.PathLike, text_column: str, label_column: str)
                 if not isinstance(text, str) or not isinstance(label, (str, int)) or isinstance(label, bool):
                     raise ValueError(f"{path}:{line}: {text_column!r} must be a string and {label_column!r} "
                                      f"a string or integer")
+                for value in (text, str(label)):
+                    try:  # JSON's \ud800 escapes decode to a lone surrogate, which has no UTF-8 form
+                        value.encode("utf-8")
+                    except UnicodeEncodeError as e:
+                        raise ValueError(f"{path}:{line}: a lone surrogate ({value[e.start]!r}) at character {e.start} "
+                                         f"of {value[:40]!r}; it is not valid Unicode, repair the record") from None
                 rows.append((line, text, str(label)))
     else:
         delimiter = "," if path.suffix.lower() == ".csv" else "\t"

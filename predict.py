@@ -12,12 +12,12 @@ In Python:
 Loads best.safetensors and run.json only (safetensors and JSON: no pickle, nothing executes on
 load). Each sentence goes through the backbone once, and every task's head reads that embedding.
 A file is read and written in chunks, so memory stays bounded whatever its length; inside a chunk
-sentences are sorted by length, as encode() does, so batches carry little padding.
+sentences are sorted by length, as encode() does, so batches carry little padding. Each output line
+carries the input line it came from ("line"), as `wc -l` counts lines.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -26,6 +26,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from data import table_rows
 from reliability.checkpoint import write_atomic
 from reliability.flags import device, int_at_least
 from scale.corpus import chunks
@@ -67,22 +68,25 @@ class Classifier:
         return results
 
 
-def read_texts(path: Path, column: str | None) -> Iterator[str]:
-    """One sentence a line, or the named column of a CSV/TSV, streamed."""
-    if column is None:
-        with open(path, encoding="utf-8-sig") as f:
-            for line in f:
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    yield line
+def read_texts(path: Path, column: str | None) -> Iterator[tuple[int, str]]:
+    """(line, sentence), streamed: one sentence a line, or the named column of a CSV/TSV read by the
+    training data's strict reader (data.table_rows). Lines end at a line feed, so line i is line i as
+    `wc -l` counts it; blank sentences are skipped."""
+    if column is not None:
+        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+        for line, row in table_rows(path, [column], delimiter):
+            if row[column].strip():
+                yield line, row[column]
         return
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-        if column not in (reader.fieldnames or []):
-            raise ValueError(f"{path}:1: no column {column!r}; the header has {', '.join(reader.fieldnames or [])}")
-        for row in reader:
-            if row[column] and row[column].strip():
-                yield row[column]
+    line = 0
+    with open(path, encoding="utf-8-sig", newline="\n") as f:
+        try:
+            for line, raw in enumerate(f, start=1):
+                text = raw.removesuffix("\n").removesuffix("\r")
+                if text.strip():
+                    yield line, text
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text after line {line} ({e.reason}); re-save it as UTF-8") from None
 
 
 def predict_file(clf: Classifier, source: Path, output: Path, column: str | None, batch_size: int,
@@ -95,8 +99,9 @@ def predict_file(clf: Classifier, source: Path, output: Path, column: str | None
         done = 0
         with open(path, "w", encoding="utf-8") as out:
             for chunk in chunks(read_texts(source, column), chunk_size):
-                for result in clf.predict(chunk, batch_size=batch_size):
-                    out.write(json.dumps(result, ensure_ascii=False) + "\n")
+                results = clf.predict([text for _, text in chunk], batch_size=batch_size)
+                for (line, _), result in zip(chunk, results):
+                    out.write(json.dumps({"line": line} | result, ensure_ascii=False) + "\n")
                 done += len(chunk)
                 release_freed_memory()
                 rate = done / (time.time() - started)

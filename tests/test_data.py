@@ -1,4 +1,5 @@
 """Readers on small hand-written snippets in each format, including the awkward rows; batching."""
+import json
 from collections import Counter
 
 import pytest
@@ -111,3 +112,63 @@ def test_sampler_covers_a_pool_before_repeating():
     sampler = MultiTaskSampler([40], batch_size=8, seed=3)
     rows = [r for _, batch in sampler for r in batch]
     assert sorted(rows) == list(range(40))
+
+
+# ----------------------------------------------------------------------------- one reader for text files (issue 30, item 10)
+def test_predict_reads_a_tsv_whose_text_starts_with_a_quote_line_by_line(tmp_path):
+    from predict import read_texts
+
+    path = tmp_path / "new.tsv"
+    path.write_text('text\n"Quoted" at the start\nthe next line\n', encoding="utf-8")
+    assert list(read_texts(path, "text")) == [(2, '"Quoted" at the start'), (3, "the next line")]
+
+
+def test_predict_refuses_a_csv_row_with_a_missing_field(tmp_path):
+    from predict import read_texts
+
+    path = tmp_path / "new.csv"
+    path.write_text("text,id\nfirst,1\nsecond\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"new.csv:3: 1 fields where the header has 2"):
+        list(read_texts(path, "text"))
+
+
+def test_a_field_longer_than_the_csv_modules_default_limit_is_read(tmp_path):
+    from predict import read_texts
+
+    long = "word " * 40_000  # 200,000 characters; the csv module stops at 131,072 by default
+    (tmp_path / "long.csv").write_text(f"text\n{long}\n", encoding="utf-8")
+    assert list(read_texts(tmp_path / "long.csv", "text")) == [(2, long)]
+    (tmp_path / "long.tsv").write_text(f"text\tlabel\n{long}\tpos\n", encoding="utf-8")
+    assert data.read_table(tmp_path / "long.tsv", ["text", "label"])[0][1]["text"] == long
+
+
+def test_a_lone_carriage_return_neither_splits_a_line_nor_shifts_line_numbers(tmp_path):
+    from predict import read_texts
+
+    path = tmp_path / "new.txt"
+    path.write_bytes(b"one\rstill the first line\r\nsecond\n\nfourth\n")
+    assert list(read_texts(path, None)) == [(1, "one\rstill the first line"), (2, "second"), (4, "fourth")]
+    table = tmp_path / "train.tsv"
+    table.write_bytes(b"text\tlabel\nfine\tpos\nbroken\rtext\tneg\n")
+    with pytest.raises(ValueError, match=r"train.tsv:3: a carriage return"):
+        data.read_table(table, ["text", "label"])
+
+
+def test_a_lone_surrogate_in_jsonl_is_an_error_at_read_time(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"text": "fine", "label": "a"}\n{"text": "bad \\ud800 here", "label": "b"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"train.jsonl:2: a lone surrogate"):
+        data.read_user_rows(path, "text", "label")
+
+
+def test_predictions_name_the_input_line(tmp_path, monkeypatch):
+    import predict
+
+    class Echo:
+        def predict(self, texts, batch_size):
+            return [{"text": t} for t in texts]
+
+    (tmp_path / "in.txt").write_text("first\n\nthird\n", encoding="utf-8")
+    predict.predict_file(Echo(), tmp_path / "in.txt", tmp_path / "out.jsonl", None, 8)
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert rows == [{"line": 1, "text": "first"}, {"line": 3, "text": "third"}]

@@ -1,27 +1,30 @@
 """weights/fetch.py with fake sources: verification, atomic placement, fallback, clear failure."""
 import hashlib
+import http.client
+import io
+import threading
+import time
 
 import pytest
 
 from weights import fetch as wf
 
 GOOD = b"pretend these are the weights"
+FAKE = {name: f"pretend this is {name}".encode() for name in wf.ST_FILES + wf.FILES} | {"model.safetensors": GOOD}
 
 
 @pytest.fixture
 def small_model(monkeypatch):
-    monkeypatch.setattr(wf, "MODEL_BYTES", len(GOOD))
-    monkeypatch.setattr(wf, "MODEL_SHA256", hashlib.sha256(GOOD).hexdigest())
+    """Pin the fake files' sizes and hashes in place of the real ones."""
+    monkeypatch.setattr(wf, "PINNED", {name: (len(b), hashlib.sha256(b).hexdigest()) for name, b in FAKE.items()})
 
 
-def writes(model_bytes):
+def writes(model_bytes, **other):
+    """A source that delivers the fake files, with this model and any other file's bytes replaced."""
     def source(scratch):
-        (scratch / "model.safetensors").write_bytes(model_bytes)
-        (scratch / "tokenizer.json").write_text("{}")
-        (scratch / "config.json").write_text("{}")
-        for name in wf.ST_FILES:
+        for name, content in (FAKE | {"model.safetensors": model_bytes} | {n.replace("__", "/"): b for n, b in other.items()}).items():
             (scratch / name).parent.mkdir(parents=True, exist_ok=True)
-            (scratch / name).write_text(name)
+            (scratch / name).write_bytes(content)
     return source
 
 
@@ -35,8 +38,8 @@ def test_falls_back_to_the_second_source(tmp_path, monkeypatch, small_model):
     target = wf.fetch(tmp_path / "w")
     assert (target / "model.safetensors").read_bytes() == GOOD
     assert wf.is_complete(target) and wf.is_complete(target, sentence_transformers=True)
-    assert (target / "1_Pooling" / "config.json").read_text() == "1_Pooling/config.json"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # scratch folder cleaned up
+    assert (target / "1_Pooling" / "config.json").read_bytes() == FAKE["1_Pooling/config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".w.lock", "w"]  # scratch folder cleaned up
 
 
 def test_corrupt_download_never_reaches_the_target(tmp_path, monkeypatch, small_model):
@@ -93,3 +96,110 @@ def test_a_folder_you_name_is_never_fetched_into(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="does not hold all-mpnet-base-v2.*nothing there was changed"):
         mpnet.SentenceEncoder.from_pretrained(tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+# ----------------------------------------------------------------------------- every file pinned (issue 30, item 5)
+def test_a_cut_small_file_makes_the_folder_incomplete(tmp_path, monkeypatch, small_model):
+    monkeypatch.setattr(wf, "SOURCES", [("only", writes(GOOD))])
+    target = wf.fetch(tmp_path / "w")
+    tokenizer = target / "tokenizer.json"
+    tokenizer.write_bytes(tokenizer.read_bytes()[:-3])  # what a cut transfer renamed into place used to leave
+    assert not wf.is_complete(target)
+    wf.fetch(target)  # so the next fetch repairs it
+    assert tokenizer.read_bytes() == FAKE["tokenizer.json"]
+
+
+def test_a_wrong_small_file_never_reaches_the_target(tmp_path, monkeypatch, small_model):
+    wrong = b"X" * len(FAKE["tokenizer.json"])  # right size, other content: a third-party part that changed
+    monkeypatch.setattr(wf, "SOURCES", [("only", writes(GOOD, **{"tokenizer.json": wrong}))])
+    with pytest.raises(wf.FetchError, match="tokenizer.json: sha256"):
+        wf.fetch(tmp_path / "w")
+    assert not (tmp_path / "w" / "tokenizer.json").exists() and not (tmp_path / "w" / "model.safetensors").exists()
+
+
+class FakeResponse(io.BytesIO):
+    def __init__(self, body: bytes, length: int | None, cut: bool = False):
+        super().__init__(body)
+        self.headers = {"Content-Length": str(length)} if length is not None else {}
+        self.cut, self.served = cut, 0
+
+    def read(self, n=-1):
+        block = super().read(n)
+        self.served += len(block)
+        if not block and self.cut:
+            raise http.client.IncompleteRead(b"", 100)
+        return block
+
+
+def hub_serving(monkeypatch, respond):
+    monkeypatch.setattr(wf.urllib.request, "urlopen", lambda url, timeout: respond(url.split(f"/{wf.HUB_REVISION}/")[1]))
+
+
+def test_a_transfer_cut_short_is_a_fetch_error_and_the_next_source_is_tried(tmp_path, monkeypatch, small_model):
+    hub_serving(monkeypatch, lambda name: FakeResponse(FAKE.get(name, b"")[:3], len(FAKE.get(name, b"")), cut=True))
+    monkeypatch.setattr(wf, "SOURCES", [("hub", wf.from_hub), ("second", writes(GOOD))])
+    assert wf.is_complete(wf.fetch(tmp_path / "w"))
+    with pytest.raises(wf.FetchError, match="IncompleteRead"):
+        wf.from_hub(tmp_path / "scratch")
+
+
+def test_a_download_stops_at_its_pinned_size(tmp_path, monkeypatch, small_model):
+    endless = FakeResponse(b"y" * 10_000_000, None)  # no Content-Length, far more than pinned
+    hub_serving(monkeypatch, lambda name: endless)
+    with pytest.raises(wf.FetchError, match="more than its pinned"):
+        wf.from_hub(tmp_path)
+    assert endless.served <= len(FAKE[wf.ST_FILES[0]]) + 1  # read no further than one byte past the pin
+
+
+def test_a_wrong_content_length_is_refused_before_reading(tmp_path, monkeypatch, small_model):
+    hub_serving(monkeypatch, lambda name: FakeResponse(FAKE[name], len(FAKE[name]) + 5))
+    with pytest.raises(wf.FetchError, match="announces"):
+        wf.from_hub(tmp_path)
+
+
+def test_the_hub_path_delivers_files_that_verify(tmp_path, monkeypatch, small_model):
+    hub_serving(monkeypatch, lambda name: FakeResponse(FAKE[name], len(FAKE[name])))
+    monkeypatch.setattr(wf, "SOURCES", [("hub", wf.from_hub)])
+    target = wf.fetch(tmp_path / "w", sentence_transformers=True)
+    wf.verify(target, wf.ST_FILES + wf.FILES)
+
+
+# ----------------------------------------------------------------------------- one fetch at a time, synced (items 4, 7)
+def test_two_fetches_into_one_folder_download_once(tmp_path, monkeypatch, small_model):
+    """As torchrun's ranks do: every process calls fetch(); one downloads, the others wait and find the files."""
+    calls = []
+
+    def slow(scratch):
+        calls.append(threading.get_ident())
+        time.sleep(0.5)
+        writes(GOOD)(scratch)
+
+    monkeypatch.setattr(wf, "SOURCES", [("slow", slow)])
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(wf.fetch(tmp_path / "w"))
+        except Exception as e:  # noqa: BLE001 - the test reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(calls) == 1 and len(results) == 3
+    assert wf.is_complete(tmp_path / "w")
+
+
+def test_the_files_and_the_folder_are_synced_before_the_fetch_returns(tmp_path, monkeypatch, small_model):
+    synced = []
+    monkeypatch.setattr(wf, "sync", lambda path: synced.append(path))
+    monkeypatch.setattr(wf, "SOURCES", [("only", writes(GOOD))])
+    target = wf.fetch(tmp_path / "w")
+    assert target in synced and target / "1_Pooling" in synced
+    fsynced = []
+    monkeypatch.setattr(wf.os, "fsync", lambda fd: fsynced.append(fd))
+    with open(tmp_path / "out", "wb") as out:
+        wf.copy_stream(io.BytesIO(b"abc"), out, wf.Progress("x", 3), limit=3)
+    assert len(fsynced) == 1 and (tmp_path / "out").read_bytes() == b"abc"
