@@ -22,9 +22,11 @@ How it stays small and restartable:
     cache off and returns freed heap memory after each chunk (memory.py): without those, the
     peak grew with N although nothing of an earlier chunk was kept.
   * Restart: after each chunk is flushed to disk its number is recorded (emb.npy.partial.done-RANK,
-    replaced atomically). A rerun with the same input and settings skips the recorded chunks. Only
-    when every chunk is recorded is emb.npy.partial renamed to emb.npy: a file at the output path
-    is always complete.
+    replaced atomically) with the input's sha256 and the encoder's (its weights as loaded, so the
+    precision too). A rerun with the same input, encoder and settings skips the recorded chunks;
+    anything else starts over, and says so. Only when every chunk is recorded is emb.npy.partial
+    renamed to emb.npy: a file at the output path is always complete. A chunk with fewer lines than
+    the first pass counted (the file changed mid-run) is an error, never recorded as done.
   * Several processes (torchrun): chunk i belongs to rank i % world_size. Every rank writes its
     own rows of the same memmap, which is one file, so the result is the same, row for row, as with
     one process (each chunk is encoded alone, the same way, wherever it runs). Rank 0 creates the
@@ -33,6 +35,7 @@ How it stays small and restartable:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -46,6 +49,7 @@ import torch
 from reliability.checkpoint import sync_folder, write_atomic
 from reliability.flags import int_at_least
 from speed.memory import bound_kernel_cache, release_freed_memory
+from weights.fetch import sha256_of
 
 CHUNK = 4096
 
@@ -62,10 +66,11 @@ def chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
 
 
 def read_sentences(path: Path, field: str | None) -> Iterator[str]:
-    """One sentence a line, or with `field` the value of that key in each line's JSON object."""
-    with open(path, encoding="utf-8-sig") as f:
+    """One sentence a line, or with `field` the value of that key in each line's JSON object. Lines end
+    at a line feed (CRLF is fine), so sentence i is line i as `wc -l` counts it."""
+    with open(path, encoding="utf-8-sig", newline="\n") as f:
         for number, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
+            line = line.removesuffix("\n").removesuffix("\r")
             if field is None:
                 yield line
                 continue
@@ -75,7 +80,22 @@ def read_sentences(path: Path, field: str | None) -> Iterator[str]:
                 raise ValueError(f"{path}:{number}: not a JSON object ({e.msg}); JSONL needs one object a line") from None
             if not isinstance(record, dict) or not isinstance(record.get(field), str):
                 raise ValueError(f"{path}:{number}: no string field {field!r} in this line's JSON object")
+            try:  # a \ud800 escape decodes to a lone surrogate, which encode() would refuse mid-run
+                record[field].encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"{path}:{number}: a lone surrogate at character {e.start} of {field!r}; "
+                                 f"it is not valid Unicode, repair the line") from None
             yield record[field]
+
+
+def weights_sha256(encoder) -> str:
+    """sha256 over the encoder's tensors as loaded (names, dtypes, bytes): other weights or another
+    precision (bf16, int8) give another hash. About 0.3 s for all-mpnet-base-v2."""
+    digest = hashlib.sha256()
+    for name, t in encoder.model.state_dict().items():
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def count_sentences(path: Path, field: str | None) -> int:
@@ -106,9 +126,9 @@ def embed_file(encoder, source: Path, output: Path, field: str | None = None, dt
     if n == 0:
         raise ValueError(f"{source} has no lines to embed")
     partial = output.with_name(output.name + ".partial")
-    settings = {"input": str(source.resolve()), "input_bytes": source.stat().st_size,
-                "input_mtime_ns": source.stat().st_mtime_ns, "field": field, "rows": n, "dtype": dtype,
-                "chunk": chunk_size, "dim": encoder.model.cfg.hidden_size}
+    settings = {"input": str(source.resolve()), "input_bytes": source.stat().st_size, "input_sha256": sha256_of(source),
+                "field": field, "rows": n, "dtype": dtype, "chunk": chunk_size, "dim": encoder.model.cfg.hidden_size,
+                "encoder_sha256": weights_sha256(encoder)}
     n_chunks = -(-n // chunk_size)
     if shards.rank == 0:
         prepare(partial, settings)
@@ -122,6 +142,9 @@ def embed_file(encoder, source: Path, output: Path, field: str | None = None, dt
     own_done = sorted(c for c in done if c % shards.world == shards.rank)
     started, embedded = time.time(), 0
     for c, sentences in enumerate(chunks(read_sentences(source, field), chunk_size)):
+        if len(sentences) != min(chunk_size, n - c * chunk_size):  # (<= 0 for a chunk past the counted end)
+            raise ValueError(f"{source} changed during the run: chunk {c} has {len(sentences)} lines where the first "
+                             f"pass counted {max(0, min(chunk_size, n - c * chunk_size))}; run the command again")
         if c not in mine:
             continue
         rows = encoder.encode(sentences, batch_size).numpy().astype(dtype)
@@ -161,6 +184,9 @@ def prepare(partial: Path, settings: dict) -> None:
     records = [json.loads(p.read_text()) for p in done_files(partial)]
     if partial.is_file() and records and all(without_chunks(r) == settings for r in records):
         return
+    if records:
+        changed = sorted({k for r in records for k in settings if r.get(k) != settings[k]})
+        print(f"{partial}: started with another {', '.join(changed)}; starting over", file=sys.stderr)
     for p in done_files(partial):
         p.unlink()
     np.lib.format.open_memmap(partial, mode="w+", dtype=settings["dtype"], shape=(settings["rows"], settings["dim"]))

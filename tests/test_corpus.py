@@ -123,6 +123,76 @@ def test_other_settings_start_over_instead_of_mixing(encoder, lines, tmp_path, m
                                rtol=0, atol=2 ** -11)
 
 
+def crash_after_one_chunk(encoder, lines, out, monkeypatch) -> None:
+    real_encode, calls = encoder.encode, []
+
+    def encode(sentences, batch_size=32):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash")
+        return real_encode(sentences, batch_size)
+
+    monkeypatch.setattr(encoder, "encode", encode)
+    with pytest.raises(RuntimeError, match="simulated"):
+        corpus.embed_file(encoder, lines, out, chunk_size=3)
+    monkeypatch.undo()
+
+
+def test_an_input_edited_in_place_is_not_resumed(encoder, lines, tmp_path, monkeypatch):
+    """Same size, same modification time, other text: the sha256 tells (issue 30, item 9)."""
+    out = tmp_path / "emb.npy"
+    crash_after_one_chunk(encoder, lines, out, monkeypatch)
+    stat = lines.stat()
+    edited = SENTENCES.copy()
+    edited[0] = "A man is playing a violin."  # as long as the line it replaces
+    lines.write_text("\n".join(edited) + "\n", encoding="utf-8")
+    os.utime(lines, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    corpus.embed_file(encoder, lines, out, chunk_size=3)
+    torch.testing.assert_close(torch.from_numpy(np.load(out)), encoder.encode(edited), rtol=0, atol=ROW_TOL)
+
+
+def test_another_encoder_is_not_resumed(encoder, lines, tmp_path, monkeypatch, capsys):
+    """Rows from two precisions (or two sets of weights) never mix in one file (issue 30, item 9)."""
+    import copy
+
+    out = tmp_path / "emb.npy"
+    crash_after_one_chunk(encoder, lines, out, monkeypatch)
+    bf16 = copy.deepcopy(encoder)
+    bf16.model.to(torch.bfloat16)
+    corpus.embed_file(bf16, lines, out, chunk_size=3)
+    assert "started with another encoder_sha256; starting over" in capsys.readouterr().err
+    corpus.embed_file(bf16, lines, tmp_path / "straight.npy", chunk_size=3)
+    assert np.array_equal(np.load(out), np.load(tmp_path / "straight.npy"))
+
+
+def test_an_input_that_shrinks_mid_run_is_an_error_not_rows_of_zeros(encoder, lines, tmp_path, monkeypatch):
+    out, real_count = tmp_path / "emb.npy", corpus.count_sentences
+
+    def count_then_truncate(path, field):
+        n = real_count(path, field)
+        lines.write_text("\n".join(SENTENCES[:7]) + "\n", encoding="utf-8")  # 3 lines gone after the first pass
+        return n
+
+    monkeypatch.setattr(corpus, "count_sentences", count_then_truncate)
+    with pytest.raises(ValueError, match="changed during the run: chunk 2 has 1 lines where the first pass counted 3"):
+        corpus.embed_file(encoder, lines, out, chunk_size=3)
+    assert not out.exists()
+    assert json.loads((tmp_path / "emb.npy.partial.done-0").read_text())["chunks"] == [0, 1]
+
+
+def test_a_lone_carriage_return_stays_inside_its_line(encoder, tmp_path):
+    path = tmp_path / "cr.txt"
+    path.write_bytes(b"one\rstill line one\r\ntwo\n")
+    assert list(corpus.read_sentences(path, None)) == ["one\rstill line one", "two"]
+
+
+def test_a_lone_surrogate_in_jsonl_is_named_in_the_first_pass(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": "bad \\ud800"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"docs.jsonl:2: a lone surrogate"):
+        corpus.count_sentences(path, "text")
+
+
 def run_cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "scale.corpus", *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, env=env)
