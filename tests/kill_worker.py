@@ -1,9 +1,10 @@
-"""Run by tests/fault_injection.py: train the tiny model with a checkpoint after every step, resuming
-from OUT/last.safetensors when an earlier run there was killed.
+"""Run by tests/fault_injection.py, killed and started again at random instants.
 
-    python tests/kill_worker.py OUT
+    python tests/kill_worker.py OUT                    # train the tiny model, a checkpoint after every step
+    python tests/kill_worker.py OUT --corpus INPUT     # embed INPUT with the tiny encoder into OUT/emb.npy
 
-Prints "training" once set up (the driver kills only after that line), and exits 0 when the run is
+Each resumes what an earlier run in OUT left (last.safetensors; emb.npy.partial and its chunk records).
+Prints "started" once set up (the driver kills only after that line), and exits 0 when the work is
 done. A checkpoint it cannot resume from is refused with one line starting "error:" and exit code 2.
 """
 import sys
@@ -13,7 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train as train_mod  # noqa: E402
 from mpnet import Tokenizer  # noqa: E402
+from mpnet import SentenceEncoder  # noqa: E402
 from reliability.checkpoint import read_progress  # noqa: E402
+from scale.corpus import embed_file  # noqa: E402
 from test_train import config, tasks, tiny_model  # noqa: E402
 from weights.fetch import fetch  # noqa: E402
 
@@ -29,9 +32,22 @@ def main(out: Path) -> None:
     if progress and progress.get("done"):
         return
     tokenizer = Tokenizer(fetch() / "tokenizer.json")
-    print("training", flush=True)
+    print("started", flush=True)
     train_mod.train(cfg, tiny_model(), tokenizer, tasks(), tasks(), resume=progress is not None)
 
 
+def embed(out: Path, source: Path) -> None:
+    """The corpus command's embed_file, with the tiny encoder (the same seed every start: the same weights)."""
+    if (out / "emb.npy").exists():  # finished: the .npy is only ever renamed into place complete
+        return
+    encoder = SentenceEncoder(tiny_model().backbone.eval(), Tokenizer(fetch() / "tokenizer.json"))
+    out.mkdir(exist_ok=True)
+    print("started", flush=True)
+    embed_file(encoder, source, out / "emb.npy", chunk_size=8)
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if len(sys.argv) == 4 and sys.argv[2] == "--corpus":
+        embed(Path(sys.argv[1]), Path(sys.argv[3]))
+    else:
+        main(Path(sys.argv[1]))

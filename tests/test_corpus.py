@@ -193,6 +193,32 @@ def test_a_lone_surrogate_in_jsonl_is_named_in_the_first_pass(tmp_path):
         corpus.count_sentences(path, "text")
 
 
+def test_a_full_disk_while_rows_are_written_records_nothing_and_the_rerun_finishes(encoder, lines, tmp_path,
+                                                                                monkeypatch):
+    import builtins
+    import errno
+
+    straight, out = tmp_path / "straight.npy", tmp_path / "emb.npy"
+    corpus.embed_file(encoder, lines, straight, chunk_size=3)
+    real_open, opened = builtins.open, []
+
+    def open_that_fills(path, mode="r", *args, **kwargs):
+        if sys._getframe(1).f_code.co_name == "embed_file":  # the rows' positioned write into emb.npy.partial
+            opened.append(path)
+            if len(opened) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_that_fills)
+    with pytest.raises(OSError, match="No space left"):
+        corpus.embed_file(encoder, lines, out, chunk_size=3)
+    monkeypatch.undo()
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+    assert json.loads((tmp_path / "emb.npy.partial.done-0").read_text())["chunks"] == [0]
+    corpus.embed_file(encoder, lines, out, chunk_size=3)
+    assert np.array_equal(np.load(out), np.load(straight))
+
+
 def run_cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "scale.corpus", *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, env=env)

@@ -203,3 +203,14 @@ def test_the_files_and_the_folder_are_synced_before_the_fetch_returns(tmp_path, 
     with open(tmp_path / "out", "wb") as out:
         wf.copy_stream(io.BytesIO(b"abc"), out, wf.Progress("x", 3), limit=3)
     assert len(fsynced) == 1 and (tmp_path / "out").read_bytes() == b"abc"
+
+
+def test_a_full_disk_during_a_fetch_leaves_no_scratch_folder(tmp_path, monkeypatch, small_model):
+    def fills_the_disk(scratch):
+        (scratch / "model.safetensors").write_bytes(GOOD[:5])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(wf, "SOURCES", [("only", fills_the_disk)])
+    with pytest.raises(OSError, match="No space left"):
+        wf.fetch(tmp_path / "w")
+    assert not (tmp_path / ".partial-w").exists() and not (tmp_path / "w" / "model.safetensors").exists()

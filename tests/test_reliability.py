@@ -1,5 +1,6 @@
 """Interruption, checkpoint consistency, resume checks and the non-finite guard, on the tiny config
 (plus one end-to-end signal test of the real `python train.py`)."""
+import errno
 import json
 import os
 import pickle
@@ -218,6 +219,57 @@ def test_a_save_that_dies_leaves_the_previous_checkpoint_whole(tmp_path, tokeniz
     # epoch's end writes nothing more); the resume then does the epoch's end
     assert state["progress"]["step"] == 4 and state["sampler"]["position"] == 4
     assert_same_weights(straight, resume(cfg, tokenizer))
+
+
+def disk_full_at(monkeypatch, target: str, nth: int) -> None:
+    """The nth atomic write of `target` fails as a full disk does: some bytes land, then ENOSPC."""
+    real, seen = checkpoint.write_atomic, []
+
+    def write_atomic(write, path):
+        seen.append(Path(path).name)
+        if Path(path).name == target and seen.count(target) == nth:
+            def fills_the_disk(tmp):
+                Path(tmp).write_bytes(b"\0" * 64)
+                raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+            return real(fills_the_disk, path)
+        return real(write, path)
+
+    for module in (checkpoint, run_folder):
+        monkeypatch.setattr(module, "write_atomic", write_atomic)
+
+
+@pytest.mark.parametrize("target", ["last.safetensors", "best.safetensors", "metrics.jsonl", "losses.jsonl"])
+def test_a_full_disk_at_each_write_of_training_leaves_the_previous_files_whole(tmp_path, tokenizer, monkeypatch,
+                                                                              straight, target):  # noqa: F811
+    """ENOSPC at the second write of each file: the error surfaces, no temporary file stays, the file keeps
+    its previous version, and once there is space again the resume ends where an uninterrupted run does."""
+    cfg = run_cfg(tmp_path)
+    disk_full_at(monkeypatch, target, nth=2)
+    with pytest.raises(OSError) as info:
+        train_mod.train(cfg, tiny_model(), tokenizer, tasks(), tasks())
+    monkeypatch.undo()
+    assert info.value.errno == errno.ENOSPC
+    out = tmp_path / "run"
+    assert not list(out.glob("*.tmp"))
+    load_training_state(out / "last.safetensors")  # readable: the previous complete checkpoint
+    load_file(out / "best.safetensors")
+    for name in ("metrics.jsonl", "losses.jsonl"):
+        [json.loads(line) for line in (out / name).read_text().splitlines()]
+    assert_same_weights(straight, resume(cfg, tokenizer))
+
+
+@pytest.mark.parametrize("target", ["run.json", "tokenizer.json", "test-a.jsonl"])
+def test_a_full_disk_while_a_run_folder_is_set_up_leaves_no_half_file(tmp_path, monkeypatch, target):
+    from data import LabelledTexts
+
+    source = tmp_path / "tokenizer-source.json"
+    source.write_text("{}")
+    disk_full_at(monkeypatch, target, nth=1)
+    out = tmp_path / "run"
+    with pytest.raises(OSError) as info:
+        run_folder.start_fresh(out, {"config": {}}, source, {"a": LabelledTexts("mine", "test", ["x"], [0], ["p", "q"])})
+    assert info.value.errno == errno.ENOSPC
+    assert not (out / target).exists() and not list(out.glob("*.tmp"))
 
 
 class Payload:
@@ -549,3 +601,11 @@ def test_kill_9_at_random_instants_then_resume_gives_the_uninterrupted_weights()
 
     result = fault_injection.run(kills=3, seed=1)
     assert result["kills"] >= 3 and result["corrupt_or_lost"] == 0  # run() raises on any difference
+
+
+def test_kill_9_during_the_corpus_command_then_resume_gives_the_uninterrupted_embeddings():
+    """The short form of tests/fault_injection.py --corpus."""
+    import fault_injection
+
+    result = fault_injection.run(kills=3, seed=1, corpus=True)
+    assert result["kills"] >= 3 and result["corrupt_or_lost"] == 0 and result["work"] == "corpus"

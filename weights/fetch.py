@@ -252,6 +252,13 @@ def fetch_from_sources(target: Path) -> Path:
     # A fixed scratch name beside the target: the rename below stays on one file system,
     # and a rerun after a crash wipes what the crashed run left.
     scratch = target.parent / f".partial-{target.name}"
+    try:
+        return try_each_source(target, scratch)
+    finally:  # also when a write fails with a full disk, or the process is interrupted
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def try_each_source(target: Path, scratch: Path) -> Path:
     failures = []
     for label, source in SOURCES:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -269,10 +276,8 @@ def fetch_from_sources(target: Path) -> Path:
             os.replace(scratch / name, target / name)
         sync(target / "1_Pooling")
         sync(target)
-        shutil.rmtree(scratch, ignore_errors=True)
         print(f"  every file's size and sha256 verified; weights are in {target}", file=sys.stderr)
         return target
-    shutil.rmtree(scratch, ignore_errors=True)
     raise FetchError("could not fetch all-mpnet-base-v2 from any source:\n  - " + "\n  - ".join(failures)
                      + f"\nPut model.safetensors, tokenizer.json and config.json into {target} by hand, "
                      f"or point ${ENV_VAR} at a folder that has them.")
