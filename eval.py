@@ -140,9 +140,15 @@ def check_run_info(info: dict) -> None:
     backbone's own config.json, and its test_rows stay inside the run folder."""
     from mpnet import MPNetConfig
 
+    if not isinstance(info, dict) or not all(isinstance(info.get(k), dict) for k in ("config", "backbone", "tasks")):
+        raise ValueError("expected a JSON object holding the objects config, backbone and tasks")
+    for task, spec in info["tasks"].items():
+        names = spec.get("label_names") if isinstance(spec, dict) else None
+        if not (isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names)):
+            raise ValueError(f"task {task}'s label_names must be a list of at least 2 strings")
     for key, limit in BACKBONE_LIMITS.items():
         value = info["backbone"].get(key)
-        if value is not None and not (isinstance(value, int) and 0 < value <= limit):
+        if value is not None and (isinstance(value, bool) or not (isinstance(value, int) and 0 < value <= limit)):
             raise ValueError(f"backbone {key} is {value!r}, expected an integer in 1..{limit:,}")
     reference = MPNetConfig.of_weights()
     for key in FIXED_BY_THE_CHECKPOINT:

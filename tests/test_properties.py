@@ -180,3 +180,71 @@ def test_any_bytes_give_a_dataset_or_an_error_naming_the_file(tmp_path, content)
         assert str(e).startswith(str(path))
         return
     assert all(name in LABELS for name in (LABELS[y] for y in ds.labels)) and all(t.strip() for t in ds.texts)
+
+
+# ----------------------------------------------------------------------------- run.json is input, not trust (issue 30)
+json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
+                                     st.text(max_size=20), st.sampled_from(["..", "../x", "/etc/passwd", "a/b"])),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                           max_leaves=8)
+
+
+@pytest.fixture(scope="module")
+def run_folder_files(tmp_path_factory):
+    """A valid run folder of the tiny model: run.json, best.safetensors, tokenizer.json."""
+    import json
+    import shutil
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    from heads import MultiTaskModel
+
+    folder = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    cfg = MPNetConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=32)
+    model = MultiTaskModel(MPNet(cfg), {"a": 3, "b": 2})
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "best.safetensors")
+    shutil.copyfile(fetch() / "tokenizer.json", folder / "tokenizer.json")
+    info = {"config": {"normalize": False}, "backbone": asdict(cfg),
+            "tasks": {"a": {"dataset": "mine.csv", "label_names": ["x", "y", "z"], "test_rows": "test-a.jsonl"},
+                      "b": {"dataset": "sst2", "label_names": ["negative", "positive"]}}}
+    return folder, json.dumps(info)
+
+
+@SETTINGS
+@given(where=st.sampled_from([("config",), ("config", "normalize"), ("backbone",), ("backbone", "hidden_size"),
+                              ("backbone", "num_hidden_layers"), ("backbone", "vocab_size"), ("backbone", "layer_norm_eps"),
+                              ("backbone", "pad_token_id"), ("backbone", "num_attention_heads"), ("tasks",),
+                              ("tasks", "a"), ("tasks", "a", "label_names"), ("tasks", "a", "test_rows"),
+                              ("tasks", "b", "label_names"), ("extra",), ("backbone", "extra")]),
+       value=json_values, delete=st.booleans())
+def test_a_mutated_run_json_loads_or_is_refused_in_one_line(run_folder_files, tmp_path_factory, where, value, delete):
+    """Any value anywhere in run.json (or a key removed): a loaded model, or a ValueError naming the file."""
+    import json
+    import shutil
+    import time
+
+    from eval import load_run
+
+    source, text = run_folder_files
+    folder = tmp_path_factory.mktemp("mutated")
+    for name in ("best.safetensors", "tokenizer.json"):
+        shutil.copyfile(source / name, folder / name)
+    info = json.loads(text)
+    parent = info
+    for key in where[:-1]:
+        parent = parent[key]
+    if delete:
+        parent.pop(where[-1], None)
+    else:
+        parent[where[-1]] = value
+    (folder / "run.json").write_text(json.dumps(info))
+    started = time.time()
+    try:
+        model, _, _ = load_run(folder)
+    except ValueError as e:
+        assert "\n" not in str(e) and str(folder) in str(e)
+    else:
+        assert sum(p.numel() for p in model.parameters()) > 0
+    assert time.time() - started < 10
