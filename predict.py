@@ -3,6 +3,7 @@
     python predict.py --checkpoint runs/tickets "my card never arrived" "I was charged twice"
     python predict.py --checkpoint runs/tickets --input new.txt --output preds.jsonl
     python predict.py --checkpoint runs/tickets --input new.csv --column text --output preds.jsonl
+    python predict.py --checkpoint runs/tickets --dtype auto ...   # int8 where fast and checked against fp32
 
 In Python:
     from predict import Classifier
@@ -42,10 +43,19 @@ class Classifier:
         self.label_names = {task: v["label_names"] for task, v in info["tasks"].items()}
 
     @classmethod
-    def from_checkpoint(cls, folder: str | Path, device: str = "cpu") -> "Classifier":
+    def from_checkpoint(cls, folder: str | Path, device: str = "cpu", dtype: str = "fp32") -> "Classifier":
+        """dtype: "fp32"; "int8" (CPU); or "auto": int8 on a CPU where it is fast, if it agrees with fp32 on
+        the run's test rows (speed/int8_check.py, checked once and cached in the run folder), else fp32."""
         from eval import load_run
 
+        if dtype not in ("fp32", "int8", "auto"):
+            raise ValueError(f"dtype must be 'fp32', 'int8' or 'auto', not {dtype!r}")
         model, tokenizer, info = load_run(folder)  # clear errors for a folder that is not a train.py run
+        if dtype != "fp32" and torch.device(device).type == "cpu":
+            from speed import int8_check
+
+            model, why = int8_check.choose(folder, model, tokenizer, info, dtype)
+            print(f"dtype {dtype}: {why}", file=sys.stderr)
         return cls(model.to(device), tokenizer, info)
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> dict[str, torch.Tensor]:
@@ -122,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", type=Path, help="where --input's predictions go, one JSON object a line")
     parser.add_argument("--batch-size", type=int_at_least(1), default=64)
     parser.add_argument("--device", type=device, default="cpu")
+    parser.add_argument("--dtype", choices=["fp32", "int8", "auto"], default="fp32",
+                        help="auto: int8 where the CPU runs it fast and it agrees with fp32 on the run's test rows "
+                             "(checked once, cached in the run folder), else fp32")
     args = parser.parse_args(argv)
     if not (Path(args.checkpoint) / "run.json").is_file():
         parser.error(f"--checkpoint {args.checkpoint}: no run.json there; give a train.py output folder")
@@ -131,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--input {args.input}: no such file" if not args.input.is_file() else "--input needs --output")
     try:
         bound_kernel_cache()
-        clf = Classifier.from_checkpoint(args.checkpoint, args.device)
+        clf = Classifier.from_checkpoint(args.checkpoint, args.device, args.dtype)
         if args.input:
             n = predict_file(clf, args.input, args.output, args.column, args.batch_size)
             print(f"{n:,} predictions in {args.output}", file=sys.stderr)

@@ -137,3 +137,109 @@ def test_int8_encoder_keeps_stsb(int8_encoder):
     from eval import stsb_spearman
 
     assert stsb_spearman(int8_encoder, "test") >= 83.12
+
+
+# ----------------------------------------------------------------------------- int8 for a fine-tuned run (speed/int8_check.py)
+def test_the_verdict_needs_agreement_and_no_accuracy_drop():
+    import numpy as np
+
+    from speed import int8_check
+
+    truth = np.arange(1000) % 5
+    right = {"a": truth.copy()}
+    assert int8_check.judge("x", right, {"a": truth.copy()}, {"a": truth}).passed
+    off = truth.copy()
+    off[:6] = (off[:6] + 1) % 5  # 99.4% agreement, 0.6 points lost
+    verdict = int8_check.judge("x", right, {"a": off}, {"a": truth})
+    assert not verdict.passed and verdict.agreement == 0.994 and verdict.accuracy["a"] == (100.0, 99.4)
+    off = truth.copy()
+    off[:4] = (off[:4] + 1) % 5  # 99.6% agreement, but 0.4 points lost
+    assert not int8_check.judge("x", right, {"a": off}, {"a": truth}).passed
+    fp32_wrong = truth.copy()
+    fp32_wrong[:4] = (truth[:4] + 1) % 5  # int8 right where fp32 was wrong: agreement 99.6%, accuracy up
+    assert int8_check.judge("x", {"a": fp32_wrong}, {"a": truth.copy()}, {"a": truth}).passed
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    """A run folder of a tiny random model on 'your own data', with its saved test rows."""
+    import json
+    import shutil
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    from heads import MultiTaskModel
+    from mpnet import MPNet, MPNetConfig
+    from weights.fetch import fetch
+
+    torch.manual_seed(0)
+    cfg = MPNetConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    model = MultiTaskModel(MPNet(cfg), {"a": 2})
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "best.safetensors")
+    shutil.copyfile(fetch() / "tokenizer.json", tmp_path / "tokenizer.json")
+    rows = [("the parcel never came", "p"), ("great service, thank you", "q"), ("I was charged twice", "p"),
+            ("arrived early and works well", "q")] * 5
+    (tmp_path / "test-a.jsonl").write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+    info = {"config": {"normalize": False}, "backbone": asdict(cfg),
+            "tasks": {"a": {"dataset": "mine.csv", "label_names": ["p", "q"], "test_rows": "test-a.jsonl"}}}
+    (tmp_path / "run.json").write_text(json.dumps(info))
+    return tmp_path
+
+
+def int8_layers(model) -> int:
+    from speed.quant import Int8Linear
+
+    return sum(isinstance(m, Int8Linear) for m in model.modules())
+
+
+@pytest.mark.parametrize("passes", [True, False])
+def test_auto_serves_int8_only_if_it_passed_on_the_runs_test_rows_and_caches_the_verdict(tiny_run, cpu, monkeypatch,
+                                                                                         passes):
+    from eval import load_run
+    from speed import int8_check
+
+    cpu("avx2", "avx512_vnni")  # a CPU where int8 is fast
+    monkeypatch.setattr(int8_check, "AGREEMENT", 0.0 if passes else 1.01)
+    model, tokenizer, info = load_run(tiny_run)
+    served, why = int8_check.choose(tiny_run, model, tokenizer, info, "auto")
+    assert (int8_layers(served) > 0) == passes and ("20 test rows" in why)
+    assert why.startswith("int8: ") if passes else why.startswith("fp32, int8 did not pass")
+    cached = json.loads((tiny_run / int8_check.CHECK_FILE).read_text())
+    assert cached["passed"] == passes and cached["rows"] == 20
+
+    def no_second_check(*args):
+        raise AssertionError("the cached verdict was not used")
+
+    monkeypatch.setattr(int8_check, "labels", no_second_check)
+    model, tokenizer, info = load_run(tiny_run)
+    served, why_again = int8_check.choose(tiny_run, model, tokenizer, info, "auto")
+    assert (int8_layers(served) > 0) == passes and why_again == why
+
+
+def test_a_retrained_run_is_checked_again(tiny_run, cpu, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    from eval import load_run
+    from speed import int8_check
+
+    cpu("avx2", "avx512_vnni")
+    (tiny_run / int8_check.CHECK_FILE).write_text(json.dumps({"best_sha256": "an older model", "rows": 1, "agreement": 1.0,
+                                                               "accuracy": {"a": [50.0, 50.0]}, "passed": True}))
+    weights = load_file(tiny_run / "best.safetensors")
+    save_file({k: v + 0.01 for k, v in weights.items()}, tiny_run / "best.safetensors")
+    monkeypatch.setattr(int8_check, "AGREEMENT", 1.01)
+    model, tokenizer, info = load_run(tiny_run)
+    _, why = int8_check.choose(tiny_run, model, tokenizer, info, "auto")
+    assert why.startswith("fp32, int8 did not pass")
+
+
+def test_auto_without_vnni_serves_fp32_and_checks_nothing(tiny_run, cpu):
+    from eval import load_run
+    from speed import int8_check
+
+    cpu("avx2")
+    model, tokenizer, info = load_run(tiny_run)
+    served, why = int8_check.choose(tiny_run, model, tokenizer, info, "auto")
+    assert int8_layers(served) == 0 and why.startswith("fp32 (no VNNI")
+    assert not (tiny_run / int8_check.CHECK_FILE).exists()

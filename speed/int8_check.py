@@ -1,0 +1,110 @@
+"""int8 for a fine-tuned run, kept only where it agrees with fp32 (predict.py --dtype auto).
+
+    model, why = int8_check.choose(folder, model, tokenizer, info, dtype="auto")
+
+The encoder's int8 path (quant.py) was calibrated and measured on the pretrained model (STS-B). A
+fine-tuned backbone has other weights, and a head can sit close to a decision boundary, so before
+a run's backbone is served in int8 it is checked on that run's own test rows: the rows it saved (your
+own data), or the built-in dataset's test split. int8 is kept if it gives the same label as fp32 on
+at least 99.5% of the rows and each task's accuracy moves by at most 0.3 points; otherwise the run is
+served in fp32, and the reason is printed. The verdict is cached in the run folder (int8-check.json),
+keyed by the sha256 of best.safetensors, so the check runs once per trained model.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+AGREEMENT = 0.995     # the same label as fp32 on at least this share of the test rows
+ACCURACY_DROP = 0.3   # points of accuracy a task may lose
+CHECK_FILE = "int8-check.json"
+
+
+@dataclass
+class Verdict:
+    best_sha256: str
+    rows: int
+    agreement: float                            # share of (row, task) labels int8 and fp32 agree on
+    accuracy: dict[str, tuple[float, float]]    # task -> (fp32, int8) accuracy in %
+    passed: bool
+
+    def summary(self) -> str:
+        tasks = ", ".join(f"{t} {a:.2f} -> {b:.2f}" for t, (a, b) in self.accuracy.items())
+        return (f"int8 agrees with fp32 on {100 * self.agreement:.2f}% of {self.rows:,} test rows (needs "
+                f"{100 * AGREEMENT:.1f}%); accuracy fp32 -> int8: {tasks} (may drop {ACCURACY_DROP} points)")
+
+
+def judge(best_sha256: str, fp32: dict[str, np.ndarray], int8: dict[str, np.ndarray],
+          truth: dict[str, np.ndarray]) -> Verdict:
+    """The verdict from each task's fp32 labels, int8 labels and true labels."""
+    same = sum(int((fp32[t] == int8[t]).sum()) for t in truth)
+    total = sum(len(truth[t]) for t in truth)
+    accuracy = {t: (100 * float((fp32[t] == truth[t]).mean()), 100 * float((int8[t] == truth[t]).mean())) for t in truth}
+    passed = same / total >= AGREEMENT and all(a - b <= ACCURACY_DROP for a, b in accuracy.values())
+    return Verdict(best_sha256, total, same / total, accuracy, passed)
+
+
+def test_sets(folder: Path, info: dict) -> dict:
+    """{task: LabelledTexts} to check on: the saved test rows, else the built-in dataset's test split."""
+    import data
+
+    sets = {}
+    for task, spec in info["tasks"].items():
+        if "test_rows" in spec:
+            rows = data.read_user_rows(folder / spec["test_rows"], "text", "label")
+            sets[task] = data.user_dataset(folder / spec["test_rows"], rows, spec["label_names"], "test")
+        else:
+            ds = data.load(spec["dataset"], "test")
+            if ds.label_names != spec["label_names"]:
+                raise ValueError(f"{spec['dataset']}'s test labels differ from the head's")
+            sets[task] = ds
+    return sets
+
+
+def labels(model, tokenizer, sets: dict) -> dict[str, np.ndarray]:
+    return {task: model.predict_proba(tokenizer, ds.texts)[task].argmax(dim=1).numpy() for task, ds in sets.items()}
+
+
+def quantize_backbone(model, tokenizer):
+    """quant.quantize on the run's backbone, in place (the heads stay fp32). Returns the model."""
+    from mpnet import SentenceEncoder
+    from speed.quant import quantize
+
+    quantize(SentenceEncoder(model.backbone, tokenizer))
+    return model
+
+
+def choose(folder: str | Path, model, tokenizer, info: dict, dtype: str):
+    """(model, why): the run's model in the precision to serve it in. dtype "fp32", "int8" (as asked, not
+    checked) or "auto" (int8 where it is fast and agrees with fp32 on the run's test rows, else fp32)."""
+    from eval import load_run
+    from reliability.checkpoint import write_atomic
+    from speed.hardware import encoder_precision
+    from weights.fetch import sha256_of
+
+    folder = Path(folder)
+    precision, why = encoder_precision(dtype)
+    if precision != "int8":
+        return model, f"fp32 ({why})"
+    if dtype == "int8":
+        return quantize_backbone(model, tokenizer), "int8, as asked (not checked against fp32)"
+    best = sha256_of(folder / "best.safetensors")
+    cached = folder / CHECK_FILE
+    verdict = Verdict(**json.loads(cached.read_text())) if cached.is_file() else None
+    if verdict is None or verdict.best_sha256 != best:
+        try:
+            sets = test_sets(folder, info)
+        except (ValueError, FileNotFoundError) as e:
+            return model, f"fp32: no test rows to check int8 against ({e})"
+        fp32 = labels(model, tokenizer, sets)
+        int8 = labels(quantize_backbone(model, tokenizer), tokenizer, sets)
+        verdict = judge(best, fp32, int8, {t: np.array(ds.labels) for t, ds in sets.items()})
+        write_atomic(lambda p: p.write_text(json.dumps(asdict(verdict), indent=1)), cached)
+    elif verdict.passed:
+        quantize_backbone(model, tokenizer)
+    if verdict.passed:
+        return model, f"int8: {verdict.summary()}"
+    return load_run(folder)[0], f"fp32, int8 did not pass: {verdict.summary()}"
