@@ -68,6 +68,12 @@ def labels(model, tokenizer, sets: dict) -> dict[str, np.ndarray]:
     return {task: model.predict_proba(tokenizer, ds.texts)[task].argmax(dim=1).numpy() for task, ds in sets.items()}
 
 
+def is_int8(model) -> bool:
+    from speed.quant import Int8Linear
+
+    return any(isinstance(m, Int8Linear) for m in model.modules())
+
+
 def quantize_backbone(model, tokenizer):
     """quant.quantize on the run's backbone, in place (the heads stay fp32). Returns the model."""
     from mpnet import SentenceEncoder
