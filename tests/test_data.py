@@ -152,6 +152,12 @@ def test_a_lone_carriage_return_neither_splits_a_line_nor_shifts_line_numbers(tm
     table.write_bytes(b"text\tlabel\nfine\tpos\nbroken\rtext\tneg\n")
     with pytest.raises(ValueError, match=r"train.tsv:3: a carriage return"):
         data.read_table(table, ["text", "label"])
+    csv_file = tmp_path / "train.csv"  # an old Mac line end in a CSV: named, not read as a row break
+    csv_file.write_bytes(b'text,label\r"quoted\rinside",pos\nfine,neg\n')
+    with pytest.raises(ValueError, match=r"train.csv:1: a carriage return"):
+        data.read_table(csv_file, ["text", "label"], delimiter=",")
+    csv_file.write_bytes(b'text,label\n"quoted\rinside",pos\nfine,neg\n')  # inside quotes it is text
+    assert [r["text"] for _, r in data.read_table(csv_file, ["text", "label"], delimiter=",")] == ["quoted\rinside", "fine"]
 
 
 def test_a_lone_surrogate_in_jsonl_is_an_error_at_read_time(tmp_path):
