@@ -103,26 +103,6 @@ def test_a_kill_during_a_record_write_does_not_block_the_resume(encoder, lines, 
     assert np.array_equal(np.load(out), np.load(straight))
 
 
-def test_other_settings_start_over_instead_of_mixing(encoder, lines, tmp_path, monkeypatch):
-    out = tmp_path / "emb.npy"
-    real_encode, calls = encoder.encode, []
-
-    def crash_on_second_chunk(sentences, batch_size=32):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("simulated crash")
-        return real_encode(sentences, batch_size)
-
-    monkeypatch.setattr(encoder, "encode", crash_on_second_chunk)
-    with pytest.raises(RuntimeError):
-        corpus.embed_file(encoder, lines, out, chunk_size=3)
-    monkeypatch.undo()
-    corpus.embed_file(encoder, lines, out, dtype="float16", chunk_size=3)  # another dtype: nothing reused
-    assert np.load(out).dtype == np.float16
-    torch.testing.assert_close(torch.from_numpy(np.load(out).astype(np.float32)), encoder.encode(SENTENCES),
-                               rtol=0, atol=2 ** -11)
-
-
 def crash_after_one_chunk(encoder, lines, out, monkeypatch) -> None:
     real_encode, calls = encoder.encode, []
 
@@ -136,6 +116,15 @@ def crash_after_one_chunk(encoder, lines, out, monkeypatch) -> None:
     with pytest.raises(RuntimeError, match="simulated"):
         corpus.embed_file(encoder, lines, out, chunk_size=3)
     monkeypatch.undo()
+
+
+def test_other_settings_start_over_instead_of_mixing(encoder, lines, tmp_path, monkeypatch):
+    out = tmp_path / "emb.npy"
+    crash_after_one_chunk(encoder, lines, out, monkeypatch)
+    corpus.embed_file(encoder, lines, out, dtype="float16", chunk_size=3)  # another dtype: nothing reused
+    assert np.load(out).dtype == np.float16
+    torch.testing.assert_close(torch.from_numpy(np.load(out).astype(np.float32)), encoder.encode(SENTENCES),
+                               rtol=0, atol=2 ** -11)
 
 
 def test_an_input_edited_in_place_is_not_resumed(encoder, lines, tmp_path, monkeypatch):

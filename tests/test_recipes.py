@@ -37,12 +37,15 @@ def test_every_flag_the_user_types_wins():
     assert cfg == train_mod.TrainConfig(freeze="backbone", recipe="none") and line == ""
 
 
-@pytest.mark.parametrize("k, epochs", [(8, 10), (32, 5)])
-def test_few_shot_takes_the_few_shot_studys_budget(k, epochs):
-    cfg, _, _ = train_mod.parse_args(["--per-class", str(k)])
-    assert (cfg.epochs, cfg.val_fraction, cfg.head_lr, cfg.refit) == (epochs, 0.0, 1e-2, False)
+@pytest.mark.parametrize("k, steps", [(8, 400), (32, 800)])
+def test_few_shot_takes_the_few_shot_studys_budget_in_steps_whatever_the_number_of_classes(k, steps):
+    """The study's budget is steps: 400 at K=8 is 39 epochs of Banking77's 77 x 8 rows, but 400 epochs of
+    SST-2's 2 x 8; a budget in epochs gave SST-2 ten steps."""
+    cfg, _, _ = train_mod.parse_args(["--per-class", str(k), "--task-a", "sst2", "--task-b", "none"])
+    assert (cfg.max_steps, cfg.save_every, cfg.val_fraction, cfg.head_lr, cfg.refit) == (steps, steps, 0.0, 1e-2, False)
+    assert cfg.epochs * 1 >= steps  # one step an epoch (16 rows, batch 16): the step budget still binds
     cfg, _, _ = train_mod.parse_args(["--per-class", str(k), "--freeze", "backbone"])
-    assert (cfg.epochs, cfg.val_fraction, cfg.schedule) == (10 * epochs, 0.0, "constant")
+    assert (cfg.max_steps, cfg.val_fraction, cfg.schedule, cfg.head_lr) == (10 * steps, 0.0, "constant", 3e-3)
 
 
 def test_a_resume_command_gives_back_the_same_config(tmp_path):
