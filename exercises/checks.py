@@ -375,11 +375,11 @@ def check_loss(fn: Callable) -> str:
         if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.Tensor)):
             raise Mistake("multitask_loss must return (total loss tensor, {task: mean loss as a float})")
         got, got_parts = result
-        if not math.isclose(float(got.detach()), float(want), rel_tol=1e-5, abs_tol=1e-6):
+        if not math.isclose(float(got.detach()), float(want.detach()), rel_tol=1e-5, abs_tol=1e-6):
             hint = ""
             if math.isnan(float(got.detach())):
                 hint = ": a task with no label in the batch adds zero (cross-entropy over no rows is 0 / 0 = NaN)"
-            raise Mistake(f"{case}: your total loss is {float(got.detach()):.5f}, expected {float(want):.5f}{hint}")
+            raise Mistake(f"{case}: your total loss is {float(got.detach()):.5f}, expected {float(want.detach()):.5f}{hint}")
         for task, value in want_parts.items():
             mine = got_parts.get(task) if isinstance(got_parts, dict) else None
             same = mine is not None and (math.isclose(float(mine), value, rel_tol=1e-5) or (math.isnan(value) and math.isnan(float(mine))))
