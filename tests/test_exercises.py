@@ -279,6 +279,16 @@ def test_a_right_solution_by_another_route_passes(name, right):
     assert outcome.passed, outcome.message
 
 
+def test_a_difference_that_only_the_whole_model_shows_is_located_by_layer():
+    from exercises import checks
+
+    with checks.plugged(mpnet.Layer, "forward", layer_pre_ln):
+        assert checks.first_divergence() == "first divergence: layer 0"
+        with pytest.raises(checks.Mistake, match="differ from sentence-transformers' by .*first divergence: layer 0"):
+            checks.end_to_end("Layer.forward")
+    assert checks.first_divergence() == "every layer agrees, so look after the layers (pooling)"
+
+
 def test_an_exception_in_your_code_is_reported_with_its_line(tmp_path):
     path = tmp_path / "bucket.py"
     path.write_text("def relative_position_bucket(rel, num_buckets=32, max_distance=128):\n    return rel.nope\n")
