@@ -54,7 +54,7 @@ class Classifier:
         if dtype != "fp32" and torch.device(device).type == "cpu":
             from speed import int8_check
 
-            model, why = int8_check.choose(folder, model, tokenizer, info, dtype)
+            model, why = int8_check.choose(folder, model, tokenizer, info, dtype, reload=lambda: load_run(folder)[0])
             print(f"dtype {dtype}: {why}", file=sys.stderr)
         return cls(model.to(device), tokenizer, info)
 

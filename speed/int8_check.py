@@ -1,6 +1,6 @@
 """int8 for a fine-tuned run, kept only where it agrees with fp32 (predict.py --dtype auto).
 
-    model, why = int8_check.choose(folder, model, tokenizer, info, dtype="auto")
+    model, why = int8_check.choose(folder, model, tokenizer, info, dtype="auto", reload=...)
 
 The encoder's int8 path (quant.py) was calibrated and measured on the pretrained model (STS-B). A
 fine-tuned backbone has other weights, and a head can sit close to a decision boundary, so before
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -83,10 +84,10 @@ def quantize_backbone(model, tokenizer):
     return model
 
 
-def choose(folder: str | Path, model, tokenizer, info: dict, dtype: str):
+def choose(folder: str | Path, model, tokenizer, info: dict, dtype: str, reload: Callable[[], object]):
     """(model, why): the run's model in the precision to serve it in. dtype "fp32", "int8" (as asked, not
-    checked) or "auto" (int8 where it is fast and agrees with fp32 on the run's test rows, else fp32)."""
-    from eval import load_run
+    checked) or "auto" (int8 where it is fast and agrees with fp32 on the run's test rows, else fp32).
+    reload() gives the run's fp32 model again (the check quantises `model` in place)."""
     from reliability.checkpoint import write_atomic
     from speed.hardware import encoder_precision
     from weights.fetch import sha256_of
@@ -113,4 +114,4 @@ def choose(folder: str | Path, model, tokenizer, info: dict, dtype: str):
         quantize_backbone(model, tokenizer)
     if verdict.passed:
         return model, f"int8: {verdict.summary()}"
-    return load_run(folder)[0], f"fp32, int8 did not pass: {verdict.summary()}"
+    return reload(), f"fp32, int8 did not pass: {verdict.summary()}"

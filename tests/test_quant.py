@@ -202,7 +202,7 @@ def test_auto_serves_int8_only_if_it_passed_on_the_runs_test_rows_and_caches_the
     cpu("avx2", "avx512_vnni")  # a CPU where int8 is fast
     monkeypatch.setattr(int8_check, "AGREEMENT", 0.0 if passes else 1.01)
     model, tokenizer, info = load_run(tiny_run)
-    served, why = int8_check.choose(tiny_run, model, tokenizer, info, "auto")
+    served, why = int8_check.choose(tiny_run, model, tokenizer, info, "auto", reload=lambda: load_run(tiny_run)[0])
     assert (int8_layers(served) > 0) == passes and ("20 test rows" in why)
     assert why.startswith("int8: ") if passes else why.startswith("fp32, int8 did not pass")
     cached = json.loads((tiny_run / int8_check.CHECK_FILE).read_text())
@@ -213,7 +213,7 @@ def test_auto_serves_int8_only_if_it_passed_on_the_runs_test_rows_and_caches_the
 
     monkeypatch.setattr(int8_check, "labels", no_second_check)
     model, tokenizer, info = load_run(tiny_run)
-    served, why_again = int8_check.choose(tiny_run, model, tokenizer, info, "auto")
+    served, why_again = int8_check.choose(tiny_run, model, tokenizer, info, "auto", reload=lambda: load_run(tiny_run)[0])
     assert (int8_layers(served) > 0) == passes and why_again == why
 
 
@@ -230,7 +230,7 @@ def test_a_retrained_run_is_checked_again(tiny_run, cpu, monkeypatch):
     save_file({k: v + 0.01 for k, v in weights.items()}, tiny_run / "best.safetensors")
     monkeypatch.setattr(int8_check, "AGREEMENT", 1.01)
     model, tokenizer, info = load_run(tiny_run)
-    _, why = int8_check.choose(tiny_run, model, tokenizer, info, "auto")
+    _, why = int8_check.choose(tiny_run, model, tokenizer, info, "auto", reload=lambda: load_run(tiny_run)[0])
     assert why.startswith("fp32, int8 did not pass")
 
 
@@ -240,6 +240,6 @@ def test_auto_without_vnni_serves_fp32_and_checks_nothing(tiny_run, cpu):
 
     cpu("avx2")
     model, tokenizer, info = load_run(tiny_run)
-    served, why = int8_check.choose(tiny_run, model, tokenizer, info, "auto")
+    served, why = int8_check.choose(tiny_run, model, tokenizer, info, "auto", reload=lambda: load_run(tiny_run)[0])
     assert int8_layers(served) == 0 and why.startswith("fp32 (no VNNI")
     assert not (tiny_run / int8_check.CHECK_FILE).exists()
