@@ -32,6 +32,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from weights.fetch import sync_folder  # the one copy: the fetcher may import nothing of the project
+
 FORMAT = "mpnet-train-checkpoint/1"
 
 
@@ -54,18 +56,6 @@ def write_atomic(write: Callable[[Path], None], path: Path) -> None:
         tmp.unlink(missing_ok=True)
         raise
     sync_folder(path.parent)
-
-
-def sync_folder(folder: Path) -> None:
-    """Make a rename in `folder` durable: fsync the folder (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def all_finite(state: dict[str, torch.Tensor]) -> bool:

@@ -194,7 +194,7 @@ def test_two_fetches_into_one_folder_download_once(tmp_path, monkeypatch, small_
 
 def test_the_files_and_the_folder_are_synced_before_the_fetch_returns(tmp_path, monkeypatch, small_model):
     synced = []
-    monkeypatch.setattr(wf, "sync", lambda path: synced.append(path))
+    monkeypatch.setattr(wf, "sync_folder", lambda path: synced.append(path))
     monkeypatch.setattr(wf, "SOURCES", [("only", writes(GOOD))])
     target = wf.fetch(tmp_path / "w")
     assert target in synced and target / "1_Pooling" in synced

@@ -107,13 +107,17 @@ def verify(folder: Path, names: tuple[str, ...]) -> None:
             raise FetchError(f"{path}: sha256 {digest}, expected {sha256}")
 
 
-def sync(path: Path) -> None:
-    """fsync a file or a folder: a folder's entry (a rename) survives a power cut only once it is synced."""
-    fd = os.open(path, os.O_RDONLY)
+def sync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable: fsync the folder (a no-op where folders cannot be opened). The one
+    copy: reliability/checkpoint.py uses it too (this file may import nothing of the project)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
 
 
 class Progress:
@@ -274,8 +278,8 @@ def try_each_source(target: Path, scratch: Path) -> Path:
         for name in ST_FILES + FILES:  # model last: its presence is what marks the folder complete
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(scratch / name, target / name)
-        sync(target / "1_Pooling")
-        sync(target)
+        sync_folder(target / "1_Pooling")
+        sync_folder(target)
         print(f"  every file's size and sha256 verified; weights are in {target}", file=sys.stderr)
         return target
     raise FetchError("could not fetch all-mpnet-base-v2 from any source:\n  - " + "\n  - ".join(failures)
