@@ -211,6 +211,17 @@ def is_user_file(name: str) -> bool:
     return name.lower().endswith(USER_FORMATS)
 
 
+def refuse_lone_surrogates(value: str, where: str) -> str:
+    """value, unless it holds a lone surrogate (what JSON's \\ud800 escapes decode to): that has no UTF-8
+    form, so the tokenizer would fail on it mid-run. Named at read time instead, with `where` (file:line)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{where}: a lone surrogate ({value[e.start]!r}) at character {e.start} of {value[:40]!r}; "
+                         f"it is not valid Unicode, repair the record") from None
+    return value
+
+
 def read_user_rows(path: str | os.PathLike, text_column: str, label_column: str) -> list[tuple[int, str, str]]:
     """(line, text, label) from a .csv (RFC 4180: quotes, embedded newlines), .tsv (quoting off) or
     .jsonl (one JSON object a line) file. Labels are read as strings; an integer label 3 is "3".
@@ -236,13 +247,8 @@ def read_user_rows(path: str | os.PathLike, text_column: str, label_column: str)
                 if not isinstance(text, str) or not isinstance(label, (str, int)) or isinstance(label, bool):
                     raise ValueError(f"{path}:{line}: {text_column!r} must be a string and {label_column!r} "
                                      f"a string or integer")
-                for value in (text, str(label)):
-                    try:  # JSON's \ud800 escapes decode to a lone surrogate, which has no UTF-8 form
-                        value.encode("utf-8")
-                    except UnicodeEncodeError as e:
-                        raise ValueError(f"{path}:{line}: a lone surrogate ({value[e.start]!r}) at character {e.start} "
-                                         f"of {value[:40]!r}; it is not valid Unicode, repair the record") from None
-                rows.append((line, text, str(label)))
+                rows.append((line, refuse_lone_surrogates(text, f"{path}:{line}"),
+                             refuse_lone_surrogates(str(label), f"{path}:{line}")))
     else:
         delimiter = "," if path.suffix.lower() == ".csv" else "\t"
         rows = [(line, r[text_column], r[label_column]) for line, r in read_table(path, [text_column, label_column],

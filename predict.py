@@ -30,7 +30,7 @@ import torch
 from data import table_rows
 from reliability.checkpoint import write_atomic
 from reliability.flags import device, int_at_least
-from scale.corpus import chunks
+from scale.corpus import chunks, read_sentences
 from speed.memory import bound_kernel_cache, release_freed_memory
 from mpnet import check_batch_size, check_sentences
 
@@ -79,24 +79,18 @@ class Classifier:
 
 
 def read_texts(path: Path, column: str | None) -> Iterator[tuple[int, str]]:
-    """(line, sentence), streamed: one sentence a line, or the named column of a CSV/TSV read by the
-    training data's strict reader (data.table_rows). Lines end at a line feed, so line i is line i as
-    `wc -l` counts it; blank sentences are skipped."""
+    """(line, sentence), streamed: one sentence a line (scale.corpus.read_sentences), or the named column of
+    a CSV/TSV read by the training data's strict reader (data.table_rows). Lines end at a line feed, so
+    line i is line i as `wc -l` counts it; blank sentences are skipped."""
     if column is not None:
         delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
         for line, row in table_rows(path, [column], delimiter):
             if row[column].strip():
                 yield line, row[column]
         return
-    line = 0
-    with open(path, encoding="utf-8-sig", newline="\n") as f:
-        try:
-            for line, raw in enumerate(f, start=1):
-                text = raw.removesuffix("\n").removesuffix("\r")
-                if text.strip():
-                    yield line, text
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not UTF-8 text after line {line} ({e.reason}); re-save it as UTF-8") from None
+    for line, text in enumerate(read_sentences(path, None), start=1):  # the corpus command's line reader
+        if text.strip():
+            yield line, text
 
 
 def predict_file(clf: Classifier, source: Path, output: Path, column: str | None, batch_size: int,

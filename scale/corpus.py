@@ -46,6 +46,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from data import refuse_lone_surrogates
 from reliability.checkpoint import sync_folder, write_atomic
 from reliability.flags import int_at_least
 from speed.memory import bound_kernel_cache, release_freed_memory
@@ -67,25 +68,25 @@ def chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
 
 def read_sentences(path: Path, field: str | None) -> Iterator[str]:
     """One sentence a line, or with `field` the value of that key in each line's JSON object. Lines end
-    at a line feed (CRLF is fine), so sentence i is line i as `wc -l` counts it."""
+    at a line feed (CRLF is fine), so sentence i is line i as `wc -l` counts it. (predict.py reads its
+    --input text files through this too.)"""
+    number = 0
     with open(path, encoding="utf-8-sig", newline="\n") as f:
-        for number, line in enumerate(f, 1):
-            line = line.removesuffix("\n").removesuffix("\r")
-            if field is None:
-                yield line
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not a JSON object ({e.msg}); JSONL needs one object a line") from None
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                raise ValueError(f"{path}:{number}: no string field {field!r} in this line's JSON object")
-            try:  # a \ud800 escape decodes to a lone surrogate, which encode() would refuse mid-run
-                record[field].encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise ValueError(f"{path}:{number}: a lone surrogate at character {e.start} of {field!r}; "
-                                 f"it is not valid Unicode, repair the line") from None
-            yield record[field]
+        try:
+            for number, line in enumerate(f, 1):
+                line = line.removesuffix("\n").removesuffix("\r")
+                if field is None:
+                    yield line
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{number}: not a JSON object ({e.msg}); JSONL needs one object a line") from None
+                if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                    raise ValueError(f"{path}:{number}: no string field {field!r} in this line's JSON object")
+                yield refuse_lone_surrogates(record[field], f"{path}:{number}")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text after line {number} ({e.reason}); re-save it as UTF-8") from None
 
 
 def weights_sha256(encoder) -> str:
