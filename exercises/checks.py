@@ -417,20 +417,30 @@ def trainable_groups(model: heads.MultiTaskModel) -> dict[str, str]:
     return states
 
 
-def changed_by_one_step(model: heads.MultiTaskModel) -> set[str]:
-    """One AdamW step on 8 real review sentences; the names of the parameters it changed (then put back)."""
+def backward_on_reviews(model: heads.MultiTaskModel) -> dict[str, torch.Tensor]:
+    """loss.backward() on 8 real review sentences; returns the weights as they were, for put_back()."""
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    logits, labels = review_logits()
+    _, labels = review_logits()
     b = encoder().tokenize(read_reviews("topic", "train").texts[:8])
-    freeze.train_mode(model)
     loss, _ = heads.multitask_loss(model(b["input_ids"], b["attention_mask"]), labels)
     loss.backward()
+    return before
+
+
+@torch.no_grad()
+def put_back(model: heads.MultiTaskModel, before: dict[str, torch.Tensor]) -> None:
+    for n, p in model.named_parameters():
+        p.copy_(before[n])
+
+
+def changed_by_one_step(model: heads.MultiTaskModel) -> set[str]:
+    """One AdamW step on 8 real review sentences; the names of the parameters it changed (then put back)."""
+    freeze.train_mode(model)
+    before = backward_on_reviews(model)
     torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3).step()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            p.copy_(before[n])
-            p.grad = None
+    put_back(model, before)
+    model.zero_grad(set_to_none=True)
     model.eval()
     return changed
 
@@ -556,18 +566,11 @@ def check_llrd(fn: Callable) -> str:
 
 def one_adamw_step_difference(model: heads.MultiTaskModel, ours: list[dict], theirs: list[dict]) -> float:
     """The same gradients, one AdamW step with each set of groups: the largest difference in the weights."""
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    logits, labels = review_logits()
-    b = encoder().tokenize(read_reviews("topic", "train").texts[:8])
-    loss, _ = heads.multitask_loss(model(b["input_ids"], b["attention_mask"]), labels)
-    loss.backward()
+    before = backward_on_reviews(model)
     after = []
     for groups in (ours, theirs):
         torch.optim.AdamW([{k: v for k, v in g.items() if k in ("params", "lr", "weight_decay")} for g in groups]).step()
         after.append({n: p.detach().clone() for n, p in model.named_parameters()})
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                p.copy_(before[n])
-    for p in model.parameters():
-        p.grad = None
+        put_back(model, before)
+    model.zero_grad(set_to_none=True)
     return max(float((after[0][n] - after[1][n]).abs().max()) for n in before)

@@ -64,7 +64,9 @@ def saved(out: Path, corpus: Path | None) -> int:
     """How far the last completed save got: the checkpoint's step, or the number of chunks recorded as done."""
     if corpus:
         record = out / "emb.npy.partial.done-0"
-        return DONE if (out / "emb.npy").exists() else len(json.loads(record.read_text())["chunks"]) if record.exists() else 0
+        if (out / "emb.npy").exists():
+            return DONE
+        return len(json.loads(record.read_text())["chunks"]) if record.exists() else 0
     progress = read_progress(out / "last.safetensors") if (out / "last.safetensors").exists() else None
     return progress["step"] if progress else 0
 
