@@ -2,6 +2,7 @@
 beyond rounding. Each piece plugs in after the plain model is built, with one call:
 
     speed.load_encoder(dtype="auto")      an encoder in the fastest accurate precision for this machine
+                                          (quant.py for int8, onednn.py for fp32 on AVX-512)
     speed.training.speed_up(model, ...)   train.py's faster step (off with --plain)
 """
 from __future__ import annotations
@@ -14,10 +15,13 @@ import torch
 def load_encoder(path=None, device: str | torch.device | None = None, dtype: str | torch.dtype | None = "auto"):
     """SentenceEncoder.from_pretrained, then the precision asked for: "fp32", "bf16", "int8" (quant.py) or
     "auto", the fastest path within the accuracy targets on this hardware (hardware.encoder_precision),
-    which it prints with the reason. bf16 where it is emulated runs, with a warning."""
+    which it prints with the reason. bf16 where it is emulated runs, with a warning. fp32 on a CPU with
+    AVX-512 runs its linear layers through oneDNN (onednn.py): the same numbers up to summation order."""
     from mpnet import SentenceEncoder
     from speed.hardware import encoder_precision
+    from speed.memory import bound_kernel_cache
 
+    bound_kernel_cache()  # before the first forward: memory stays flat over a long stream (memory.py)
     precision, why = encoder_precision(dtype, torch.device(device or "cpu"))
     if dtype == "auto":
         print(f"dtype auto: {precision} ({why})", file=sys.stderr)
@@ -26,4 +30,9 @@ def load_encoder(path=None, device: str | torch.device | None = None, dtype: str
         from speed.quant import quantize
 
         quantize(encoder)
+    if precision == "fp32" and torch.device(device or "cpu").type == "cpu":
+        from speed.onednn import onednn_helps, use_onednn
+
+        if onednn_helps()[0]:
+            use_onednn(encoder)
     return encoder

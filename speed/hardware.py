@@ -22,8 +22,8 @@ from functools import lru_cache
 import torch
 
 # The flags that decide which kernels run fast, in the order a reader would look for them.
-RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8",
-                  "asimd", "asimddp", "i8mm", "bf16", "sve")
+RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "avx512_vp2intersect",
+                  "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimddp", "i8mm", "bf16", "sve")
 BF16_FLAGS = {"x86_64": ("avx512_bf16", "amx_bf16"), "aarch64": ("bf16",)}
 # Where torch._int_mm runs on oneDNN's int8 kernels. Measured on x86 only: an AVX-512 VNNI EPYC (fast, also
 # with oneDNN capped at AVX2) and an AVX2-only EPYC (a reference loop, 10-20x slower than fp32). Not
@@ -50,14 +50,21 @@ def cpu_flags() -> frozenset[str]:
 
 @lru_cache(maxsize=1)
 def cpu_name() -> str:
+    """The model name, and on x86 the family number, which tells CPUs of one name apart: a cloud "AMD EPYC"
+    of family 26 (Zen 5) has full-width AVX-512 units, twice the fp32 multiply-adds per cycle of family
+    25's (Zen 4's, half width; Zen 3 has no AVX-512), and their flags differ by little more than avx_vnni."""
+    name, family = None, None
     try:
         for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
             key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "Hardware"):
-                return value.strip()
+            if key.strip() in ("model name", "Model", "Hardware") and name is None:
+                name = value.strip()
+            if key.strip() == "cpu family" and family is None:
+                family = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = name or platform.processor() or platform.machine()
+    return f"{name}, family {family}" if family else name
 
 
 def describe() -> str:

@@ -54,6 +54,7 @@ from eval import stsb_spearman
 from speed.hardware import describe, encoder_precision, native_bf16
 from mpnet import SentenceEncoder
 from speed import load_encoder
+from speed.onednn import onednn_helps
 from weights.fetch import fetch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,10 +73,13 @@ def load_corpus(data_dir: str | None, n: int) -> tuple[list[str], str]:
 
 
 def engines(compare: bool, device: str) -> list[str]:
-    """ours-DEVICE-fp32 first (the reference of the cosine column), then bf16 (and int8 on a CPU), then
+    """ours-DEVICE-fp32 first (the reference of the cosine column), then, where the speed path runs fp32
+    through oneDNN, ours-cpu-plain (SentenceEncoder.from_pretrained as it is), bf16 (and int8 on a CPU), then
     sentence-transformers: fp32 on CPU, fp16 (model.half(), its fast GPU setting) on a GPU; then, on a
     CPU, its ONNX Runtime and OpenVINO backends where installed (peers.py)."""
     names = [f"ours-{device}-fp32", f"ours-{device}-bf16"] + (["ours-cpu-int8"] if device == "cpu" else [])
+    if device == "cpu" and onednn_helps()[0]:
+        names.insert(1, "ours-cpu-plain")  # mpnet.py as read (nn.Linear on MKL), beside the speed path's fp32
     if compare:
         names.append("st-cuda-fp16" if device == "cuda" else "st-cpu-fp32")
         if device == "cpu":
@@ -99,7 +103,10 @@ def load_engine(name: str, st_model: str):
         if precision == "fp16":
             st.half()
         return lambda s, bs: torch.as_tensor(st.encode(s, batch_size=bs, convert_to_numpy=True)).float()
-    enc = load_encoder(device=device, dtype=precision)
+    if precision == "plain":
+        enc = SentenceEncoder.from_pretrained(device=device)
+    else:
+        enc = load_encoder(device=device, dtype=precision)
     return lambda s, bs: enc.encode(s, batch_size=bs)
 
 
@@ -148,17 +155,20 @@ def fresh_process(name: str, args: argparse.Namespace) -> dict:
     return report
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10, device: str = "cpu") -> float:
-    """Achieved GEMM throughput in this run: the peak that %limit compares the encoder with."""
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, reps: int = 10, device: str = "cpu",
+                  onednn: bool = False) -> float:
+    """Achieved GEMM throughput in this run: the peak that %limit compares the encoder with. onednn: the
+    product through oneDNN's linear kernel (speed/onednn.py), the route fp32 takes on a CPU with AVX-512."""
     if device == "cuda":
         n, reps = 8192, 50  # a GPU needs a large product to reach its peak
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    a @ b
+    product = (lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")) if onednn else (lambda: a @ b)
+    product()
     times = []
     for _ in range(reps):
         sync(device)
         t = time.perf_counter()
-        a @ b
+        product()
         sync(device)
         times.append(time.perf_counter() - t)
     return 2 * n ** 3 / statistics.median(times) / 1e9
@@ -315,7 +325,8 @@ def chosen_engines(args: argparse.Namespace) -> list[str]:
 
 
 def print_encode_table(results: dict, fp32_peak: float, gpu_bf16_peak: float | None) -> None:
-    print(f"fp32 matmul peak, 2048^3 GEMM in this run: {fp32_peak:.0f} GFLOP/s "
+    print(f"fp32 matmul peak, 2048^3 GEMM through {'oneDNN' if onednn_helps()[0] else 'MKL'} in this run: "
+          f"{fp32_peak:.0f} GFLOP/s "
           f"-> encoder limit {fp32_peak * 1e9 / FLOPS_PER_TOKEN:.0f} tokens/s")
     if gpu_bf16_peak:
         print(f"GPU {torch.cuda.get_device_name()}: bf16 matmul peak, 8192^3 GEMM in this run: "
@@ -356,7 +367,8 @@ def bench_encode(args: argparse.Namespace) -> dict:
     stsb = {n: stsb_test(encoders[n], args) for n in names} if args.compare else {}
     del encoders
 
-    fp32_peak = matmul_gflops(torch.float32)
+    # the route ours-cpu-fp32 takes: oneDNN where speed.load_encoder swaps it in, else MKL (nn.Linear)
+    fp32_peak = matmul_gflops(torch.float32, onednn=onednn_helps()[0])
     gpu_bf16_peak = matmul_gflops(torch.bfloat16, device="cuda") if args.device == "cuda" else None
     results = {}
     for n in names:
