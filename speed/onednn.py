@@ -9,15 +9,16 @@ say (MKL_VERBOSE=1 names the path: "Intel(R) Architecture processors"). oneDNN, 
 PyTorch (it already runs the int8 and bf16 products), goes by the flags alone, and runs its AVX-512 kernels
 on such a CPU (ONEDNN_VERBOSE=1: "brg_matmul:avx512_core").
 
-On a 2-core AMD EPYC whose AVX-512 units are full width (flags avx512f, avx512_vnni, avx512_bf16,
-avx512_vp2intersect), one (332 x 768) by (768 x 3072) product, the FFN's, ran at 202 GFLOP/s through
-F.linear and 444 through oneDNN, and the encoder went from 107 to 205 sentences/s (experiments/fp32_onednn.md).
-On a CPU whose AVX-512 is half width, or with AVX2 only, the two libraries' kernels do the same work per cycle;
-that was not measured, so speed.load_encoder swaps only where the CPU has AVX-512 (onednn_helps below).
+On a 2-core AMD EPYC of family 26 (Zen 5, full-width AVX-512), one (332 x 768) by (768 x 3072) product, the
+FFN's, ran at 202 GFLOP/s through F.linear and 444 through oneDNN, and the encoder went from 100 to 195
+sentences/s, ahead of ONNX Runtime's and OpenVINO's fp32 in the same run (`python -m tools.bench --compare`,
+experiments/encoding_speed.md). On a CPU whose AVX-512 is half width (Zen 4), or with AVX2 only, the two
+libraries' kernels do the same work per cycle; that was not measured, so speed.load_encoder swaps only
+where the CPU has AVX-512 (onednn_helps below).
 
 What changes: only the order in which each dot product is summed. The weights are the same tensors (not
 copied, not repacked), so the state dict, memory and parity are those of the plain model; the embeddings of
-the 512 STS-B sentences moved by at most 3e-7 (tests/test_onednn.py checks 1e-5, the parity tolerance).
+the 512 STS-B sentences moved by at most 3e-7 (tests/test_onednn.py holds it to the parity test's 1e-5).
 
 oneDNN's call has no backward, so whenever autograd is recording, or autocast or another dtype is on, a
 layer falls back to F.linear: a model that trains keeps training exactly as before.
@@ -43,7 +44,7 @@ def onednn_helps() -> tuple[bool, str]:
         return False, "this PyTorch build has no oneDNN linear kernel"
     if "avx512f" not in hardware.cpu_flags():
         return False, "no AVX-512: MKL and oneDNN run the same AVX2 work, so the plain nn.Linear stays (not measured)"
-    return True, "AVX-512: oneDNN's AVX-512 kernels, where MKL may run its generic ones (AMD: 1.9x measured)"
+    return True, "AVX-512: oneDNN runs its AVX-512 kernels, where MKL may run generic ones (1.9x on a Zen 5 EPYC)"
 
 
 class OneDNNLinear(nn.Module):

@@ -385,8 +385,9 @@ def bench_encode(args: argparse.Namespace) -> dict:
             "stsb_test_spearman": stsb.get(n),
         }
     print_encode_table(results, fp32_peak, gpu_bf16_peak)
-    return {"cpu": describe(), "corpus": corpus_desc, "tokens": tokens, "fp32_matmul_gflops": fp32_peak,
-            "gpu_bf16_matmul_gflops": gpu_bf16_peak, "results": results}
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"cpu": describe(), "commit": commit or "unknown", "torch": torch.__version__, "corpus": corpus_desc,
+            "tokens": tokens, "fp32_matmul_gflops": fp32_peak, "gpu_bf16_matmul_gflops": gpu_bf16_peak, "results": results}
 
 
 def main() -> None:
