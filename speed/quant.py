@@ -196,10 +196,11 @@ def input_ranges(encoder, sentences: list[str]) -> dict[tuple[int, str], torch.T
 
 
 def quantize(encoder, alpha: float = ALPHA, keep_float=KEEP_FLOAT, zero_point=ZERO_POINT,
-             calibration: list[str] = CALIBRATION):
+             calibration: list[str] = CALIBRATION, make=Int8Linear):
     """Replace the encoder's linear layers by smoothed Int8Linear, except the (layer, name) pairs in
     keep_float; the names in zero_point get per-token zero points. alpha = 0 quantises without
-    smoothing. In place; returns the encoder. Inference only."""
+    smoothing. In place; returns the encoder. Inference only. make(linear, smooth, zero_point=...)
+    builds each int8 layer: Int8Linear, or another kernel route to compare (experiments/x86_int8.py)."""
     unknown = {name for _, name in keep_float} - set(LINEAR_NAMES)
     if unknown:
         raise ValueError(f"keep_float names {sorted(unknown)} are not linear layers; choose from {LINEAR_NAMES}")
@@ -213,6 +214,6 @@ def quantize(encoder, alpha: float = ALPHA, keep_float=KEEP_FLOAT, zero_point=ZE
                 if (i, name) in keep_float:
                     continue
                 parent, attr = (layer.attn, name[5:]) if name.startswith("attn.") else (layer, name)
-                setattr(parent, attr, Int8Linear(found[name], smooth.clamp(min=1e-5), zero_point=name in zero_point))
+                setattr(parent, attr, make(found[name], smooth.clamp(min=1e-5), zero_point=name in zero_point))
         release_freed_memory()
     return encoder

@@ -1,0 +1,140 @@
+"""int8 through PyTorch's x86 int8 kernels (FBGEMM, oneDNN): what their per-tensor activations cost in accuracy,
+and what smoothing and keeping layers in fp32 win back (issue #31, item 1: the accuracy half).
+
+    python experiments/x86_int8.py             # every missing cell, then the table
+    python experiments/x86_int8.py --table-only
+
+On an AVX2-only CPU torch._int_mm has no fast kernel (speed/quant.py), but the quantized engines do: FBGEMM
+(built for AVX2, behind torch.ao.nn.quantized.dynamic.Linear) and oneDNN's qlinear. Their dynamic linear
+quantises the input with one scale and zero point per call (per tensor, 7-bit: reduce_range), where
+quant.Int8Linear takes one range per token. This measures the accuracy of that route with this project's
+calibration (quant.quantize, with `make` building the engine's layer instead of Int8Linear):
+
+  * the weights per output channel (or per tensor: quantize_dynamic's default, no smoothing, the
+    configuration an independent run measured at STS-B 79.60);
+  * SmoothQuant at alpha 0.5 or none;
+  * some layers kept in fp32.
+
+Measured against the fp32 encoder in the same process, as experiments/int8_layers.py does: the parity
+fixture's min cosine to fp32 and to sentence-transformers' embeddings (target >= 0.98), and STS-B test
+Spearman (target >= 83.1). The integers such a kernel computes do not depend on the CPU (exact int32 sums of 7-bit
+inputs), so the accuracy measured here holds on an AVX2-only CPU; its speed does not, and is not measured
+here: that needs the AVX2-only machine. One JSON per cell in experiments/results/x86_int8/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from cells import cell  # noqa: E402
+from data import read_stsb  # noqa: E402
+from eval import spearman  # noqa: E402
+from mpnet import SentenceEncoder  # noqa: E402
+from speed.quant import quantize  # noqa: E402
+
+RESULTS = HERE / "results" / "x86_int8"
+REFERENCE = json.loads((ROOT / "tests" / "fixtures" / "reference.json").read_text(encoding="utf-8"))
+FFN_OUT = tuple((i, "ffn_out") for i in range(12))
+
+
+class EngineLinear(nn.Module):
+    """A smoothed linear layer on a quantized engine's dynamic int8 kernel: y = dynamic_linear(x / m) with W * m."""
+
+    def __init__(self, linear: nn.Linear, smooth: torch.Tensor, per_channel: bool):
+        super().__init__()
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+        from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
+
+        scaled = nn.Linear(linear.in_features, linear.out_features)
+        scaled.weight.data = linear.weight.detach().float() * smooth
+        scaled.bias.data = linear.bias.detach().float()
+        scaled.qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+        self.inner = DynamicLinear.from_float(scaled)
+        self.register_buffer("inv_smooth", 1 / smooth)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x * self.inv_smooth)
+
+
+# cell -> (engine, weights per channel, alpha, (layer, name) pairs kept in fp32)
+CELLS = {
+    "fbgemm, per-tensor weights, no smoothing (quantize_dynamic's default)": ("fbgemm", False, 0.0, ()),
+    "fbgemm, per-channel weights, no smoothing": ("fbgemm", True, 0.0, ()),
+    "fbgemm, per-channel weights, alpha 0.5": ("fbgemm", True, 0.5, ()),
+    "fbgemm, per-channel weights, alpha 0.5, ffn_out in fp32": ("fbgemm", True, 0.5, FFN_OUT),
+    "onednn, per-channel weights, alpha 0.5": ("onednn", True, 0.5, ()),
+}
+
+
+def slug(name: str) -> str:
+    return name.split(" (")[0].replace(", ", "-").replace(" ", "-").replace(".", "_")
+
+
+def measure(engine: str, per_channel: bool, alpha: float, keep_float: tuple, reference: dict, pairs: list) -> dict:
+    torch.backends.quantized.engine = engine
+    encoder = SentenceEncoder.from_pretrained()
+    quantize(encoder, alpha, keep_float, zero_point=(),
+             make=lambda linear, smooth, zero_point: EngineLinear(linear, smooth, per_channel))
+    assert sum(isinstance(m, EngineLinear) for m in encoder.modules()) == 72 - len(keep_float)
+    emb = encoder.encode(REFERENCE["sentences"])
+    to_fp32 = (emb * reference["fixture"]).sum(1)
+    to_st = (emb * torch.tensor(REFERENCE["embeddings"])).sum(1)
+    first, second = encoder.encode([p[0] for p in pairs]), encoder.encode([p[1] for p in pairs])
+    score = 100 * spearman((first * second).sum(1).numpy(), np.array([p[2] for p in pairs]))
+    stsb_cos = torch.cat([(first * reference["first"]).sum(1), (second * reference["second"]).sum(1)])
+    return {"engine": engine, "per_channel": per_channel, "alpha": alpha, "fp32_layers": len(keep_float),
+            "fixture_min_cos_fp32": round(to_fp32.min().item(), 5), "fixture_min_cos_st": round(to_st.min().item(), 5),
+            "stsb_min_cos": round(stsb_cos.min().item(), 5), "stsb_test_spearman": round(score, 2),
+            "torch": torch.__version__}
+
+
+def table(results: dict[str, dict]) -> str:
+    lines = ["int8 linear layers on PyTorch's quantized engines (dynamic: inputs per tensor, 7-bit), with "
+             "this project's calibration (speed/quant.py: SmoothQuant over quant.CALIBRATION). Against the fp32 "
+             "encoder (STS-B test 83.42) in the same process; quant.Int8Linear (per-token inputs) scores 83.70 "
+             "(experiments/int8_layers.md). Accuracy only: the integers do not depend on the CPU, the speed does.", "",
+             "| route | fp32 layers (of 72) | fixture min cos to fp32 | to sentence-transformers | STS-B min cos | "
+             "STS-B test |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['fp32_layers']} | {r['fixture_min_cos_fp32']:.5f} | {r['fixture_min_cos_st']:.5f} "
+                     f"| {r['stsb_min_cos']:.5f} | {r['stsb_test_spearman']:.2f} |")
+    cpus = sorted({r["cpu"] for r in results.values()})
+    lines += ["", "Targets (issue #31): fixture min cosine to sentence-transformers >= 0.98, STS-B test >= 83.1.",
+              f"CPU: {'; '.join(cpus)}. Generated by `python experiments/x86_int8.py` (deterministic: no seed)."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    if not args.table_only:
+        pairs, reference = read_stsb("test", None), None
+        for name, (engine, per_channel, alpha, keep) in CELLS.items():
+            if (RESULTS / f"{slug(name)}.json").is_file():
+                continue
+            if reference is None:
+                fp32 = SentenceEncoder.from_pretrained()
+                reference = {"fixture": fp32.encode(REFERENCE["sentences"]), "first": fp32.encode([p[0] for p in pairs]),
+                             "second": fp32.encode([p[1] for p in pairs])}
+            r = cell(RESULTS, slug(name), lambda: measure(engine, per_channel, alpha, keep, reference, pairs))
+            print(f"{name}: {r}", flush=True)
+    results = {name: json.loads(p.read_text()) for name in CELLS if (p := RESULTS / f"{slug(name)}.json").is_file()}
+    if results:
+        text = table(results)
+        (HERE / "x86_int8.md").write_text(text)
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
