@@ -164,7 +164,10 @@ def scenario_table(load, cpus: set) -> list[str]:
     """Every freezing scenario with default flags, on the sets where its cells exist."""
     lines = ["", "Every freezing scenario with no flag but `--freeze SPEC` (mean ± std over seeds; heads only is the "
              "default-flags column above). The scenarios that train the backbone keep BERT's recipe, the best the "
-             "project knows for them at full data, so their default flags are that recipe.", "",
+             "project knows for them at full data, so their default flags are that recipe. Gradual unfreezing adds "
+             "one group per epoch (freeze.GradualUnfreezer), so its 3 epochs train the heads, then layer 11, then "
+             "layers 10-11, and never the rest: for it the default is not yet a good recipe. Wall time: the whole "
+             "process, median; runs of one row may have shared the 2 cores with another job.", "",
              "| set | " + " | ".join(f"{label} (`--freeze {spec}`)" for spec, label in SCENARIOS.items())
              + " | heads only (`--freeze backbone`) |", "| --- |" + " ---: |" * (len(SCENARIOS) + 1)]
     for name in SETS:
