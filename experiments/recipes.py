@@ -86,6 +86,8 @@ def head(row: str, name: str, seed: int, freeze: str = "backbone") -> dict:
     started = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for checkpoint in out.glob("*.safetensors"):  # 0.9 GB a run: 17 runs filled this machine's disk
+        checkpoint.unlink()
     recipe = [line for line in proc.stderr.splitlines() if line.startswith("recipe for")]
     accuracy = next(v for k, v in result.items() if k.startswith("acc_a_"))
     return {"accuracy": accuracy, "wall_s": round(time.time() - started, 1), "cache_s": result["cache_s"],
