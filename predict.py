@@ -56,12 +56,10 @@ class Classifier:
 
             model, why = int8_check.choose(folder, model, tokenizer, info, dtype, reload=lambda: load_run(folder)[0])
             print(f"dtype {dtype}: {why}", file=sys.stderr)
-        if torch.device(device).type == "cpu":
-            from mpnet import SentenceEncoder
-            from speed.onednn import onednn_helps, use_onednn
+        from mpnet import SentenceEncoder
+        from speed.onednn import use_where_it_helps
 
-            if onednn_helps()[0]:
-                use_onednn(SentenceEncoder(model.backbone, tokenizer))  # fp32 layers only; int8 ones stay
+        use_where_it_helps(SentenceEncoder(model.backbone, tokenizer), device)  # fp32 layers only; int8 ones stay
         return cls(model.to(device), tokenizer, info)
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> dict[str, torch.Tensor]:

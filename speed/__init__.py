@@ -30,9 +30,8 @@ def load_encoder(path=None, device: str | torch.device | None = None, dtype: str
         from speed.quant import quantize
 
         quantize(encoder)
-    if precision == "fp32" and torch.device(device or "cpu").type == "cpu":
-        from speed.onednn import onednn_helps, use_onednn
+    if precision == "fp32":
+        from speed.onednn import use_where_it_helps
 
-        if onednn_helps()[0]:
-            use_onednn(encoder)
+        use_where_it_helps(encoder, device)
     return encoder

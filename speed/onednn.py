@@ -30,8 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from speed import hardware
-
-LINEAR_NAMES = ("attn.q", "attn.k", "attn.v", "attn.o", "ffn_in", "ffn_out")
+from speed.quant import linears, set_linear
 
 
 def onednn_available() -> bool:
@@ -74,9 +73,12 @@ def use_onednn(encoder) -> None:
     if not onednn_available():
         raise RuntimeError("this PyTorch build has no oneDNN (torch.backends.mkldnn) linear kernel")
     for layer in encoder.model.layers:
-        for name in LINEAR_NAMES:
-            owner_name, _, attr = name.rpartition(".")
-            owner = layer.get_submodule(owner_name) if owner_name else layer
-            linear = getattr(owner, attr)
-            if isinstance(linear, nn.Linear):
-                setattr(owner, attr, OneDNNLinear(linear))
+        for name, linear in linears(layer).items():
+            if isinstance(linear, nn.Linear):  # an int8 layer (quant.py) stays as it is
+                set_linear(layer, name, OneDNNLinear(linear))
+
+
+def use_where_it_helps(encoder, device: str | torch.device | None = None) -> None:
+    """use_onednn on a CPU where onednn_helps(); elsewhere leave the encoder as it is."""
+    if torch.device(device or "cpu").type == "cpu" and onednn_helps()[0]:
+        use_onednn(encoder)

@@ -177,6 +177,14 @@ def linears(layer: nn.Module) -> dict[str, nn.Linear]:
             for name in LINEAR_NAMES}
 
 
+def set_linear(layer: nn.Module, name: str, module: nn.Module) -> None:
+    """Put `module` where the linear layer `name` (one of LINEAR_NAMES) sits in one encoder layer."""
+    if name.startswith("attn."):
+        setattr(layer.attn, name[5:], module)
+    else:
+        setattr(layer, name, module)
+
+
 @torch.inference_mode()
 def input_ranges(encoder, sentences: list[str]) -> dict[tuple[int, str], torch.Tensor]:
     """max |input| per channel of every linear layer over `sentences`, from the model as it is (fp32)."""
@@ -213,7 +221,6 @@ def quantize(encoder, alpha: float = ALPHA, keep_float=KEEP_FLOAT, zero_point=ZE
             for name in group:
                 if (i, name) in keep_float:
                     continue
-                parent, attr = (layer.attn, name[5:]) if name.startswith("attn.") else (layer, name)
-                setattr(parent, attr, make(found[name], smooth.clamp(min=1e-5), zero_point=name in zero_point))
+                set_linear(layer, name, make(found[name], smooth.clamp(min=1e-5), zero_point=name in zero_point))
         release_freed_memory()
     return encoder
