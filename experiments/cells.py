@@ -6,16 +6,22 @@ import json
 from pathlib import Path
 from typing import Callable
 
+import subprocess
+
 from reliability.checkpoint import write_atomic
 from speed.hardware import describe
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def cell(results: Path, name: str, compute: Callable[[], dict]) -> dict:
-    """results/NAME.json if it exists; else compute(), stamped with this CPU, written atomically."""
+    """results/NAME.json if it exists; else compute(), stamped with this CPU and the code's commit, written
+    atomically."""
     path = results / f"{name}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    result = compute() | {"cpu": describe()}
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    result = compute() | {"cpu": describe(), "commit": commit}
     results.mkdir(parents=True, exist_ok=True)
     write_atomic(lambda p: p.write_text(json.dumps(result, indent=2)), path)
     return result

@@ -51,9 +51,8 @@ def run(row: str, name: str, seed: int) -> dict:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     steps = max((int(line.split("'step': ")[1].split(",")[0]) for line in proc.stderr.splitlines() if "'step': " in line),
                 default=None)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return {"accuracy": next(v for k, v in result.items() if k.startswith("acc_a_")), "steps": steps,
-            "wall_s": round(time.time() - started, 1), "command": "python " + " ".join(cmd[1:-3]), "commit": commit}
+            "wall_s": round(time.time() - started, 1), "command": "python " + " ".join(cmd[1:-3])}
 
 
 def table() -> str:

@@ -60,8 +60,7 @@ def measure(name: str) -> dict:
             clf.predict(texts)
             rates[precision].append(SENTENCES / (time.time() - started))
     served = "int8" if int8_check.is_int8(auto.model) else "fp32"
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return {"run": name, "verdict": verdict, "served": served, "check_s": check_s, "rates": rates, "commit": commit}
+    return {"run": name, "verdict": verdict, "served": served, "check_s": check_s, "rates": rates}
 
 
 def table() -> str:

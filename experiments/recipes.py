@@ -92,8 +92,7 @@ def head(row: str, name: str, seed: int, freeze: str = "backbone") -> dict:
     accuracy = next(v for k, v in result.items() if k.startswith("acc_a_"))
     return {"accuracy": accuracy, "wall_s": round(time.time() - started, 1), "cache_s": result["cache_s"],
             "best_epoch": result["best_epoch"], "refit_rows": result.get("refit_rows"),
-            "recipe": recipe[0] if recipe else None, "command": "python " + " ".join(cmd[1:-3]),
-            "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()}
+            "recipe": recipe[0] if recipe else None, "command": "python " + " ".join(cmd[1:-3])}
 
 
 def logreg(name: str) -> dict:
