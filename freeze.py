@@ -1,6 +1,6 @@
 """Freezing scenarios: which parts of a MultiTaskModel train.
 
-    unfreezer = freeze.apply(model, spec)     # spec: none | all | backbone | head:NAME | top-K | gradual[:N]
+    unfreezer = freeze.apply(model, spec, planned_steps)  # none | all | backbone | head:NAME | top-K | gradual[:N]
     print(freeze.summary(model))
 
 A frozen parameter has requires_grad=False: autograd records nothing for a part whose
@@ -62,12 +62,12 @@ def unfreeze_top(model: MultiTaskModel, k: int) -> None:
 
 class GradualUnfreezer:
     """ULMFiT's gradual unfreezing: start with only the heads training, then unfreeze one more
-    layer group from the top each epoch (or every N steps), down to the embeddings.
+    layer group from the top every `every_steps` steps, down to the embeddings.
     (use: small data, where unfreezing everything at once would wash out pretrained features)."""
 
-    def __init__(self, model: MultiTaskModel, every_steps: int = 0):
+    def __init__(self, model: MultiTaskModel, every_steps: int):
         self.groups = backbone_groups(model)
-        self.every_steps = every_steps  # 0: unfreeze at the end of each epoch
+        self.every_steps = every_steps
         self.unfrozen = 0
         freeze_backbone(model)
 
@@ -103,8 +103,13 @@ def check_spec(spec: str, num_layers: int, tasks: list[str]) -> None:
                      f"gradual or gradual:STEPS (STEPS > 0)")
 
 
-def apply(model: MultiTaskModel, spec: str) -> GradualUnfreezer | None:
-    """Apply a freezing scenario by name; returns the unfreezer for 'gradual', else None."""
+def apply(model: MultiTaskModel, spec: str, planned_steps: int = 0) -> GradualUnfreezer | None:
+    """Apply a freezing scenario by name; returns the unfreezer for 'gradual', else None.
+
+    Plain 'gradual' cuts the planned steps into equal stages, one per group plus a last one: heads
+    alone, then one more group each stage, and in the last stage everything trains. ULMFiT gave each
+    stage an epoch, but BERT's 3 epochs would then train only the top two layers; 'gradual:N' sets
+    the stage to N steps."""
     check_spec(spec, len(model.backbone.layers), list(model.heads))
     set_trainable(model.parameters(), True)
     if spec == "all":
@@ -115,8 +120,11 @@ def apply(model: MultiTaskModel, spec: str) -> GradualUnfreezer | None:
         freeze_head(model, spec[5:])
     elif spec.startswith("top-"):
         unfreeze_top(model, int(spec[4:]))
-    elif spec.startswith("gradual"):
-        return GradualUnfreezer(model, int(spec[8:]) if ":" in spec else 0)
+    elif spec == "gradual":
+        stages = len(backbone_groups(model)) + 1
+        return GradualUnfreezer(model, every_steps=max(1, planned_steps // stages))
+    elif spec.startswith("gradual:"):
+        return GradualUnfreezer(model, every_steps=int(spec[8:]))
     return None
 
 

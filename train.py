@@ -258,7 +258,10 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     pools = data.make_pools(train_sets)
     sampler = data.MultiTaskSampler([len(p) for p in pools], cfg.batch_size, cfg.temperature, cfg.seed)
     total_steps = planned_steps(cfg, tokenizer, pools, sampler)
-    unfreezer = freeze.apply(model, cfg.freeze)
+    unfreezer = freeze.apply(model, cfg.freeze, planned_steps=total_steps)
+    if unfreezer:
+        print(f"gradual unfreezing: heads first, then one more of the {len(unfreezer.groups)} groups every "
+              f"{unfreezer.every_steps} steps (of {total_steps} planned)", file=sys.stderr)
     groups = lr_groups.build(model, cfg.lr_groups, base_lr=cfg.lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
     optimizer = make_optimizer(groups)
     print(freeze.summary(model) + "\n" + lr_groups.table(groups), file=sys.stderr)  # before warmup scales the lrs
@@ -325,8 +328,8 @@ def train_step(run: Run, pool_idx: int, rows: list[int]) -> tuple[int, dict[str,
 
     if not finite:
         skip_update(run)
-    if run.unfreezer and run.unfreezer.every_steps and run.progress.step % run.unfreezer.every_steps == 0:
-        unfreeze_next(run)
+    if run.unfreezer and run.progress.step % run.unfreezer.every_steps == 0 and (name := unfreeze_next(run)):
+        print(f"step {run.progress.step}: gradual unfreezing, {name} now trains", file=sys.stderr)
     return int(tokens), per_task
 
 
@@ -378,13 +381,10 @@ def accuracies(model: MultiTaskModel, tokenizer, tasks: dict[str, data.LabelledT
 
 def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, started: float,
                       end_of_epoch: bool = True) -> None:
-    """Validation, then the best and last checkpoints: at each epoch's end (which also unfreezes
-    gradual unfreezing's next group) and every --eval-every steps."""
+    """Validation, then the best and last checkpoints: at each epoch's end and every --eval-every steps."""
     progress = run.progress
     if end_of_epoch:
         progress.epoch = epoch + 1
-        if run.unfreezer and not run.unfreezer.every_steps and (name := unfreeze_next(run)):
-            print(f"gradual unfreezing: {name} now trains", file=sys.stderr)
         if progress.history and progress.history[-1]["step"] == progress.step:
             return save_at_epoch_end(run)  # this step was just validated (--eval-every, early stop)
     metrics = accuracies(run.model, run.tokenizer, val_sets, run.bf16, with_loss=True, world=run.world) if val_sets else {}

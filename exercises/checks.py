@@ -487,7 +487,7 @@ def check_gradual(fn: Callable) -> str:
     def schedule(unfreeze_next: Callable) -> list[tuple[object, dict[str, str]]]:
         with plugged(freeze.GradualUnfreezer, "unfreeze_next", unfreeze_next):
             freeze.set_trainable(model.parameters(), True)
-            unfreezer = freeze.GradualUnfreezer(model)
+            unfreezer = freeze.GradualUnfreezer(model, every_steps=1)
             steps = [(None, trainable_groups(model))]
             for call in range(1, 15):
                 try:
@@ -509,7 +509,7 @@ def check_gradual(fn: Callable) -> str:
                               f"first and the embeddings last, one group per call, then returns None")
         with plugged(freeze.GradualUnfreezer, "unfreeze_next", fn):
             freeze.set_trainable(model.parameters(), True)
-            freeze.GradualUnfreezer(model).catch_up(2)
+            freeze.GradualUnfreezer(model, every_steps=1).catch_up(2)
         changed = changed_by_one_step(model)
     finally:
         freeze.set_trainable(model.parameters(), True)

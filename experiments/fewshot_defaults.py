@@ -8,7 +8,7 @@ Rows, one JSON per (row, set, seed) cell in experiments/results/fewshot_defaults
   defaults   python train.py --task-a SET --task-b none --per-class 8 --seed S   (freeze.recipe: 400 steps)
   epochs     the recipe before: --recipe none --val-fraction 0 --head-lr 0.01 --epochs 10 (10 passes, which
              is 400 steps only for Banking77's 77 classes: 10 steps for SST-2, 30 for TREC-6)
-  top-4, gradual, backbone   default flags with --freeze top-4, gradual (one more group per epoch) or backbone
+  top-4, gradual, backbone   default flags with --freeze top-4, gradual or backbone
              (heads alone, 4,000 steps): every freezing scenario's few-shot defaults, paired with `defaults`
 Sets: TREC-6 given as your own CSV files (experiments/recipes.py's trec6-csv), and SST-2 (dev 872).
 The seed picks the 8 examples per class and the heads' initialisation; both rows of a seed see the same rows.

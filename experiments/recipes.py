@@ -17,7 +17,9 @@ Rows, one JSON per (row, set, seed) cell in experiments/results/recipes/:
   logreg      LogisticRegression (scikit-learn defaults, max_iter 5000) on the embeddings the heads read,
               fitted on all training rows (what the refit trains on) and on seed S's training split
   scenario    python train.py --task-a SET --task-b none --freeze SPEC --seed S, for the scenarios that train
-              the backbone (full fine-tuning, top-4, gradual), with --scenarios SET
+              the backbone (full fine-tuning, top-4, gradual), with --scenarios SET; and gradual unfreezing's
+              default before it spread the groups over the run: one group per epoch, --freeze gradual:STEPS
+              with STEPS an epoch's steps (cells scenario-gradual-epoch-SET-SEED)
 The wall time of a train.py row is the whole process: loading, the cache pass, training, the refit and
 the test pass.
 """
@@ -48,6 +50,9 @@ ROWS = {"defaults": "default flags (`--freeze backbone`)", "before": "`--recipe 
 # (BERT's: 3 epochs, warmup then linear decay, the validation split picks the best epoch), the best the
 # project knows for them at full data (docs/strategies.md); cells scenario-SPEC-SET-SEED.
 SCENARIOS = {"none": "full fine-tuning", "top-4": "top 4 layers (cache below)", "gradual": "gradual unfreezing"}
+# Gradual unfreezing's default before: one more group per epoch, so 3 epochs trained the heads, then layer 11, then
+# layers 10-11. An epoch is (rows - the 10% validation split) // batch 16 steps.
+EPOCH_STEPS = {"banking77": 9003 // 16, "trec6-csv": 4907 // 16}
 EVAL_SPLIT = {"banking77": "test", "trec6-csv": "test", "trec50": "test", "sst2": "dev"}
 
 
@@ -165,15 +170,18 @@ def scenario_table(load, cpus: set) -> list[str]:
     """Every freezing scenario with default flags, on the sets where its cells exist."""
     lines = ["", "Every freezing scenario with no flag but `--freeze SPEC` (mean ± std over seeds; heads only is the "
              "default-flags column above). The scenarios that train the backbone keep BERT's recipe, the best the "
-             "project knows for them at full data, so their default flags are that recipe. Gradual unfreezing adds "
-             "one group per epoch (freeze.GradualUnfreezer), so its 3 epochs train the heads, then layer 11, then "
-             "layers 10-11, and never the rest: for it the default is not yet a good recipe. Wall time: the whole "
-             "process, median; runs of one row may have shared the 2 cores with another job.", "",
+             "project knows for them at full data, so their default flags are that recipe. Gradual unfreezing cuts "
+             "the run into 14 equal stages (freeze.apply), the heads alone in the first and one more group in each "
+             "next one; its earlier default, one group per epoch, trained only the heads, then layer 11, then "
+             "layers 10-11 in 3 epochs (`--freeze gradual:STEPS`, STEPS an epoch's steps: "
+             + ", ".join(f"{n} {k}" for k, n in EPOCH_STEPS.items()) + "). Wall time: the whole process, median; "
+             "runs of one row may have shared the 2 cores with another job.", "",
              "| set | " + " | ".join(f"{label} (`--freeze {spec}`)" for spec, label in SCENARIOS.items())
-             + " | heads only (`--freeze backbone`) |", "| --- |" + " ---: |" * (len(SCENARIOS) + 1)]
+             + " | gradual, one group per epoch (the default before) | heads only (`--freeze backbone`) |",
+             "| --- |" + " ---: |" * (len(SCENARIOS) + 2)]
     for name in SETS:
         cells = {spec: [r for s in SETS[name] if (r := load(RESULTS / f"scenario-{spec}-{name}-{s}.json"))]
-                 for spec in SCENARIOS}
+                 for spec in [*SCENARIOS, "gradual-epoch"]}
         if not any(cells.values()):
             continue
         cpus |= {r["cpu"] for rows in cells.values() for r in rows}
@@ -200,6 +208,9 @@ def main() -> None:
             for name in args.scenarios:
                 for spec in SCENARIOS:
                     cell(RESULTS, f"scenario-{spec}-{name}-{seed}", lambda: head("scenario", name, seed, spec))
+                if name in EPOCH_STEPS:
+                    cell(RESULTS, f"scenario-gradual-epoch-{name}-{seed}",
+                         lambda: head("scenario", name, seed, f"gradual:{EPOCH_STEPS[name]}"))
     elif not args.table_only:
         for name in args.sets:  # the target's cells first: defaults and the reference, then the row before
             for seed in SETS[name]:

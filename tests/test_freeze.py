@@ -1,4 +1,6 @@
 """freeze.py and feature_cache.py: who trains, what stays bit-identical, gradual order, cache parity."""
+import re
+
 import pytest
 import torch
 
@@ -57,8 +59,15 @@ def test_gradual_unfreezing_goes_top_down():
     assert len(trainable_names(model)) == len(list(model.parameters()))
 
 
+def test_gradual_unfreezing_spreads_the_groups_over_the_planned_steps():
+    """4 groups (embeddings, 3 layers) and a last stage where everything trains: 5 equal stages."""
+    assert freeze.apply(tiny_model(), "gradual", planned_steps=53).every_steps == 10
+    assert freeze.apply(tiny_model(), "gradual", planned_steps=3).every_steps == 1
+    assert freeze.apply(tiny_model(), "gradual:7", planned_steps=53).every_steps == 7
+
+
 @pytest.mark.numerics
-@pytest.mark.parametrize("spec", ["top-1", "head:b", "gradual"])
+@pytest.mark.parametrize("spec", ["top-1", "head:b", "gradual:1000"])
 def test_frozen_weights_stay_bit_identical(tmp_path, tokenizer, spec):  # noqa: F811
     model = tiny_model()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -68,10 +77,19 @@ def test_frozen_weights_stay_bit_identical(tmp_path, tokenizer, spec):  # noqa: 
     train_mod.train(config(tmp_path, epochs=1, freeze=spec), model, tokenizer, tasks(), {})
     after = dict(model.named_parameters())
     changed = {n for n in before if not torch.equal(before[n], after[n])}
-    if spec == "gradual":  # one epoch: only the heads trained, then layer.2 was unfrozen at its end
-        assert changed == {n for n in before if n.startswith("heads.")}
-    else:
-        assert changed == set(before) - frozen_at_start
+    assert changed == set(before) - frozen_at_start  # gradual:1000: only the heads, nothing was unfrozen yet
+
+
+def test_plain_gradual_trains_every_group_before_the_run_ends(tmp_path, tokenizer, capsys):  # noqa: F811
+    model = tiny_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_mod.train(config(tmp_path, epochs=5, freeze="gradual"), model, tokenizer, tasks(), {})
+    log = capsys.readouterr().err
+    every, planned = map(int, re.search(r"every (\d+) steps \(of (\d+) planned\)", log).groups())
+    assert every == planned // 5 and every >= 1
+    thawed = re.findall(r"step (\d+): gradual unfreezing, (\S+) now trains", log)
+    assert thawed == [(str(every * k), name) for k, name in enumerate(["layer.2", "layer.1", "layer.0", "embeddings"], 1)]
+    assert all(not torch.equal(before[n], p) for n, p in model.named_parameters())  # the embeddings too
 
 
 def test_summary_counts_every_parameter():

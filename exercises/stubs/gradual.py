@@ -10,7 +10,7 @@ def unfreeze_next(self) -> str | None:
 
     `self` is a GradualUnfreezer: self.groups is backbone_groups(model), (name, parameters) bottom to
     top (embeddings, layer.0 ... layer.11), and self.unfrozen counts the groups unfrozen so far (0
-    at the start, when only the heads train). train.py calls this once per epoch (or every N steps).
+    at the start, when only the heads train). train.py calls this every `self.every_steps` steps.
 
     Contract (ULMFiT): the first call unfreezes layer.11, the next layer.10, ..., the 13th the
     embeddings; every call after that returns None and changes nothing.
