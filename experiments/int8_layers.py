@@ -35,11 +35,12 @@ from data import read_stsb  # noqa: E402
 from eval import spearman  # noqa: E402
 from speed.hardware import describe  # noqa: E402
 from mpnet import SentenceEncoder  # noqa: E402
-from speed.quant import LINEAR_NAMES, quantize  # noqa: E402
+from speed.quant import LINEAR_NAMES, Int8Linear, quantize  # noqa: E402
 
 ALL = tuple((i, n) for i in range(12) for n in LINEAR_NAMES)
 
 RESULTS = HERE / "results" / "int8_layers"
+REFERENCE = json.loads((ROOT / "tests" / "fixtures" / "reference.json").read_text(encoding="utf-8"))
 
 
 def cells() -> dict[str, tuple[float, tuple, tuple]]:
@@ -56,18 +57,28 @@ def slug(name: str) -> str:
     return name.split(" (")[0].replace(", ", "-").replace(" ", "-").replace(".", "_")
 
 
+def fp32_reference(fixture: list[str], pairs: list) -> dict:
+    """The fp32 encoder's embeddings of the fixture and of both sides of the STS-B pairs."""
+    fp32 = SentenceEncoder.from_pretrained()
+    return {"fixture": fp32.encode(fixture), "first": fp32.encode([p[0] for p in pairs]),
+            "second": fp32.encode([p[1] for p in pairs])}
+
+
 def measure(alpha: float, keep_float: tuple, zero_point: tuple, reference: dict, fixture: list[str],
-            pairs: list) -> dict:
+            pairs: list, make=Int8Linear) -> dict:
+    """Quantise a fresh encoder (make: the int8 layer, as quant.quantize) and compare it with the fp32 reference,
+    and with sentence-transformers' fixture embeddings."""
     encoder = SentenceEncoder.from_pretrained()
-    quantize(encoder, alpha, keep_float, zero_point)
+    quantize(encoder, alpha, keep_float, zero_point, make=make)
     emb = encoder.encode(fixture)
     cos = (emb * reference["fixture"]).sum(1)
+    to_st = (emb * torch.tensor(REFERENCE["embeddings"])).sum(1)
     first, second = encoder.encode([p[0] for p in pairs]), encoder.encode([p[1] for p in pairs])
     score = 100 * spearman((first * second).sum(1).numpy(), np.array([p[2] for p in pairs]))
     stsb_cos = torch.cat([(first * reference["first"]).sum(1), (second * reference["second"]).sum(1)])
     return {"alpha": alpha, "fp32_layers": len(keep_float), "fixture_min_cos": round(cos.min().item(), 5),
-            "fixture_mean_cos": round(cos.mean().item(), 5), "stsb_min_cos": round(stsb_cos.min().item(), 5),
-            "stsb_test_spearman": round(score, 2)}
+            "fixture_mean_cos": round(cos.mean().item(), 5), "fixture_min_cos_st": round(to_st.min().item(), 5),
+            "stsb_min_cos": round(stsb_cos.min().item(), 5), "stsb_test_spearman": round(score, 2)}
 
 
 def table(results: dict[str, dict]) -> str:
@@ -91,16 +102,14 @@ def main() -> None:
     args = parser.parse_args()
     todo = cells()
     if not args.table_only:
-        fixture = json.loads((ROOT / "tests" / "fixtures" / "reference.json").read_text(encoding="utf-8"))["sentences"]
+        fixture = REFERENCE["sentences"]
         pairs = read_stsb("test", None)
         reference = None
         for name, (alpha, keep, zero) in todo.items():
             if (RESULTS / f"{slug(name)}.json").is_file():
                 continue
             if reference is None:
-                fp32 = SentenceEncoder.from_pretrained()
-                reference = {"fixture": fp32.encode(fixture), "first": fp32.encode([p[0] for p in pairs]),
-                             "second": fp32.encode([p[1] for p in pairs])}
+                reference = fp32_reference(fixture, pairs)
             r = cell(RESULTS, slug(name), lambda: measure(alpha, keep, zero, reference, fixture, pairs))
             print(f"{name}: {r}", flush=True)
     results = {name: json.loads(p.read_text()) for name in todo if (p := RESULTS / f"{slug(name)}.json").is_file()}

@@ -28,7 +28,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -36,14 +35,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+import int8_layers  # noqa: E402
 from cells import cell  # noqa: E402
 from data import read_stsb  # noqa: E402
-from eval import spearman  # noqa: E402
-from mpnet import SentenceEncoder  # noqa: E402
-from speed.quant import quantize  # noqa: E402
+from int8_layers import REFERENCE  # noqa: E402
 
 RESULTS = HERE / "results" / "x86_int8"
-REFERENCE = json.loads((ROOT / "tests" / "fixtures" / "reference.json").read_text(encoding="utf-8"))
 FFN_OUT = tuple((i, "ffn_out") for i in range(12))
 
 
@@ -82,20 +79,9 @@ def slug(name: str) -> str:
 
 def measure(engine: str, per_channel: bool, alpha: float, keep_float: tuple, reference: dict, pairs: list) -> dict:
     torch.backends.quantized.engine = engine
-    encoder = SentenceEncoder.from_pretrained()
-    quantize(encoder, alpha, keep_float, zero_point=(),
-             make=lambda linear, smooth, zero_point: EngineLinear(linear, smooth, per_channel))
-    assert sum(isinstance(m, EngineLinear) for m in encoder.modules()) == 72 - len(keep_float)
-    emb = encoder.encode(REFERENCE["sentences"])
-    to_fp32 = (emb * reference["fixture"]).sum(1)
-    to_st = (emb * torch.tensor(REFERENCE["embeddings"])).sum(1)
-    first, second = encoder.encode([p[0] for p in pairs]), encoder.encode([p[1] for p in pairs])
-    score = 100 * spearman((first * second).sum(1).numpy(), np.array([p[2] for p in pairs]))
-    stsb_cos = torch.cat([(first * reference["first"]).sum(1), (second * reference["second"]).sum(1)])
-    return {"engine": engine, "per_channel": per_channel, "alpha": alpha, "fp32_layers": len(keep_float),
-            "fixture_min_cos_fp32": round(to_fp32.min().item(), 5), "fixture_min_cos_st": round(to_st.min().item(), 5),
-            "stsb_min_cos": round(stsb_cos.min().item(), 5), "stsb_test_spearman": round(score, 2),
-            "torch": torch.__version__}
+    result = int8_layers.measure(alpha, keep_float, (), reference, REFERENCE["sentences"], pairs,
+                                 make=lambda linear, smooth, zero_point: EngineLinear(linear, smooth, per_channel))
+    return {"engine": engine, "per_channel": per_channel, **result, "torch": torch.__version__}
 
 
 def table(results: dict[str, dict]) -> str:
@@ -106,7 +92,7 @@ def table(results: dict[str, dict]) -> str:
              "| route | fp32 layers (of 72) | fixture min cos to fp32 | to sentence-transformers | STS-B min cos | "
              "STS-B test |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['fp32_layers']} | {r['fixture_min_cos_fp32']:.5f} | {r['fixture_min_cos_st']:.5f} "
+        lines.append(f"| {name} | {r['fp32_layers']} | {r['fixture_min_cos']:.5f} | {r['fixture_min_cos_st']:.5f} "
                      f"| {r['stsb_min_cos']:.5f} | {r['stsb_test_spearman']:.2f} |")
     cpus = sorted({r["cpu"] for r in results.values()})
     lines += ["", "Targets (issue #31): fixture min cosine to sentence-transformers >= 0.98, STS-B test >= 83.1.",
@@ -124,9 +110,7 @@ def main() -> None:
             if (RESULTS / f"{slug(name)}.json").is_file():
                 continue
             if reference is None:
-                fp32 = SentenceEncoder.from_pretrained()
-                reference = {"fixture": fp32.encode(REFERENCE["sentences"]), "first": fp32.encode([p[0] for p in pairs]),
-                             "second": fp32.encode([p[1] for p in pairs])}
+                reference = int8_layers.fp32_reference(REFERENCE["sentences"], pairs)
             r = cell(RESULTS, slug(name), lambda: measure(engine, per_channel, alpha, keep, reference, pairs))
             print(f"{name}: {r}", flush=True)
     results = {name: json.loads(p.read_text()) for name in CELLS if (p := RESULTS / f"{slug(name)}.json").is_file()}
