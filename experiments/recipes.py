@@ -9,7 +9,7 @@ Sets (Task A only, --task-b none):
   trec6-csv   TREC's 6 question types, 5,452 rows, test 500, given as your own CSV files (--task-a FILE
               --test-a FILE), so the own-data path is the one measured
   trec50      TREC's 50 fine question types (built in as trec-fine; not used in any earlier study), test 500
-  sst2        2 labels, 67,349 phrases, SST-2 dev 872 (one seed: its cache pass alone is minutes)
+  sst2        2 labels, 67,349 phrases, SST-2 dev 872 (`--recipe none` one seed: its cache pass alone is minutes)
 
 Rows, one JSON per (row, set, seed) cell in experiments/results/recipes/:
   defaults    python train.py --task-a SET --task-b none --freeze backbone --seed S   (the recipe picks the rest)
@@ -44,7 +44,7 @@ from cells import cell, frozen_embeddings  # noqa: E402
 RESULTS = HERE / "results" / "recipes"
 WORK = ROOT / "runs" / "recipes"
 SEEDS = (0, 1, 2)
-SETS = {"banking77": SEEDS, "trec6-csv": SEEDS, "trec50": SEEDS, "sst2": (0,)}
+SETS = {"banking77": SEEDS, "trec6-csv": SEEDS, "trec50": SEEDS, "sst2": SEEDS}
 ROWS = {"defaults": "default flags (`--freeze backbone`)", "before": "`--recipe none` (the defaults before)"}
 # The scenarios that train the backbone, each with no flag but --freeze: their recipe is TrainConfig's own
 # (BERT's: 3 epochs, warmup then linear decay, the validation split picks the best epoch), the best the
