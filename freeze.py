@@ -106,10 +106,10 @@ def check_spec(spec: str, num_layers: int, tasks: list[str]) -> None:
 def apply(model: MultiTaskModel, spec: str, planned_steps: int = 0) -> GradualUnfreezer | None:
     """Apply a freezing scenario by name; returns the unfreezer for 'gradual', else None.
 
-    Plain 'gradual' cuts the planned steps into equal stages, one per group plus a last one: heads
-    alone, then one more group each stage, and in the last stage everything trains. ULMFiT gave each
-    stage an epoch, but BERT's 3 epochs would then train only the top two layers; 'gradual:N' sets
-    the stage to N steps."""
+    Plain 'gradual' unfreezes one more group every twentieth of the planned steps: the heads alone
+    first, and by 65% of the run (13 groups) everything trains, for the last third. ULMFiT gave each
+    group an epoch, but BERT's 3 epochs would then train only the top two layers; 'gradual:N' unfreezes
+    every N steps. (Measured: docs/strategies.md.)"""
     check_spec(spec, len(model.backbone.layers), list(model.heads))
     set_trainable(model.parameters(), True)
     if spec == "all":
@@ -121,8 +121,7 @@ def apply(model: MultiTaskModel, spec: str, planned_steps: int = 0) -> GradualUn
     elif spec.startswith("top-"):
         unfreeze_top(model, int(spec[4:]))
     elif spec == "gradual":
-        stages = len(backbone_groups(model)) + 1
-        return GradualUnfreezer(model, every_steps=max(1, planned_steps // stages))
+        return GradualUnfreezer(model, every_steps=max(1, planned_steps // 20))
     elif spec.startswith("gradual:"):
         return GradualUnfreezer(model, every_steps=int(spec[8:]))
     return None

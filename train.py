@@ -260,7 +260,7 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     total_steps = planned_steps(cfg, tokenizer, pools, sampler)
     unfreezer = freeze.apply(model, cfg.freeze, planned_steps=total_steps)
     if unfreezer:
-        print(f"gradual unfreezing: heads first, then one more of the {len(unfreezer.groups)} groups every "
+        print(f"gradual unfreezing: the heads first, then one more of the {len(unfreezer.groups)} groups every "
               f"{unfreezer.every_steps} steps (of {total_steps} planned)", file=sys.stderr)
     groups = lr_groups.build(model, cfg.lr_groups, base_lr=cfg.lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay)
     optimizer = make_optimizer(groups)

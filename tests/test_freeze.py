@@ -60,8 +60,7 @@ def test_gradual_unfreezing_goes_top_down():
 
 
 def test_gradual_unfreezing_spreads_the_groups_over_the_planned_steps():
-    """4 groups (embeddings, 3 layers) and a last stage where everything trains: 5 equal stages."""
-    assert freeze.apply(tiny_model(), "gradual", planned_steps=53).every_steps == 10
+    assert freeze.apply(tiny_model(), "gradual", planned_steps=918).every_steps == 45
     assert freeze.apply(tiny_model(), "gradual", planned_steps=3).every_steps == 1
     assert freeze.apply(tiny_model(), "gradual:7", planned_steps=53).every_steps == 7
 
@@ -83,10 +82,10 @@ def test_frozen_weights_stay_bit_identical(tmp_path, tokenizer, spec):  # noqa: 
 def test_plain_gradual_trains_every_group_before_the_run_ends(tmp_path, tokenizer, capsys):  # noqa: F811
     model = tiny_model()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    train_mod.train(config(tmp_path, epochs=5, freeze="gradual"), model, tokenizer, tasks(), {})
+    train_mod.train(config(tmp_path, epochs=20, freeze="gradual"), model, tokenizer, tasks(), {})
     log = capsys.readouterr().err
     every, planned = map(int, re.search(r"every (\d+) steps \(of (\d+) planned\)", log).groups())
-    assert every == planned // 5 and every >= 1
+    assert every == planned // 20 and every >= 2
     thawed = re.findall(r"step (\d+): gradual unfreezing, (\S+) now trains", log)
     assert thawed == [(str(every * k), name) for k, name in enumerate(["layer.2", "layer.1", "layer.0", "embeddings"], 1)]
     assert all(not torch.equal(before[n], p) for n, p in model.named_parameters())  # the embeddings too
