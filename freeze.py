@@ -1,6 +1,6 @@
 """Freezing scenarios: which parts of a MultiTaskModel train.
 
-    unfreezer = freeze.apply(model, spec, planned_steps)  # none | all | backbone | head:NAME | top-K | gradual[:N]
+    unfreezer = freeze.apply(model, spec, epoch_steps, planned_steps)  # none | all | backbone | head:NAME | top-K | gradual[:N]
     print(freeze.summary(model))
 
 A frozen parameter has requires_grad=False: autograd records nothing for a part whose
@@ -103,12 +103,13 @@ def check_spec(spec: str, num_layers: int, tasks: list[str]) -> None:
                      f"gradual or gradual:STEPS (STEPS > 0)")
 
 
-def apply(model: MultiTaskModel, spec: str, planned_steps: int = 0) -> GradualUnfreezer | None:
+def apply(model: MultiTaskModel, spec: str, epoch_steps: int = 1, planned_steps: int = 0) -> GradualUnfreezer | None:
     """Apply a freezing scenario by name; returns the unfreezer for 'gradual', else None.
 
-    Plain 'gradual' unfreezes one more group every twentieth of the planned steps: the heads alone
-    first, and by 65% of the run (13 groups) everything trains, for the last third. ULMFiT gave each
-    group an epoch, but BERT's 3 epochs would then train only the top two layers; 'gradual:N' unfreezes
+    Plain 'gradual' unfreezes one more group every epoch, as ULMFiT did, or every twentieth of the
+    planned steps if that comes sooner: BERT's 3 epochs would otherwise train only the top two layers,
+    while a twentieth has all 13 groups training for the run's last third. In a few-shot run an epoch is
+    a step or three, so everything trains early, which measured better there. 'gradual:N' unfreezes
     every N steps. (Measured: docs/strategies.md.)"""
     check_spec(spec, len(model.backbone.layers), list(model.heads))
     set_trainable(model.parameters(), True)
@@ -121,7 +122,7 @@ def apply(model: MultiTaskModel, spec: str, planned_steps: int = 0) -> GradualUn
     elif spec.startswith("top-"):
         unfreeze_top(model, int(spec[4:]))
     elif spec == "gradual":
-        return GradualUnfreezer(model, every_steps=max(1, planned_steps // 20))
+        return GradualUnfreezer(model, every_steps=max(1, min(epoch_steps, planned_steps // 20)))
     elif spec.startswith("gradual:"):
         return GradualUnfreezer(model, every_steps=int(spec[8:]))
     return None

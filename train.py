@@ -258,7 +258,7 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     pools = data.make_pools(train_sets)
     sampler = data.MultiTaskSampler([len(p) for p in pools], cfg.batch_size, cfg.temperature, cfg.seed)
     total_steps = planned_steps(cfg, tokenizer, pools, sampler)
-    unfreezer = freeze.apply(model, cfg.freeze, planned_steps=total_steps)
+    unfreezer = freeze.apply(model, cfg.freeze, epoch_steps=len(sampler), planned_steps=total_steps)
     if unfreezer:
         print(f"gradual unfreezing: the heads first, then one more of the {len(unfreezer.groups)} groups every "
               f"{unfreezer.every_steps} steps (of {total_steps} planned)", file=sys.stderr)

@@ -59,10 +59,11 @@ def test_gradual_unfreezing_goes_top_down():
     assert len(trainable_names(model)) == len(list(model.parameters()))
 
 
-def test_gradual_unfreezing_spreads_the_groups_over_the_planned_steps():
-    assert freeze.apply(tiny_model(), "gradual", planned_steps=918).every_steps == 45
-    assert freeze.apply(tiny_model(), "gradual", planned_steps=3).every_steps == 1
-    assert freeze.apply(tiny_model(), "gradual:7", planned_steps=53).every_steps == 7
+def test_gradual_unfreezing_every_epoch_or_twentieth_of_the_run_whichever_is_sooner():
+    assert freeze.apply(tiny_model(), "gradual", epoch_steps=306, planned_steps=918).every_steps == 45  # a twentieth
+    assert freeze.apply(tiny_model(), "gradual", epoch_steps=3, planned_steps=400).every_steps == 3  # an epoch
+    assert freeze.apply(tiny_model(), "gradual", epoch_steps=5, planned_steps=15).every_steps == 1
+    assert freeze.apply(tiny_model(), "gradual:7", epoch_steps=306, planned_steps=918).every_steps == 7
 
 
 @pytest.mark.numerics
@@ -85,7 +86,7 @@ def test_plain_gradual_trains_every_group_before_the_run_ends(tmp_path, tokenize
     train_mod.train(config(tmp_path, epochs=20, freeze="gradual"), model, tokenizer, tasks(), {})
     log = capsys.readouterr().err
     every, planned = map(int, re.search(r"every (\d+) steps \(of (\d+) planned\)", log).groups())
-    assert every == planned // 20 and every >= 2
+    assert every == planned // 20 == 2  # 20 epochs of 2 steps: an epoch and a twentieth of the run agree
     thawed = re.findall(r"step (\d+): gradual unfreezing, (\S+) now trains", log)
     assert thawed == [(str(every * k), name) for k, name in enumerate(["layer.2", "layer.1", "layer.0", "embeddings"], 1)]
     assert all(not torch.equal(before[n], p) for n, p in model.named_parameters())  # the embeddings too
