@@ -53,7 +53,7 @@ SCENARIOS = {"none": "full fine-tuning", "top-4": "top 4 layers (cache below)", 
 # Gradual unfreezing's default before: one more group per epoch, so 3 epochs trained the heads, then layer 11, then
 # layers 10-11. An epoch is (rows - the 10% validation split) // batch 16 steps.
 EPOCH_STEPS = {"banking77": 9003 // 16, "trec6-csv": 4907 // 16}
-# Longer stages than the default's twentieth of the run (918 // 20 = 45 steps on TREC-6): 14 equal stages, the last group
+# Longer stages than the default's twentieth of the run at full data (918 // 20 = 45 steps on TREC-6): 14 equal stages, the last group
 # thawed for the last one. Cells variant-SPEC-SET-SEED.
 VARIANTS = {"trec6-csv": ["gradual:65"], "banking77": ["gradual:120"]}
 EVAL_SPLIT = {"banking77": "test", "trec6-csv": "test", "trec50": "test", "sst2": "dev"}
@@ -174,7 +174,8 @@ def scenario_table(load, cpus: set) -> list[str]:
     lines = ["", "Every freezing scenario with no flag but `--freeze SPEC` (mean ± std over seeds; heads only is the "
              "default-flags column above). The scenarios that train the backbone keep BERT's recipe, the best the "
              "project knows for them at full data, so their default flags are that recipe. Gradual unfreezing "
-             "unfreezes one more group every twentieth of the run (freeze.apply), so that all train for its last third; "
+             "unfreezes one more group every epoch or every twentieth of the run, whichever is sooner (freeze.apply): "
+             "here the twentieth, so all train for the run's last third; "
              "its earlier default, one group per epoch, trained only the heads, then layer 11, then "
              "layers 10-11 in 3 epochs (`--freeze gradual:STEPS`, STEPS an epoch's steps: "
              + ", ".join(f"{n} {k}" for k, n in EPOCH_STEPS.items()) + "). Wall time: the whole process, median; "
