@@ -1,6 +1,7 @@
 """Freezing scenarios: which parts of a MultiTaskModel train.
 
-    unfreezer = freeze.apply(model, spec, epoch_steps, planned_steps)  # none | all | backbone | head:NAME | top-K | gradual[:N]
+    # spec: none | all | backbone | head:NAME | top-K | gradual[:N]
+    unfreezer = freeze.apply(model, spec, epoch_steps, planned_steps)
     print(freeze.summary(model))
 
 A frozen parameter has requires_grad=False: autograd records nothing for a part whose
