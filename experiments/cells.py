@@ -3,10 +3,9 @@ table can be completed across sessions and any cell rerun by deleting its file."
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Callable
-
-import subprocess
 
 from reliability.checkpoint import write_atomic
 from speed.hardware import describe

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -35,7 +36,7 @@ from data import read_stsb  # noqa: E402
 from eval import spearman  # noqa: E402
 from speed.hardware import describe  # noqa: E402
 from mpnet import SentenceEncoder  # noqa: E402
-from speed.quant import LINEAR_NAMES, Int8Linear, quantize  # noqa: E402
+from speed.quant import LINEAR_NAMES, Int8Linear, linears, quantize  # noqa: E402
 
 ALL = tuple((i, n) for i in range(12) for n in LINEAR_NAMES)
 
@@ -70,6 +71,8 @@ def measure(alpha: float, keep_float: tuple, zero_point: tuple, reference: dict,
     and with sentence-transformers' fixture embeddings."""
     encoder = SentenceEncoder.from_pretrained()
     quantize(encoder, alpha, keep_float, zero_point, make=make)
+    swapped = sum(not isinstance(m, nn.Linear) for layer in encoder.model.layers for m in linears(layer).values())
+    assert swapped == 72 - len(keep_float), f"{swapped} layers swapped, expected {72 - len(keep_float)}"
     emb = encoder.encode(fixture)
     cos = (emb * reference["fixture"]).sum(1)
     to_st = (emb * torch.tensor(REFERENCE["embeddings"])).sum(1)

@@ -53,9 +53,13 @@ SCENARIOS = {"none": "full fine-tuning", "top-4": "top 4 layers (cache below)", 
 # Gradual unfreezing's default before: one more group per epoch, so 3 epochs trained the heads, then layer 11, then
 # layers 10-11. An epoch is (rows - the 10% validation split) // batch 16 steps.
 EPOCH_STEPS = {"banking77": 9003 // 16, "trec6-csv": 4907 // 16}
-# Longer stages than the default's twentieth of the run at full data (918 // 20 = 45 steps on TREC-6): 14 equal stages, the last group
-# thawed for the last one. Cells variant-SPEC-SET-SEED.
+# Longer stages than the default's twentieth of the run at full data (918 // 20 = 45 steps on TREC-6): 14 equal
+# stages, the last group thawed for the last one. Cells variant-SPEC-SET-SEED.
 VARIANTS = {"trec6-csv": ["gradual:65"], "banking77": ["gradual:120"]}
+
+
+def variant_cell(spec: str, name: str, seed: int) -> str:
+    return f"variant-{spec.replace(':', '-')}-{name}-{seed}"
 EVAL_SPLIT = {"banking77": "test", "trec6-csv": "test", "trec50": "test", "sst2": "dev"}
 
 
@@ -195,7 +199,7 @@ def scenario_table(load, cpus: set) -> list[str]:
         lines.append(f"| {name} | " + " | ".join(row) + f" | {mean_std(heads) if heads else 'not run'} |")
     for name, specs in VARIANTS.items():
         for spec in specs:
-            rows = [r for s in SETS[name] if (r := load(RESULTS / f"variant-{spec.replace(':', '-')}-{name}-{s}.json"))]
+            rows = [r for s in SETS[name] if (r := load(RESULTS / f"{variant_cell(spec, name, s)}.json"))]
             if rows:
                 cpus |= {r["cpu"] for r in rows}
                 lines += ["", f"14 equal stages (the heads alone, one more group each next stage, everything in the last): "
@@ -221,7 +225,7 @@ def main() -> None:
                 for spec in SCENARIOS:
                     cell(RESULTS, f"scenario-{spec}-{name}-{seed}", lambda: head("scenario", name, seed, spec))
                 for spec in VARIANTS.get(name, []):
-                    cell(RESULTS, f"variant-{spec.replace(':', '-')}-{name}-{seed}", lambda: head("variant", name, seed, spec))
+                    cell(RESULTS, variant_cell(spec, name, seed), lambda: head("variant", name, seed, spec))
                 if name in EPOCH_STEPS:
                     cell(RESULTS, f"scenario-gradual-epoch-{name}-{seed}",
                          lambda: head("scenario", name, seed, f"gradual:{EPOCH_STEPS[name]}"))
