@@ -1,7 +1,8 @@
 """int8 through PyTorch's x86 int8 kernels (FBGEMM, oneDNN): what their per-tensor activations cost in accuracy,
 and what smoothing and keeping layers in fp32 win back (issue #31, item 1: the accuracy half).
 
-    python experiments/x86_int8.py             # every missing cell, then the table
+    python experiments/x86_int8.py             # every missing cell, then the tables
+    python experiments/x86_int8.py --speed     # also time Int8Linear's kernels on this CPU (one cell per CPU)
     python experiments/x86_int8.py --table-only
 
 On an AVX2-only CPU torch._int_mm has no fast kernel (speed/quant.py), but the quantized engines do: FBGEMM
@@ -15,17 +16,27 @@ calibration (quant.quantize, with `make` building the engine's layer instead of 
   * SmoothQuant at alpha 0.5 or none;
   * some layers kept in fp32.
 
+The last cell is quant.py's own route without VNNI: Int8Linear rounds each token as always, and FBGEMM only
+adds up the integers (quant.fbgemm_sums), so it scores what Int8Linear scores on every kernel.
+
 Measured against the fp32 encoder in the same process, as experiments/int8_layers.py does: the parity
 fixture's min cosine to fp32 and to sentence-transformers' embeddings (target >= 0.98), and STS-B test
 Spearman (target >= 83.1). The integers such a kernel computes do not depend on the CPU (exact int32 sums of 7-bit
 inputs), so the accuracy measured here holds on an AVX2-only CPU; its speed does not, and is not measured
 here: that needs the AVX2-only machine. One JSON per cell in experiments/results/x86_int8/.
+
+--speed times the encoder on this CPU with Int8Linear's sums on each kernel that has a fast path here
+(quant.int8_kernel: oneDNN's _int_mm with VNNI, FBGEMM on x86, and exact fp32 matmuls), against fp32 as
+speed.load_encoder runs it: interleaved rounds over the same sentences in one process, the median and spread.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -39,6 +50,8 @@ import int8_layers  # noqa: E402
 from cells import cell  # noqa: E402
 from data import read_stsb  # noqa: E402
 from int8_layers import REFERENCE  # noqa: E402
+from speed.hardware import describe, native_int8  # noqa: E402
+from speed.quant import ZERO_POINT, Int8Linear  # noqa: E402
 
 RESULTS = HERE / "results" / "x86_int8"
 FFN_OUT = tuple((i, "ffn_out") for i in range(12))
@@ -70,6 +83,7 @@ CELLS = {
     "fbgemm, per-channel weights, alpha 0.5": ("fbgemm", True, 0.5, ()),
     "fbgemm, per-channel weights, alpha 0.5, ffn_out in fp32": ("fbgemm", True, 0.5, FFN_OUT),
     "onednn, per-channel weights, alpha 0.5": ("onednn", True, 0.5, ()),
+    "Int8Linear summed by FBGEMM, per-token inputs, alpha 0.5, ffn_out zero point": ("int8linear", True, 0.5, ()),
 }
 
 
@@ -78,13 +92,59 @@ def slug(name: str) -> str:
 
 
 def measure(engine: str, per_channel: bool, alpha: float, keep_float: tuple, reference: dict, pairs: list) -> dict:
+    if engine == "int8linear":
+        make = lambda linear, smooth, zero_point: Int8Linear(linear, smooth, zero_point, kernel="fbgemm")  # noqa: E731
+        result = int8_layers.measure(alpha, keep_float, ZERO_POINT, reference, REFERENCE["sentences"], pairs, make=make)
+        return {"engine": "fbgemm", "per_channel": per_channel, **result, "torch": torch.__version__}
     torch.backends.quantized.engine = engine
     result = int8_layers.measure(alpha, keep_float, (), reference, REFERENCE["sentences"], pairs,
                                  make=lambda linear, smooth, zero_point: EngineLinear(linear, smooth, per_channel))
     return {"engine": engine, "per_channel": per_channel, **result, "torch": torch.__version__}
 
 
-def table(results: dict[str, dict]) -> str:
+def time_kernels(sentences: list[str], rounds: int, batch_size: int) -> dict:
+    """Sentences per second of each encoder, rounds interleaved: fp32 as speed.load_encoder runs it, then
+    Int8Linear on each kernel with a fast path here. Every int8 encoder must give the same embeddings."""
+    from mpnet import SentenceEncoder
+    from speed import load_encoder
+    from speed.quant import quantize
+
+    def int8(kernel: str):  # as load_encoder(dtype="int8") builds it, on the kernel asked for
+        make = lambda linear, smooth, zero_point: Int8Linear(linear, smooth, zero_point, kernel=kernel)  # noqa: E731
+        return quantize(SentenceEncoder.from_pretrained(), make=make)
+
+    kernels = (["onednn"] if native_int8() else []) + ["fbgemm", "fp32"]
+    encoders = {"fp32 (speed.load_encoder)": load_encoder(dtype="fp32")} | {f"int8, {k}": int8(k) for k in kernels}
+    embeddings = {name: enc.encode(sentences[:64]) for name, enc in encoders.items()}
+    int8_names = [n for n in encoders if n.startswith("int8")]
+    assert all(torch.equal(embeddings[n], embeddings[int8_names[0]]) for n in int8_names), "int8 kernels disagree"
+    seconds = {name: [] for name in encoders}
+    for _ in range(rounds):
+        for name, enc in encoders.items():
+            started = time.perf_counter()
+            enc.encode(sentences, batch_size=batch_size)
+            seconds[name].append(time.perf_counter() - started)
+    rates = {name: [len(sentences) / t for t in ts] for name, ts in seconds.items()}
+    return {"sentences": len(sentences), "batch_size": batch_size, "rounds": rounds, "torch": torch.__version__,
+            "sentences_per_s": {name: {"median": round(statistics.median(r), 1), "min": round(min(r), 1),
+                                       "max": round(max(r), 1)} for name, r in rates.items()}}
+
+
+def speed_table(results: list[dict]) -> list[str]:
+    lines = ["", "Speed of Int8Linear's kernels: the same integers, so the same embeddings (checked), summed by "
+             "each kernel with a fast path on the CPU; fp32 as speed.load_encoder runs it. Sentences per second, "
+             "median [min, max] of interleaved rounds in one process (`python experiments/x86_int8.py --speed`)."]
+    for r in results:
+        rates = r["sentences_per_s"]
+        fp32 = rates["fp32 (speed.load_encoder)"]["median"]
+        lines += ["", f"{r['cpu']}; {r['sentences']} STS-B test sentences, batch {r['batch_size']}, "
+                  f"{r['rounds']} rounds:", "", "| encoder | sentences/s | × fp32 |", "| --- | ---: | ---: |"]
+        lines += [f"| {name} | {v['median']:.1f} [{v['min']:.1f}, {v['max']:.1f}] | {v['median'] / fp32:.2f} |"
+                  for name, v in rates.items()]
+    return lines
+
+
+def table(results: dict[str, dict], speeds: list[dict]) -> str:
     lines = ["int8 linear layers on PyTorch's quantized engines (dynamic: inputs per tensor, 7-bit), with "
              "this project's calibration (speed/quant.py: SmoothQuant over quant.CALIBRATION). Against the fp32 "
              "encoder (STS-B test 83.42) in the same process; quant.Int8Linear (per-token inputs) scores 83.70 "
@@ -97,13 +157,23 @@ def table(results: dict[str, dict]) -> str:
     cpus = sorted({r["cpu"] for r in results.values()})
     lines += ["", "Targets (issue #31): fixture min cosine to sentence-transformers >= 0.98, STS-B test >= 83.1.",
               f"CPU: {'; '.join(cpus)}. Generated by `python experiments/x86_int8.py` (deterministic: no seed)."]
+    if speeds:
+        lines += speed_table(speeds)
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--speed", action="store_true", help="also time Int8Linear's kernels on this CPU")
+    parser.add_argument("--sentences", type=int, default=512, help="--speed: the first N unique STS-B test sentences")
+    parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
+    if args.speed and not args.table_only:
+        pairs = read_stsb("test", None)
+        sentences = list(dict.fromkeys(s for p in pairs for s in p[:2]))[:args.sentences]
+        name = "speed-" + re.sub(r"[^a-z0-9]+", "-", describe().split(":")[0].lower()).strip("-")
+        print(cell(RESULTS, name, lambda: time_kernels(sentences, args.rounds, batch_size=32)), flush=True)
     if not args.table_only:
         pairs, reference = read_stsb("test", None), None
         for name, (engine, per_channel, alpha, keep) in CELLS.items():
@@ -114,8 +184,9 @@ def main() -> None:
             r = cell(RESULTS, slug(name), lambda: measure(engine, per_channel, alpha, keep, reference, pairs))
             print(f"{name}: {r}", flush=True)
     results = {name: json.loads(p.read_text()) for name in CELLS if (p := RESULTS / f"{slug(name)}.json").is_file()}
+    speeds = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("speed-*.json"))]
     if results:
-        text = table(results)
+        text = table(results, speeds)
         (HERE / "x86_int8.md").write_text(text)
         print(text)
 

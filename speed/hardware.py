@@ -10,7 +10,7 @@ instructions (x86: AVX-512 BF16 or AMX; ARM: the BF16 extension). Elsewhere PyTo
 it by converting to fp32 element by element, and bf16 becomes a trap: on a 2-core AVX2-only AMD
 EPYC, encoding in bf16 measured 9 sentences/s against 48 in fp32 (5x slower), and a 2048^3 bf16
 GEMM with oneDNN capped at AVX2 here runs at 1 GFLOP/s against 180 in fp32. int8 has the same
-kind of trap: torch._int_mm is fast only where the CPU has VNNI (see quant.py).
+kind of trap: torch._int_mm is fast only where the CPU has VNNI; without it, int8 runs on FBGEMM (see quant.py).
 """
 from __future__ import annotations
 
@@ -92,6 +92,17 @@ def native_int8() -> bool:
     return any(f in cpu_flags() for f in INT8_FLAGS.get(platform.machine(), ()))
 
 
+def int8_kernel() -> str:
+    """Where quant.Int8Linear adds up its integers on this CPU: "onednn" (torch._int_mm, fast with VNNI),
+    "fbgemm" (an x86 CPU without VNNI: FBGEMM's AVX2 kernels, in every x86 build of torch), or "fp32" (exact
+    fp32 matmuls, anywhere else). The three give the same integers; only the speed differs."""
+    if native_int8():
+        return "onednn"
+    if platform.machine() == "x86_64" and "fbgemm" in torch.backends.quantized.supported_engines:
+        return "fbgemm"
+    return "fp32"
+
+
 _warned = False
 
 
@@ -101,22 +112,27 @@ def encoder_precision(dtype: str | torch.dtype | None, device: str | torch.devic
     'auto' picks the fastest path that keeps the model's quality (experiments/int8_layers.md) on this
     hardware: on a CPU with VNNI, int8 linear layers (quant.py), which bench.py measured at 1.15x
     native bf16 on an AVX-512 BF16 CPU (VNNI multiplies int8 at twice bf16's rate) and at 1.6x fp32
-    with that CPU's kernels capped at AVX2 (docs/encoding-speed.md); on a CPU without, fp32, since
-    int8 there can only be computed as exact fp32 matmuls plus the quantising (quant.exact_int_mm);
-    on a GPU, bf16 where it has it, else fp32. Training has no int8 path: it uses resolve_dtype below.
+    with that CPU's kernels capped at AVX2 (docs/encoding-speed.md); on a CPU without, fp32: int8 there
+    runs on FBGEMM (int8_kernel), and that has not yet been timed against fp32 on an AVX2-only CPU
+    (experiments/x86_int8.py --speed); on a GPU, bf16 where it has it, else fp32. Training has no int8
+    path: it uses resolve_dtype below.
     """
     device = torch.device(device)
     if dtype == "int8":
         if device.type != "cpu":
-            raise ValueError("dtype='int8' is a CPU path (torch._int_mm on oneDNN); on a GPU use 'bf16' or 'auto'")
-        if not native_int8():
-            warnings.warn("int8 has no fast kernel on this CPU (no avx512_vnni, avx_vnni or amx_int8): its exact sums "
+            raise ValueError("dtype='int8' is a CPU path (oneDNN's or FBGEMM's int8 kernels); on a GPU use 'bf16' "
+                             "or 'auto'")
+        if int8_kernel() == "fp32":
+            warnings.warn("int8 has no fast kernel on this CPU (no VNNI, and no FBGEMM in this torch): its exact sums "
                           "run as fp32 matmuls, no faster than dtype='fp32'", RuntimeWarning, stacklevel=2)
         return "int8", "as asked"
     if dtype == "auto":
         if device.type == "cpu":
-            return (("int8", "int8 linear layers: the fastest path within the accuracy targets on CPUs with VNNI")
-                    if native_int8() else ("fp32", "no VNNI on this CPU, so int8 would be no faster than fp32"))
+            if native_int8():
+                return "int8", "int8 linear layers: the fastest path within the accuracy targets on CPUs with VNNI"
+            if int8_kernel() == "fbgemm":
+                return "fp32", "no VNNI on this CPU; int8 runs on FBGEMM here, not yet timed against fp32 on such a CPU"
+            return "fp32", "no VNNI on this CPU, so int8 would be no faster than fp32"
         return ("bf16", "this GPU runs bf16 natively") if native_bf16(device) else ("fp32", "this GPU has no bf16")
     return ("bf16" if resolve_dtype(dtype, device) == torch.bfloat16 else "fp32"), "as asked"
 

@@ -8,11 +8,14 @@ multiplies int8 pairs and sums them (vpmaddubsw), AVX-512 VNNI and ARM's dot-pro
 do it in one step, at twice the rate of bf16 where a CPU has bf16 at all. PyTorch exposes that as torch._int_mm
 (int8 x int8 -> exact int32), which oneDNN runs on CPUs with VNNI.
 
-Without VNNI there is no fast int8 product to be had from PyTorch: on a 2-core AVX2-only EPYC, torch 2.13's
-_int_mm never calls oneDNN (ONEDNN_VERBOSE prints nothing) and runs its own reference loop, 10-20x slower
-than an fp32 matmul of the same shape. There, Int8Linear computes the same exact int32 sums with fp32
-matmuls (exact_int_mm below): the same integers, so the same embeddings, at about fp32's speed.
-hardware.native_int8() tells the two apart, and dtype="auto" takes fp32 on such a CPU.
+Without VNNI, torch 2.13's _int_mm never calls oneDNN (ONEDNN_VERBOSE prints nothing on a 2-core AVX2-only
+EPYC) and runs its own reference loop, 10-20x slower than an fp32 matmul of the same shape. x86 builds of
+PyTorch carry a second int8 library, FBGEMM, whose AVX2 kernels run torch.ao's quantized layers. Those pick
+one input scale for the whole batch, which is not accurate enough here (experiments/x86_int8.md), but one of
+its ops takes the scale from the caller: Int8Linear rounds each token as always and hands FBGEMM the integers
+with scale 1, and FBGEMM adds up exactly the int32 sums _int_mm would (fbgemm_sums below). Where neither
+library is there, fp32 matmuls give the same sums (exact_int_mm), at about fp32's speed.
+hardware.int8_kernel() chooses; whichever runs, the integers, so the embeddings, are the same.
 
 The scheme, symmetric (the FFN output adds a zero point: see Int8Linear):
 
@@ -52,10 +55,12 @@ table, experiments/int8_layers.md.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
 
-from speed.hardware import native_int8
+from speed.hardware import int8_kernel
 from speed.memory import release_freed_memory
 
 LINEAR_NAMES = ("attn.q", "attn.k", "attn.v", "attn.o", "ffn_in", "ffn_out")
@@ -110,10 +115,34 @@ CALIBRATION = [
 ]
 
 
+def fbgemm_pack(weight: torch.Tensor):
+    """FBGEMM's packed copy of int8 weights (out, in), with scale 1: its products are then the bare sums.
+    torch 2.13 (pinned in requirements.txt) warns that it will remove the quantized-tensor constructors."""
+    engine = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "fbgemm"  # prepack packs for the engine in force; put back below
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            ones, zeros = torch.ones(len(weight), dtype=torch.double), torch.zeros(len(weight), dtype=torch.long)
+            w = torch._make_per_channel_quantized_tensor(weight, ones, zeros, 0)
+            return torch.ops.quantized.linear_prepack(w, None)
+    finally:
+        torch.backends.quantized.engine = engine
+
+
+def fbgemm_sums(q: torch.Tensor, packed) -> torch.Tensor:
+    """The exact sums q @ W^T of integer-valued float q (|q| <= INPUT_MAX) and packed 7-bit weights, in fp32.
+    FBGEMM quantises q with the scale and zero point given (1 and 128: q + 128, unsigned as its kernels
+    want, exactly) and returns float(int32 sum) * 1. On AVX2 it multiplies with vpmaddubsw, whose int16 pair
+    sums 2 x 255 x 63 stay below 32,767 (see "Why 63"), so no sum saturates."""
+    return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(q, 1.0, 128, packed)
+
+
 def exact_int_mm(q: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
-    """torch._int_mm(q, w_t) for int8 inputs within INPUT_MAX and WEIGHT_MAX, from fp32 matmuls: the
-    same exact int32 sums on a CPU whose _int_mm has no fast kernel. A row longer than EXACT_FP32_TERMS
-    (the FFN output's 3,072) is split into equal chunks, each summed exactly in fp32, added in int32."""
+    """torch._int_mm(q, w_t) for integer inputs within INPUT_MAX and WEIGHT_MAX (int8, or integer-valued
+    floats), from fp32 matmuls: the same exact int32 sums on a CPU with neither fast kernel. A row longer
+    than EXACT_FP32_TERMS (the FFN output's 3,072) is split into equal chunks, each summed exactly in fp32,
+    added in int32."""
     k = q.shape[1]
     chunks = -(-k // EXACT_FP32_TERMS)
     step = -(-k // chunks)
@@ -131,7 +160,8 @@ class Int8Linear(nn.Module):
     int8 codes unused; with the midpoint z subtracted first, the step halves. Since
     x = s q + z, x W^T = s (q W^T) + z * (sum of each row of W): one more term, precomputed."""
 
-    def __init__(self, linear: nn.Linear, smooth: torch.Tensor | None = None, zero_point: bool = False):
+    def __init__(self, linear: nn.Linear, smooth: torch.Tensor | None = None, zero_point: bool = False,
+                 kernel: str | None = None):
         super().__init__()
         w = linear.weight.detach().float()
         if smooth is None:
@@ -145,7 +175,10 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", linear.bias.detach().float() if linear.bias is not None else torch.zeros_like(scale))
         self.register_buffer("row_sums", q.sum(dim=1) * scale if zero_point else None)  # sum_i W^[o, i]
         self.in_features, self.out_features, self.zero_point = linear.in_features, linear.out_features, zero_point
-        self.int_mm = torch._int_mm if native_int8() else exact_int_mm  # the same integers either way
+        self.kernel = kernel or int8_kernel()  # onednn | fbgemm | fp32: the same integers whichever
+        if self.kernel not in ("onednn", "fbgemm", "fp32"):
+            raise ValueError(f"kernel must be 'onednn', 'fbgemm' or 'fp32', not {self.kernel!r}")
+        self.packed = fbgemm_pack(self.weight) if self.kernel == "fbgemm" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
@@ -159,17 +192,28 @@ class Int8Linear(nn.Module):
             x.sub_(zero)
         else:
             s = torch.maximum(hi, -lo).clamp(min=1e-12) / INPUT_MAX  # max |x[t, :]|
-        q = x.div_(s).round_().to(torch.int8)  # |x / s| <= 127, so no clamping is needed
-        y = self.int_mm(q, self.weight.t())  # exact int32: |sum| <= 3072 * 127 * 63 < 2^31
+        q = x.div_(s).round_()  # integers, |x / s| <= 127, so no clamping is needed
+        y = self.int_sums(q)  # exact: |sum| <= 3072 * 127 * 63 < 2^31
         y = torch.addcmul(self.bias, torch.mul(y, self.scale), s)  # y * s_w[o] * s_x[t] + b[o], in fp32
         if self.zero_point:
             y.addcmul_(zero, self.row_sums)  # + z[t] * sum_i W^[o, i]
         return y.reshape(*shape[:-1], self.out_features).to(dtype)
 
+    def int_sums(self, q: torch.Tensor) -> torch.Tensor:
+        """sum_i q[t, i] * W^[o, i] for every token t and output o, on this layer's kernel."""
+        if self.kernel == "onednn":
+            return torch._int_mm(q.to(torch.int8), self.weight.t())  # int32
+        if self.kernel == "fbgemm":
+            return fbgemm_sums(q, self.packed)  # fp32: the int32 sums, rounded as torch.mul below would
+        return exact_int_mm(q, self.weight.t())  # int32
+
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int8: weights per output "
                 f"channel, inputs per token{' with a zero point' if self.zero_point else ''}, sums by "
-                f"{'torch._int_mm' if self.int_mm is torch._int_mm else 'exact fp32 matmuls (no VNNI here)'}")
+                f"{KERNEL_NAMES[self.kernel]}")
+
+
+KERNEL_NAMES = {"onednn": "torch._int_mm (oneDNN)", "fbgemm": "FBGEMM", "fp32": "exact fp32 matmuls"}
 
 
 def linears(layer: nn.Module) -> dict[str, nn.Linear]:

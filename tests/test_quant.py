@@ -8,7 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from speed.quant import EXACT_FP32_TERMS, INPUT_MAX, WEIGHT_MAX, Int8Linear, exact_int_mm, quantize
+from speed.quant import (EXACT_FP32_TERMS, INPUT_MAX, WEIGHT_MAX, Int8Linear, exact_int_mm, fbgemm_pack, fbgemm_sums,
+                         quantize)
+
+FBGEMM = "fbgemm" in torch.backends.quantized.supported_engines  # every x86 build of torch; CI runs on x86
 
 REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "reference.json").read_text(encoding="utf-8"))
 
@@ -45,17 +48,43 @@ def test_exact_int_mm_gives_int_mms_integers(m, k, n):
             assert got.dtype == torch.int32 and torch.equal(got.long(), x.long() @ w.t().long())
 
 
-def test_int8_linear_gives_the_same_output_on_both_routes(cpu):
-    """With VNNI, torch._int_mm; without, exact fp32 matmuls: the same integers, then the same fp32 ops."""
+@pytest.mark.numerics
+@pytest.mark.skipif(not FBGEMM, reason="this torch has no FBGEMM (not an x86 build)")
+@pytest.mark.parametrize("m, k, n", [(7, 768, 768), (33, 3072, 768)])
+def test_fbgemm_sums_are_int_mms_integers(m, k, n):
+    """FBGEMM's route: on a CPU without VNNI its AVX2 kernels add unsigned-by-signed int8 pairs in int16 with
+    saturation (vpmaddubsw), so this is where 8-bit weights would go wrong. Extremes of both ranges, and random
+    values; the sums come back as float32, exact below 2^24 (3,072 x 127 x 63 = 24.6 million is not, so the
+    extremes there are compared as float32, as Int8Linear uses them)."""
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randint(-INPUT_MAX, INPUT_MAX + 1, (m, k), generator=g, dtype=torch.int8),
+          torch.full((m, k), INPUT_MAX, dtype=torch.int8), torch.full((m, k), -INPUT_MAX, dtype=torch.int8)]
+    ws = [torch.randint(-WEIGHT_MAX, WEIGHT_MAX + 1, (n, k), generator=g, dtype=torch.int8),
+          torch.full((n, k), WEIGHT_MAX, dtype=torch.int8), torch.full((n, k), -WEIGHT_MAX, dtype=torch.int8)]
+    for w in ws:
+        packed = fbgemm_pack(w)
+        for x in xs:
+            got = fbgemm_sums(x.float(), packed)
+            assert got.dtype == torch.float32 and torch.equal(got, (x.long() @ w.t().long()).float())
+
+
+def test_int8_linear_gives_the_same_output_on_every_kernel(cpu):
+    """torch._int_mm with VNNI, FBGEMM on x86 without, exact fp32 matmuls elsewhere: the same integers, then
+    the same fp32 ops, so the same output to the bit. Each is also asked for by name, whatever the CPU."""
     linear, x = linear_with_outlier_input()
-    outputs = []
-    for flags, native in ((("avx2", "avx512_vnni"), True), (("avx2",), False)):
-        cpu(*flags)
-        q = Int8Linear(linear, zero_point=True)
-        assert (q.int_mm is torch._int_mm) == native
-        with torch.no_grad():
-            outputs.append(q(x))
-    assert torch.equal(outputs[0], outputs[1])
+    for flags, machine, kernel in ((("avx2", "avx512_vnni"), "x86_64", "onednn"),
+                                   (("avx2",), "x86_64", "fbgemm" if FBGEMM else "fp32"),
+                                   (("asimd",), "aarch64", "fp32")):
+        cpu(*flags, machine=machine)
+        assert Int8Linear(linear).kernel == kernel
+    for zero_point in (False, True):
+        outputs = {}
+        for kernel in ["onednn", "fp32"] + (["fbgemm"] if FBGEMM else []):
+            with torch.no_grad():
+                outputs[kernel] = Int8Linear(linear, zero_point=zero_point, kernel=kernel)(x)
+        assert all(torch.equal(y, outputs["onednn"]) for y in outputs.values()), zero_point
+    with pytest.raises(ValueError, match="kernel must be"):
+        Int8Linear(linear, kernel="fbgem")
 
 
 def linear_with_outlier_input(seed: int = 0):
@@ -116,7 +145,7 @@ def int8_encoder():
     from speed import load_encoder
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # "no fast kernel on this CPU" without VNNI: tested in test_cli
+        warnings.simplefilter("ignore", RuntimeWarning)  # "no fast kernel": no VNNI, no FBGEMM; tested in test_cli
         return load_encoder(dtype="int8")
 
 
