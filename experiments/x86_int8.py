@@ -148,7 +148,7 @@ def table(results: dict[str, dict], speeds: list[dict]) -> str:
     lines = ["int8 linear layers on PyTorch's quantized engines (dynamic: inputs per tensor, 7-bit), with "
              "this project's calibration (speed/quant.py: SmoothQuant over quant.CALIBRATION). Against the fp32 "
              "encoder (STS-B test 83.42) in the same process; quant.Int8Linear (per-token inputs) scores 83.70 "
-             "(experiments/int8_layers.md). Accuracy only: the integers do not depend on the CPU, the speed does.", "",
+             "(experiments/int8_layers.md). The integers do not depend on the CPU; the speed does (below, per CPU).", "",
              "| route | fp32 layers (of 72) | fixture min cos to fp32 | to sentence-transformers | STS-B min cos | "
              "STS-B test |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in results.items():
