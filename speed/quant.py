@@ -131,10 +131,11 @@ def fbgemm_pack(weight: torch.Tensor):
 
 
 def fbgemm_sums(q: torch.Tensor, packed) -> torch.Tensor:
-    """The exact sums q @ W^T of integer-valued float q (|q| <= INPUT_MAX) and packed 7-bit weights, in fp32.
-    FBGEMM quantises q with the scale and zero point given (1 and 128: q + 128, unsigned as its kernels
-    want, exactly) and returns float(int32 sum) * 1. On AVX2 it multiplies with vpmaddubsw, whose int16 pair
-    sums 2 x 255 x 63 stay below 32,767 (see "Why 63"), so no sum saturates."""
+    """q @ W^T for integer-valued float q (|q| <= INPUT_MAX) and packed 7-bit weights W: the exact int32 sums,
+    returned as fp32 (rounded above 2^24 just as Int8Linear's next multiply rounds _int_mm's int32).
+    FBGEMM quantises q with the scale and zero point given, 1 and 128, so it stores q + 128 (1..255, the
+    unsigned bytes its kernels want) exactly, and takes the 128 back off in int32. On AVX2 it multiplies with
+    vpmaddubsw, whose int16 pair sums reach at most 2 x 255 x 63 < 32,767 (see "Why 63"): none saturates."""
     return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(q, 1.0, 128, packed)
 
 
