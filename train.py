@@ -555,16 +555,22 @@ def refit(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     become best.safetensors (scikit-learn's *CV estimators end the same way). Its own run folder is
     out/refit/, so an interrupted refit resumes there; its best.safetensors is then moved into out/.
     The backbone is frozen (--refit needs --freeze backbone), and the feature cache already holds the
-    validation rows."""
+    validation rows.
+
+    The search ran at a constant learning rate, since early stopping decided its end. The refit knows its
+    end, so its rate decays linearly to 0 over twice the winning epoch count: the same area under the
+    learning-rate curve, so the head travels as far, and it ends settled instead of wherever the last
+    batches pushed it (experiments/recipes.md: decaying over the same count trained the small sets too
+    little)."""
     out = Path(cfg.out)
-    refit_cfg = replace(cfg, epochs=best["epoch"], patience=0, val_fraction=0.0, refit=False,
+    refit_cfg = replace(cfg, epochs=2 * best["epoch"], schedule="linear", patience=0, val_fraction=0.0, refit=False,
                         out=str(out / run_folder.REFIT))
     everything = {t: ds if t not in val_sets else replace(ds, texts=ds.texts + val_sets[t].texts,
                                                            labels=ds.labels + val_sets[t].labels)
                   for t, ds in train_sets.items()}
     rows = sum(len(ds) for ds in everything.values())
-    print(f"refit: fresh heads on all {rows} rows (train + validation) for {refit_cfg.epochs} epochs, the best "
-          f"validation's count", file=sys.stderr)
+    print(f"refit: fresh heads on all {rows} rows (train + validation) for {refit_cfg.epochs} epochs, twice the "
+          f"best validation's count, the learning rate decaying linearly to 0", file=sys.stderr)
     model.heads.load_state_dict(initial_heads)
     resume = (Path(refit_cfg.out) / "last.safetensors").is_file()  # this run's refit began and was stopped
     refit_best = train(refit_cfg, model, tokenizer, everything, {}, resume=resume, world=world)
