@@ -137,7 +137,8 @@ def apply(model: MultiTaskModel, spec: str, epoch_steps: int = 1, planned_steps:
 # Only the heads train, on cached embeddings: a linear head is a convex problem and an epoch costs about a
 # second, so train to convergence. Early stopping on validation loss decides the end, hence nothing to
 # decay towards (constant LR, no warmup); then, as scikit-learn's *CV estimators do, fresh heads are fit on
-# train + validation for the best epoch count, since the validation rows are worth more as training rows.
+# train + validation, since the validation rows are worth more as training rows (train.refit: twice the best
+# epoch count, the LR decaying to 0).
 # A checkpoint writes the whole model (0.4 GB) and an epoch of heads takes about a second, so save every
 # 5,000 steps (~9 Banking77 epochs) instead of at each epoch's end.
 HEADS_ONLY = dict(epochs=200, patience=10, schedule="constant", warmup=0.0, head_lr=3e-3, refit=True, save_every=5000)
