@@ -551,7 +551,7 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
 def refit(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, val_sets: dict, best: dict,
           initial_heads: dict, world: World = World()) -> dict:
     """--refit: early stopping picked the number of epochs; now the heads start again from the same
-    initial weights and train on train + validation for that many epochs, with no validation, and
+    initial weights and train on train + validation for twice that many (below), with no validation, and
     become best.safetensors (scikit-learn's *CV estimators end the same way). Its own run folder is
     out/refit/, so an interrupted refit resumes there; its best.safetensors is then moved into out/.
     The backbone is frozen (--refit needs --freeze backbone), and the feature cache already holds the
