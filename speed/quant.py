@@ -153,6 +153,10 @@ def exact_int_mm(q: torch.Tensor, w_t: torch.Tensor) -> torch.Tensor:
     return y
 
 
+# Int8Linear's kernels (hardware.int8_kernel picks one), as its repr names them
+KERNEL_NAMES = {"onednn": "torch._int_mm (oneDNN)", "fbgemm": "FBGEMM", "fp32": "exact fp32 matmuls"}
+
+
 class Int8Linear(nn.Module):
     """A frozen nn.Linear whose matmul runs in int8 with int32 accumulation (see the module docstring).
 
@@ -177,7 +181,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("row_sums", q.sum(dim=1) * scale if zero_point else None)  # sum_i W^[o, i]
         self.in_features, self.out_features, self.zero_point = linear.in_features, linear.out_features, zero_point
         self.kernel = kernel or int8_kernel()  # onednn | fbgemm | fp32: the same integers whichever
-        if self.kernel not in ("onednn", "fbgemm", "fp32"):
+        if self.kernel not in KERNEL_NAMES:
             raise ValueError(f"kernel must be 'onednn', 'fbgemm' or 'fp32', not {self.kernel!r}")
         self.packed = fbgemm_pack(self.weight) if self.kernel == "fbgemm" else None
 
@@ -212,9 +216,6 @@ class Int8Linear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, int8: weights per output "
                 f"channel, inputs per token{' with a zero point' if self.zero_point else ''}, sums by "
                 f"{KERNEL_NAMES[self.kernel]}")
-
-
-KERNEL_NAMES = {"onednn": "torch._int_mm (oneDNN)", "fbgemm": "FBGEMM", "fp32": "exact fp32 matmuls"}
 
 
 def linears(layer: nn.Module) -> dict[str, nn.Linear]:

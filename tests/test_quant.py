@@ -16,16 +16,22 @@ FBGEMM = "fbgemm" in torch.backends.quantized.supported_engines  # every x86 bui
 REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "reference.json").read_text(encoding="utf-8"))
 
 
-@pytest.mark.numerics
-@pytest.mark.parametrize("m, k, n", [(7, 768, 768), (33, 3072, 768)])
-def test_int_mm_is_exact_for_7_bit_weights_on_this_kernel_path(m, k, n):
-    """.ci/run reruns this with oneDNN capped at AVX2 and at SSE4.1, where 8-bit weights give wrong sums
-    (int16 saturation in vpmaddubsw; see quant.py). Extremes of both ranges, and random values."""
+def int8_operands(m: int, k: int, n: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Inputs (m, k) and weights (n, k) at random and at both extremes of their ranges, where sums are largest."""
     g = torch.Generator().manual_seed(0)
     xs = [torch.randint(-INPUT_MAX, INPUT_MAX + 1, (m, k), generator=g, dtype=torch.int8),
           torch.full((m, k), INPUT_MAX, dtype=torch.int8), torch.full((m, k), -INPUT_MAX, dtype=torch.int8)]
     ws = [torch.randint(-WEIGHT_MAX, WEIGHT_MAX + 1, (n, k), generator=g, dtype=torch.int8),
           torch.full((n, k), WEIGHT_MAX, dtype=torch.int8), torch.full((n, k), -WEIGHT_MAX, dtype=torch.int8)]
+    return xs, ws
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("m, k, n", [(7, 768, 768), (33, 3072, 768)])
+def test_int_mm_is_exact_for_7_bit_weights_on_this_kernel_path(m, k, n):
+    """.ci/run reruns this with oneDNN capped at AVX2 and at SSE4.1, where 8-bit weights give wrong sums
+    (int16 saturation in vpmaddubsw; see quant.py). Extremes of both ranges, and random values."""
+    xs, ws = int8_operands(m, k, n)
     for x in xs:
         for w in ws:
             assert torch.equal(torch._int_mm(x, w.t()).long(), x.long() @ w.t().long())
@@ -37,11 +43,7 @@ def test_exact_int_mm_gives_int_mms_integers(m, k, n):
     """The fp32 route of CPUs without VNNI: every sum an integer below 2^24, so exact in any order the
     GEMM adds. Extremes of both ranges, where the sums are largest (k = 2,096 terms of 8,001 reach
     16,770,096, just below 2^24 = 16,777,216), random values, and a row split into three chunks."""
-    g = torch.Generator().manual_seed(0)
-    xs = [torch.randint(-INPUT_MAX, INPUT_MAX + 1, (m, k), generator=g, dtype=torch.int8),
-          torch.full((m, k), INPUT_MAX, dtype=torch.int8), torch.full((m, k), -INPUT_MAX, dtype=torch.int8)]
-    ws = [torch.randint(-WEIGHT_MAX, WEIGHT_MAX + 1, (n, k), generator=g, dtype=torch.int8),
-          torch.full((n, k), WEIGHT_MAX, dtype=torch.int8)]
+    xs, ws = int8_operands(m, k, n)
     for x in xs:
         for w in ws:
             got = exact_int_mm(x, w.t())
@@ -56,11 +58,7 @@ def test_fbgemm_sums_are_int_mms_integers(m, k, n):
     saturation (vpmaddubsw), so this is where 8-bit weights would go wrong. Extremes of both ranges, and random
     values; the sums come back as float32, exact below 2^24 (3,072 x 127 x 63 = 24.6 million is not, so the
     extremes there are compared as float32, as Int8Linear uses them)."""
-    g = torch.Generator().manual_seed(0)
-    xs = [torch.randint(-INPUT_MAX, INPUT_MAX + 1, (m, k), generator=g, dtype=torch.int8),
-          torch.full((m, k), INPUT_MAX, dtype=torch.int8), torch.full((m, k), -INPUT_MAX, dtype=torch.int8)]
-    ws = [torch.randint(-WEIGHT_MAX, WEIGHT_MAX + 1, (n, k), generator=g, dtype=torch.int8),
-          torch.full((n, k), WEIGHT_MAX, dtype=torch.int8), torch.full((n, k), -WEIGHT_MAX, dtype=torch.int8)]
+    xs, ws = int8_operands(m, k, n)
     for w in ws:
         packed = fbgemm_pack(w)
         for x in xs:
