@@ -5,7 +5,7 @@
 The encoder's int8 path (quant.py) was calibrated and measured on the pretrained model (STS-B). A
 fine-tuned backbone has other weights, and a head can sit close to a decision boundary, so before
 a run's backbone is served in int8 it is checked on that run's own test rows: the rows it saved (your
-own data), or the built-in dataset's test split. int8 is kept if it gives the same label as fp32 on
+own data), or the built-in dataset's split that train.py reports (the test split; SST-2's dev set). int8 is kept if it gives the same label as fp32 on
 at least 99.5% of the rows and each task's accuracy moves by at most 0.3 points; otherwise the run is
 served in fp32, and the reason is printed. The verdict is cached in the run folder (int8-check.json),
 keyed by the sha256 of best.safetensors, so the check runs once per trained model.
@@ -49,7 +49,8 @@ def judge(best_sha256: str, fp32: dict[str, np.ndarray], int8: dict[str, np.ndar
 
 
 def test_sets(folder: Path, info: dict) -> dict:
-    """{task: LabelledTexts} to check on: the saved test rows, else the built-in dataset's test split."""
+    """{task: LabelledTexts} to check on: the saved test rows, else the split of the built-in dataset that
+    train.py reports the run on (data.EVAL_SPLIT: SST-2's dev set, since GLUE's test labels are hidden)."""
     import data
 
     sets = {}
@@ -58,9 +59,9 @@ def test_sets(folder: Path, info: dict) -> dict:
             rows = data.read_user_rows(folder / spec["test_rows"], "text", "label")
             sets[task] = data.user_dataset(folder / spec["test_rows"], rows, spec["label_names"], "test")
         else:
-            ds = data.load(spec["dataset"], "test")
+            ds = data.load(spec["dataset"], data.EVAL_SPLIT[spec["dataset"]])
             if ds.label_names != spec["label_names"]:
-                raise ValueError(f"{spec['dataset']}'s test labels differ from the head's")
+                raise ValueError(f"{spec['dataset']}'s {ds.split} labels differ from the head's")
             sets[task] = ds
     return sets
 

@@ -187,6 +187,19 @@ def test_the_verdict_needs_agreement_and_no_accuracy_drop():
     assert int8_check.judge("x", {"a": fp32_wrong}, {"a": truth.copy()}, {"a": truth}).passed
 
 
+def test_a_run_on_built_in_sets_is_checked_on_the_split_train_py_reports(tmp_path):
+    """SST-2's test labels are hidden (GLUE), so train.py reports SST-2 on its dev set; so does the check."""
+    import data
+    from speed import int8_check
+
+    tasks = {"a": ("banking77", "test"), "b": ("sst2", "dev")}
+    info = {"tasks": {t: {"dataset": name, "label_names": data.load(name, split).label_names}
+                      for t, (name, split) in tasks.items()}}
+    sets = int8_check.test_sets(tmp_path, info)
+    assert {t: (ds.name, ds.split, len(ds)) for t, ds in sets.items()} == {"a": ("banking77", "test", 3080),
+                                                                            "b": ("sst2", "dev", 872)}
+
+
 @pytest.fixture
 def tiny_run(tmp_path):
     """A run folder of a tiny random model on 'your own data', with its saved test rows."""
