@@ -38,34 +38,38 @@ from mpnet import check_batch_size, check_sentences
 class Classifier:
     """A trained MultiTaskModel with its tokenizer and label names: text in, labels out."""
 
-    def __init__(self, model, tokenizer, info: dict):
+    def __init__(self, model, tokenizer, info: dict, autocast: bool = False):
         self.model, self.tokenizer, self.info = model.eval(), tokenizer, info
+        self.autocast = autocast  # bf16 autocast: what --dtype auto chose where int8 did not pass its check
         self.label_names = {task: v["label_names"] for task, v in info["tasks"].items()}
 
     @classmethod
     def from_checkpoint(cls, folder: str | Path, device: str = "cpu", dtype: str = "fp32") -> "Classifier":
         """dtype: "fp32"; "int8" (CPU); or "auto": int8 on a CPU where it is fast, if it agrees with fp32 on
-        the run's test rows (speed/int8_check.py, checked once and cached in the run folder), else fp32."""
+        the run's test rows (speed/int8_check.py, checked once and cached in the run folder), else bf16 where
+        the CPU runs it natively and it agrees, else fp32."""
         from eval import load_run
 
         if dtype not in ("fp32", "int8", "auto"):
             raise ValueError(f"dtype must be 'fp32', 'int8' or 'auto', not {dtype!r}")
         model, tokenizer, info = load_run(folder)  # clear errors for a folder that is not a train.py run
+        precision = "fp32"
         if dtype != "fp32" and torch.device(device).type == "cpu":
             from speed import int8_check
 
-            model, why = int8_check.choose(folder, model, tokenizer, info, dtype, reload=lambda: load_run(folder)[0])
+            model, precision, why = int8_check.choose(folder, model, tokenizer, info, dtype,
+                                                      reload=lambda: load_run(folder)[0])
             print(f"dtype {dtype}: {why}", file=sys.stderr)
         from mpnet import SentenceEncoder
         from speed.onednn import use_where_it_helps
 
         use_where_it_helps(SentenceEncoder(model.backbone, tokenizer), device)  # fp32 layers only; int8 ones stay
-        return cls(model.to(device), tokenizer, info)
+        return cls(model.to(device), tokenizer, info, autocast=precision == "bf16")
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> dict[str, torch.Tensor]:
         """{task: (N, classes) probabilities}, rows in input order (MultiTaskModel.predict_proba)."""
         texts, batch_size = check_sentences(texts), check_batch_size(batch_size)
-        return self.model.predict_proba(self.tokenizer, texts, batch_size)
+        return self.model.predict_proba(self.tokenizer, texts, batch_size, autocast=self.autocast)
 
     def predict(self, texts: Sequence[str], top: int = 3, batch_size: int = 64) -> list[dict]:
         """Per text: for each task the most probable label, its probability, and the next top-1 labels."""

@@ -9,11 +9,12 @@ Runs (trained here with default flags when missing, in runs/predict-int8/):
   banking77-sst2 `--task-a banking77 --task-b sst2 --max-steps 2000`: the whole backbone fine-tuned on both
                  benchmarks, 2,000 steps of 16 (about 40% of an epoch of the two; ~15 min on 2 cores, where
                  the converged run of experiments/converged.py takes hours); its check covers Banking77's
-                 3,080 test rows and SST-2's 1,821 labelled test rows
+                 3,080 test rows and SST-2's 872 dev rows (GLUE hides its test labels)
 For each, one cell in experiments/results/predict_int8/: the check's verdict on the run's test rows
-(speed/int8_check.py: the same label on >= 99.5% of rows, accuracy within 0.3 points), and the
-throughput of Classifier.predict on 2,000 SST-2 training sentences in fp32 and in int8, 3 rounds
-interleaved in one process (median, and the spread over rounds).
+(speed/int8_check.py: the same label on >= 99.5% of rows, accuracy within 0.3 points; where int8 fails
+on a CPU with native bf16, bf16 autocast's), and the throughput of Classifier.predict on 2,000 SST-2
+training sentences in fp32, in int8 and as --dtype auto serves the run, 3 rounds interleaved in one
+process (median, and the spread over rounds).
 
     python experiments/predict_int8.py --alternatives   # also: how close do other precisions come to fp32?
 
@@ -58,12 +59,15 @@ def measure(name: str) -> dict:
     from speed import int8_check
 
     out = trained(name)
-    (out / int8_check.CHECK_FILE).unlink(missing_ok=True)  # measure the check itself, not a cached verdict
+    for verdict_file in (int8_check.CHECK_FILE, int8_check.BF16_CHECK_FILE):  # measure the checks, not cached verdicts
+        (out / verdict_file).unlink(missing_ok=True)
     started = time.time()
     auto = Classifier.from_checkpoint(out, dtype="auto")
     check_s = time.time() - started
     verdict = json.loads((out / int8_check.CHECK_FILE).read_text())
-    engines = {"fp32": Classifier.from_checkpoint(out), "int8": Classifier.from_checkpoint(out, dtype="int8")}
+    bf16_file = out / int8_check.BF16_CHECK_FILE
+    bf16_verdict = json.loads(bf16_file.read_text()) if bf16_file.is_file() else None
+    engines = {"fp32": Classifier.from_checkpoint(out), "int8": Classifier.from_checkpoint(out, dtype="int8"), "served": auto}
     texts = data.load("sst2", "train").texts[:SENTENCES]
     rates: dict[str, list[float]] = {k: [] for k in engines}
     for _ in range(ROUNDS):
@@ -71,8 +75,9 @@ def measure(name: str) -> dict:
             started = time.time()
             clf.predict(texts)
             rates[precision].append(SENTENCES / (time.time() - started))
-    served = "int8" if int8_check.is_int8(auto.model) else "fp32"
-    return {"run": name, "verdict": verdict, "served": served, "check_s": check_s, "rates": rates}
+    served = "int8" if int8_check.is_int8(auto.model) else "bf16" if auto.autocast else "fp32"
+    return {"run": name, "verdict": verdict, "bf16_verdict": bf16_verdict, "served": served, "check_s": check_s,
+            "rates": rates}
 
 
 def alternatives(name: str) -> dict:
@@ -115,22 +120,28 @@ def alternatives_table() -> list[str]:
 
 def table() -> str:
     lines = ["`predict.py --dtype auto` on trained runs: the int8 check on each run's test rows (the same label as "
-             "fp32 on >= 99.5% of rows, accuracy within 0.3 points), and `Classifier.predict` throughput on "
+             "fp32 on >= 99.5% of rows, accuracy within 0.3 points; where int8 fails on a CPU with native bf16, bf16 "
+             "autocast takes the same check), and `Classifier.predict` throughput on "
              f"{SENTENCES:,} SST-2 training sentences, median of {ROUNDS} interleaved rounds (min-max).", "",
              "| run | test rows | same label | accuracy fp32 -> int8 | served | fp32 sentences/s | int8 sentences/s | "
-             "int8 / fp32 | first check | CPU |", "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | --- |"]
+             "int8 / fp32 | served / fp32 | first check | CPU |",
+             "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for name in RUNS:
         path = RESULTS / f"{name}.json"
         if not path.is_file():
-            lines.append(f"| {name} | not run | | | | | | | | |")
+            lines.append(f"| {name} | not run | | | | | | | | | |")
             continue
         r = json.loads(path.read_text())
         v, rates = r["verdict"], r["rates"]
         accuracy = ", ".join(f"{t} {a:.2f} -> {b:.2f}" for t, (a, b) in v["accuracy"].items())
         fp32, int8 = (statistics.median(rates[k]) for k in ("fp32", "int8"))
         spread = lambda k: f"{min(rates[k]):.0f}-{max(rates[k]):.0f}"
+        served = f"{statistics.median(rates['served']) / fp32:.2f}" if "served" in rates else "–"
+        if r.get("bf16_verdict"):  # int8 failed on a CPU with native bf16, so bf16 took the same check
+            b = r["bf16_verdict"]
+            r["served"] += f" (bf16: {100 * b['agreement']:.2f}% the same, {'passed' if b['passed'] else 'failed'})"
         lines.append(f"| {name} | {v['rows']:,} | {100 * v['agreement']:.2f}% | {accuracy} | {r['served']} | "
-                     f"{fp32:.0f} ({spread('fp32')}) | {int8:.0f} ({spread('int8')}) | {int8 / fp32:.2f} | "
+                     f"{fp32:.0f} ({spread('fp32')}) | {int8:.0f} ({spread('int8')}) | {int8 / fp32:.2f} | {served} | "
                      f"{r['check_s']:.0f} s | {r['cpu']} |")
     lines += ["", "reviews: `python train.py` (the whole backbone fine-tuned); banking77: `--task-a banking77 --task-b none "
               "--freeze backbone` (heads on the pretrained backbone); banking77-sst2: `--task-a banking77 --task-b sst2 "

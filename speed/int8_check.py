@@ -1,14 +1,16 @@
 """int8 for a fine-tuned run, kept only where it agrees with fp32 (predict.py --dtype auto).
 
-    model, why = int8_check.choose(folder, model, tokenizer, info, dtype="auto", reload=...)
+    model, precision, why = int8_check.choose(folder, model, tokenizer, info, dtype="auto", reload=...)
 
 The encoder's int8 path (quant.py) was calibrated and measured on the pretrained model (STS-B). A
 fine-tuned backbone has other weights, and a head can sit close to a decision boundary, so before
 a run's backbone is served in int8 it is checked on that run's own test rows: the rows it saved (your
-own data), or the built-in dataset's split that train.py reports (the test split; SST-2's dev set). int8 is kept if it gives the same label as fp32 on
-at least 99.5% of the rows and each task's accuracy moves by at most 0.3 points; otherwise the run is
-served in fp32, and the reason is printed. The verdict is cached in the run folder (int8-check.json),
-keyed by the sha256 of best.safetensors, so the check runs once per trained model.
+own data), or the built-in dataset's split that train.py reports (the test split; SST-2's dev set).
+int8 is kept if it gives the same label as fp32 on at least 99.5% of the rows and each task's accuracy
+moves by at most 0.3 points. Otherwise, on a CPU that runs bf16 natively, bf16 autocast takes the same
+check (it rounds far less: experiments/predict_int8.md), and serves the run if it passes; else fp32.
+The reason is printed. Each verdict is cached in the run folder (int8-check.json, bf16-check.json),
+keyed by the sha256 of best.safetensors, so a check runs once per trained model.
 """
 from __future__ import annotations
 
@@ -22,30 +24,32 @@ import numpy as np
 AGREEMENT = 0.995     # the same label as fp32 on at least this share of the test rows
 ACCURACY_DROP = 0.3   # points of accuracy a task may lose
 CHECK_FILE = "int8-check.json"
+BF16_CHECK_FILE = "bf16-check.json"
 
 
 @dataclass
 class Verdict:
     best_sha256: str
     rows: int
-    agreement: float                            # share of (row, task) labels int8 and fp32 agree on
-    accuracy: dict[str, tuple[float, float]]    # task -> (fp32, int8) accuracy in %
+    agreement: float                            # share of (row, task) labels it and fp32 agree on
+    accuracy: dict[str, tuple[float, float]]    # task -> (fp32, it) accuracy in %
     passed: bool
+    precision: str = "int8"                     # what was checked against fp32: int8, or bf16 (autocast)
 
     def summary(self) -> str:
         tasks = ", ".join(f"{t} {a:.2f} -> {b:.2f}" for t, (a, b) in self.accuracy.items())
-        return (f"int8 agrees with fp32 on {100 * self.agreement:.2f}% of {self.rows:,} test rows (needs "
-                f"{100 * AGREEMENT:.1f}%); accuracy fp32 -> int8: {tasks} (may drop {ACCURACY_DROP} points)")
+        return (f"{self.precision} agrees with fp32 on {100 * self.agreement:.2f}% of {self.rows:,} test rows (needs "
+                f"{100 * AGREEMENT:.1f}%); accuracy fp32 -> {self.precision}: {tasks} (may drop {ACCURACY_DROP} points)")
 
 
 def judge(best_sha256: str, fp32: dict[str, np.ndarray], int8: dict[str, np.ndarray],
-          truth: dict[str, np.ndarray]) -> Verdict:
-    """The verdict from each task's fp32 labels, int8 labels and true labels."""
+          truth: dict[str, np.ndarray], precision: str = "int8") -> Verdict:
+    """The verdict from each task's fp32 labels, the other precision's (int8: named so) and the true labels."""
     same = sum(int((fp32[t] == int8[t]).sum()) for t in truth)
     total = sum(len(truth[t]) for t in truth)
     accuracy = {t: (100 * float((fp32[t] == truth[t]).mean()), 100 * float((int8[t] == truth[t]).mean())) for t in truth}
     passed = same / total >= AGREEMENT and all(a - b <= ACCURACY_DROP for a, b in accuracy.values())
-    return Verdict(best_sha256, total, same / total, accuracy, passed)
+    return Verdict(best_sha256, total, same / total, accuracy, passed, precision)
 
 
 def test_sets(folder: Path, info: dict) -> dict:
@@ -66,8 +70,9 @@ def test_sets(folder: Path, info: dict) -> dict:
     return sets
 
 
-def labels(model, tokenizer, sets: dict) -> dict[str, np.ndarray]:
-    return {task: model.predict_proba(tokenizer, ds.texts)[task].argmax(dim=1).numpy() for task, ds in sets.items()}
+def labels(model, tokenizer, sets: dict, autocast: bool = False) -> dict[str, np.ndarray]:
+    return {task: model.predict_proba(tokenizer, ds.texts, autocast=autocast)[task].argmax(dim=1).numpy()
+            for task, ds in sets.items()}
 
 
 def is_int8(model) -> bool:
@@ -85,34 +90,48 @@ def quantize_backbone(model, tokenizer):
     return model
 
 
+def cached(path: Path, best_sha256: str) -> Verdict | None:
+    """The verdict saved at path for this best.safetensors, else None."""
+    if not path.is_file():
+        return None
+    verdict = Verdict(**json.loads(path.read_text()))
+    return verdict if verdict.best_sha256 == best_sha256 else None
+
+
 def choose(folder: str | Path, model, tokenizer, info: dict, dtype: str, reload: Callable[[], object]):
-    """(model, why): the run's model in the precision to serve it in. dtype "fp32", "int8" (as asked, not
-    checked) or "auto" (int8 where it is fast and agrees with fp32 on the run's test rows, else fp32).
-    reload() gives the run's fp32 model again (the check quantises `model` in place)."""
+    """(model, precision, why): the run's model and how to serve it, "fp32", "int8" or "bf16" (autocast).
+    dtype "fp32", "int8" (as asked, not checked) or "auto": int8 where it is fast and agrees with fp32 on the
+    run's test rows, else bf16 where it is native and agrees, else fp32. reload() gives the run's fp32 model
+    again (quantisation works in place)."""
     from reliability.checkpoint import write_atomic
-    from speed.hardware import encoder_precision
+    from speed.hardware import encoder_precision, native_bf16
     from weights.fetch import sha256_of
 
     folder = Path(folder)
     precision, why = encoder_precision(dtype)
     if precision != "int8":
-        return model, f"fp32 ({why})"
+        return model, "fp32", f"fp32 ({why})"
     if dtype == "int8":
-        return quantize_backbone(model, tokenizer), "int8, as asked (not checked against fp32)"
+        return quantize_backbone(model, tokenizer), "int8", "int8, as asked (not checked against fp32)"
     best = sha256_of(folder / "best.safetensors")
-    cached = folder / CHECK_FILE
-    verdict = Verdict(**json.loads(cached.read_text())) if cached.is_file() else None
-    if verdict is None or verdict.best_sha256 != best:
+    int8, bf16 = cached(folder / CHECK_FILE, best), cached(folder / BF16_CHECK_FILE, best)
+    try_bf16 = native_bf16()
+    if int8 is None or (not int8.passed and try_bf16 and bf16 is None):
         try:
             sets = test_sets(folder, info)
         except (ValueError, FileNotFoundError) as e:
-            return model, f"fp32: no test rows to check int8 against ({e})"
+            return model, "fp32", f"fp32: no test rows to check int8 against ({e})"
+        truth = {t: np.array(ds.labels) for t, ds in sets.items()}
         fp32 = labels(model, tokenizer, sets)
-        int8 = labels(quantize_backbone(model, tokenizer), tokenizer, sets)
-        verdict = judge(best, fp32, int8, {t: np.array(ds.labels) for t, ds in sets.items()})
-        write_atomic(lambda p: p.write_text(json.dumps(asdict(verdict), indent=1)), cached)
-    elif verdict.passed:
-        quantize_backbone(model, tokenizer)
-    if verdict.passed:
-        return model, f"int8: {verdict.summary()}"
-    return reload(), f"fp32, int8 did not pass: {verdict.summary()}"
+        if int8 is None:
+            int8 = judge(best, fp32, labels(quantize_backbone(reload(), tokenizer), tokenizer, sets), truth)
+            write_atomic(lambda p: p.write_text(json.dumps(asdict(int8), indent=1)), folder / CHECK_FILE)
+        if not int8.passed and try_bf16 and bf16 is None:
+            bf16 = judge(best, fp32, labels(model, tokenizer, sets, autocast=True), truth, precision="bf16")
+            write_atomic(lambda p: p.write_text(json.dumps(asdict(bf16), indent=1)), folder / BF16_CHECK_FILE)
+    if int8.passed:
+        return quantize_backbone(model, tokenizer), "int8", f"int8: {int8.summary()}"
+    if try_bf16 and bf16.passed:
+        return model, "bf16", f"bf16 autocast, int8 did not pass: {int8.summary()}; {bf16.summary()}"
+    nor_bf16 = f"; nor did bf16: {bf16.summary()}" if try_bf16 else ""
+    return model, "fp32", f"fp32, int8 did not pass: {int8.summary()}{nor_bf16}"

@@ -4,6 +4,7 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -242,8 +243,9 @@ def test_auto_serves_int8_only_if_it_passed_on_the_runs_test_rows_and_caches_the
     cpu("avx2", "avx512_vnni")  # a CPU where int8 is fast
     monkeypatch.setattr(int8_check, "AGREEMENT", 0.0 if passes else 1.01)
     model, tokenizer, info = load_run(tiny_run)
-    served, why = int8_check.choose(tiny_run, model, tokenizer, info, "auto", reload=lambda: load_run(tiny_run)[0])
-    assert (int8_layers(served) > 0) == passes and ("20 test rows" in why)
+    served, precision, why = int8_check.choose(tiny_run, model, tokenizer, info, "auto",
+                                               reload=lambda: load_run(tiny_run)[0])
+    assert (int8_layers(served) > 0) == passes and precision == ("int8" if passes else "fp32") and "20 test rows" in why
     assert why.startswith("int8: ") if passes else why.startswith("fp32, int8 did not pass")
     cached = json.loads((tiny_run / int8_check.CHECK_FILE).read_text())
     assert cached["passed"] == passes and cached["rows"] == 20
@@ -253,7 +255,8 @@ def test_auto_serves_int8_only_if_it_passed_on_the_runs_test_rows_and_caches_the
 
     monkeypatch.setattr(int8_check, "labels", no_second_check)
     model, tokenizer, info = load_run(tiny_run)
-    served, why_again = int8_check.choose(tiny_run, model, tokenizer, info, "auto", reload=lambda: load_run(tiny_run)[0])
+    served, _, why_again = int8_check.choose(tiny_run, model, tokenizer, info, "auto",
+                                             reload=lambda: load_run(tiny_run)[0])
     assert (int8_layers(served) > 0) == passes and why_again == why
 
 
@@ -270,8 +273,33 @@ def test_a_retrained_run_is_checked_again(tiny_run, cpu, monkeypatch):
     save_file({k: v + 0.01 for k, v in weights.items()}, tiny_run / "best.safetensors")
     monkeypatch.setattr(int8_check, "AGREEMENT", 1.01)
     model, tokenizer, info = load_run(tiny_run)
-    _, why = int8_check.choose(tiny_run, model, tokenizer, info, "auto", reload=lambda: load_run(tiny_run)[0])
+    _, _, why = int8_check.choose(tiny_run, model, tokenizer, info, "auto", reload=lambda: load_run(tiny_run)[0])
     assert why.startswith("fp32, int8 did not pass")
+
+
+@pytest.mark.parametrize("bf16_passes", [True, False])
+def test_auto_tries_bf16_where_int8_fails_and_bf16_is_native(tiny_run, cpu, monkeypatch, bf16_passes):
+    """The decision, with the labels made up: int8 gets every label wrong; bf16 gets them right or wrong."""
+    from eval import load_run
+    from predict import Classifier
+    from speed import int8_check
+
+    cpu("avx2", "avx512_vnni", "avx512_bf16")
+
+    def made_up_labels(model, tokenizer, sets, autocast=False):
+        right = {task: np.array(ds.labels) for task, ds in sets.items()}
+        wrong = int8_layers(model) > 0 or (autocast and not bf16_passes)
+        return {task: 1 - y for task, y in right.items()} if wrong else right
+
+    monkeypatch.setattr(int8_check, "labels", made_up_labels)
+    model, tokenizer, info = load_run(tiny_run)
+    served, precision, why = int8_check.choose(tiny_run, model, tokenizer, info, "auto",
+                                               reload=lambda: load_run(tiny_run)[0])
+    assert int8_layers(served) == 0 and precision == ("bf16" if bf16_passes else "fp32")
+    assert why.startswith("bf16 autocast, int8 did not pass") if bf16_passes else "; nor did bf16: bf16 agrees with fp32 on 0.00%" in why
+    cached = json.loads((tiny_run / int8_check.BF16_CHECK_FILE).read_text())
+    assert cached["precision"] == "bf16" and cached["passed"] == bf16_passes and cached["agreement"] == bf16_passes
+    assert Classifier.from_checkpoint(tiny_run, dtype="auto").autocast == bf16_passes  # from the cached verdicts
 
 
 def test_auto_without_vnni_serves_fp32_and_checks_nothing(tiny_run, cpu):
@@ -280,6 +308,7 @@ def test_auto_without_vnni_serves_fp32_and_checks_nothing(tiny_run, cpu):
 
     cpu("avx2")
     model, tokenizer, info = load_run(tiny_run)
-    served, why = int8_check.choose(tiny_run, model, tokenizer, info, "auto", reload=lambda: load_run(tiny_run)[0])
-    assert int8_layers(served) == 0 and why.startswith("fp32 (no VNNI")
+    served, precision, why = int8_check.choose(tiny_run, model, tokenizer, info, "auto",
+                                               reload=lambda: load_run(tiny_run)[0])
+    assert int8_layers(served) == 0 and precision == "fp32" and why.startswith("fp32 (no VNNI")
     assert not (tiny_run / int8_check.CHECK_FILE).exists()
