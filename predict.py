@@ -3,7 +3,7 @@
     python predict.py --checkpoint runs/tickets "my card never arrived" "I was charged twice"
     python predict.py --checkpoint runs/tickets --input new.txt --output preds.jsonl
     python predict.py --checkpoint runs/tickets --input new.csv --column text --output preds.jsonl
-    python predict.py --checkpoint runs/tickets --dtype auto ...   # int8 where fast and checked against fp32
+    python predict.py --checkpoint runs/tickets --dtype auto ...   # int8 (else bf16) where fast and checked against fp32
 
 In Python:
     from predict import Classifier
@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", type=device, default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "int8", "auto"], default="fp32",
                         help="auto: int8 where the CPU runs it fast and it agrees with fp32 on the run's test rows "
-                             "(checked once, cached in the run folder), else fp32")
+                             "(checked once, cached in the run folder), else bf16 where the CPU runs it natively and it "
+                             "agrees, else fp32")
     args = parser.parse_args(argv)
     if not (Path(args.checkpoint) / "run.json").is_file():
         parser.error(f"--checkpoint {args.checkpoint}: no run.json there; give a train.py output folder")
