@@ -136,12 +136,13 @@ def table() -> str:
         accuracy = ", ".join(f"{t} {a:.2f} -> {b:.2f}" for t, (a, b) in v["accuracy"].items())
         fp32, int8 = (statistics.median(rates[k]) for k in ("fp32", "int8"))
         spread = lambda k: f"{min(rates[k]):.0f}-{max(rates[k]):.0f}"
-        served = f"{statistics.median(rates['served']) / fp32:.2f}" if "served" in rates else "–"
+        served_speed = f"{statistics.median(rates['served']) / fp32:.2f}" if "served" in rates else "–"
+        served = r["served"]
         if r.get("bf16_verdict"):  # int8 failed on a CPU with native bf16, so bf16 took the same check
             b = r["bf16_verdict"]
-            r["served"] += f" (bf16: {100 * b['agreement']:.2f}% the same, {'passed' if b['passed'] else 'failed'})"
-        lines.append(f"| {name} | {v['rows']:,} | {100 * v['agreement']:.2f}% | {accuracy} | {r['served']} | "
-                     f"{fp32:.0f} ({spread('fp32')}) | {int8:.0f} ({spread('int8')}) | {int8 / fp32:.2f} | {served} | "
+            served += f" (bf16: {100 * b['agreement']:.2f}% the same, {'passed' if b['passed'] else 'failed'})"
+        lines.append(f"| {name} | {v['rows']:,} | {100 * v['agreement']:.2f}% | {accuracy} | {served} | "
+                     f"{fp32:.0f} ({spread('fp32')}) | {int8:.0f} ({spread('int8')}) | {int8 / fp32:.2f} | {served_speed} | "
                      f"{r['check_s']:.0f} s | {r['cpu']} |")
     lines += ["", "reviews: `python train.py` (the whole backbone fine-tuned); banking77: `--task-a banking77 --task-b none "
               "--freeze backbone` (heads on the pretrained backbone); banking77-sst2: `--task-a banking77 --task-b sst2 "
