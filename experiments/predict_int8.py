@@ -93,8 +93,7 @@ def alternatives(name: str) -> dict:
     sets = int8_check.test_sets(out, info)
     truth = {task: np.array(ds.labels) for task, ds in sets.items()}
     fp32 = int8_check.labels(model, tokenizer, sets)
-    bf16 = {task: model.predict_proba(tokenizer, ds.texts, autocast=True)[task].argmax(dim=1).numpy()
-            for task, ds in sets.items()}
+    bf16 = int8_check.labels(model, tokenizer, sets, autocast=True)
     partial = load_run(out)[0]
     ffn_out = tuple((i, "ffn_out") for i in range(len(partial.backbone.layers)))
     quantize(SentenceEncoder(partial.backbone, tokenizer), keep_float=ffn_out)

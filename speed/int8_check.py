@@ -116,6 +116,7 @@ def choose(folder: str | Path, model, tokenizer, info: dict, dtype: str, reload:
     best = sha256_of(folder / "best.safetensors")
     int8, bf16 = cached(folder / CHECK_FILE, best), cached(folder / BF16_CHECK_FILE, best)
     try_bf16 = native_bf16()
+    int8_model = None  # the model a fresh check quantised: served as it is if int8 passes
     if int8 is None or (not int8.passed and try_bf16 and bf16 is None):
         try:
             sets = test_sets(folder, info)
@@ -124,13 +125,16 @@ def choose(folder: str | Path, model, tokenizer, info: dict, dtype: str, reload:
         truth = {t: np.array(ds.labels) for t, ds in sets.items()}
         fp32 = labels(model, tokenizer, sets)
         if int8 is None:
-            int8 = judge(best, fp32, labels(quantize_backbone(reload(), tokenizer), tokenizer, sets), truth)
+            int8_model = quantize_backbone(reload(), tokenizer)
+            int8 = judge(best, fp32, labels(int8_model, tokenizer, sets), truth)
             write_atomic(lambda p: p.write_text(json.dumps(asdict(int8), indent=1)), folder / CHECK_FILE)
         if not int8.passed and try_bf16 and bf16 is None:
             bf16 = judge(best, fp32, labels(model, tokenizer, sets, autocast=True), truth, precision="bf16")
             write_atomic(lambda p: p.write_text(json.dumps(asdict(bf16), indent=1)), folder / BF16_CHECK_FILE)
     if int8.passed:
-        return quantize_backbone(model, tokenizer), "int8", f"int8: {int8.summary()}"
+        if int8_model is None:  # the cached verdict: quantise now
+            int8_model = quantize_backbone(model, tokenizer)
+        return int8_model, "int8", f"int8: {int8.summary()}"
     if try_bf16 and bf16.passed:
         return model, "bf16", f"bf16 autocast, int8 did not pass: {int8.summary()}; {bf16.summary()}"
     nor_bf16 = f"; nor did bf16: {bf16.summary()}" if try_bf16 else ""
