@@ -13,7 +13,8 @@ in the same process:
 Cells: nothing (the fp32 check); everything with alpha 0 (no smoothing) and 0.5 to 0.7; each layer
 kind alone (alpha 0.5) to find the sensitive ones; layer 5's FFN output kept in fp32 (the most
 sensitive single layer in a first fixture-only scan); and the FFN output with per-token zero points
-(quant.Int8Linear), which is what quant.py does by default (alpha 0.5).
+(quant.Int8Linear); then with each layer's largest smoothed input channels summed in fp32 (quant.py's
+default since: alpha 0.5, 8 channels).
 One JSON per cell in experiments/results/int8_layers/; the table goes to experiments/int8_layers.md.
 """
 from __future__ import annotations
@@ -44,13 +45,16 @@ RESULTS = HERE / "results" / "int8_layers"
 REFERENCE = json.loads((ROOT / "tests" / "fixtures" / "reference.json").read_text(encoding="utf-8"))
 
 
-def cells() -> dict[str, tuple[float, tuple, tuple]]:
-    """cell name -> (alpha, the (layer, name) pairs kept in fp32, the names with per-token zero points)."""
-    out = {"fp32 (nothing quantised)": (0.0, ALL, ())}
-    out |= {f"all int8, alpha {a}": (a, (), ()) for a in (0.0, 0.5, 0.6, 0.7)}
-    out |= {f"only {n} int8, alpha 0.5": (0.5, tuple(p for p in ALL if p[1] != n), ()) for n in LINEAR_NAMES}
-    out["all but layer 5 ffn_out int8, alpha 0.5"] = (0.5, ((5, "ffn_out"),), ())
-    out |= {f"all int8, alpha {a}, ffn_out zero point": (a, (), ("ffn_out",)) for a in (0.5, 0.6)}
+def cells() -> dict[str, tuple[float, tuple, tuple, int]]:
+    """cell name -> (alpha, the (layer, name) pairs kept in fp32, the names with per-token zero points, the
+    outlier input channels per layer summed in fp32)."""
+    out = {"fp32 (nothing quantised)": (0.0, ALL, (), 0)}
+    out |= {f"all int8, alpha {a}": (a, (), (), 0) for a in (0.0, 0.5, 0.6, 0.7)}
+    out |= {f"only {n} int8, alpha 0.5": (0.5, tuple(p for p in ALL if p[1] != n), (), 0) for n in LINEAR_NAMES}
+    out["all but layer 5 ffn_out int8, alpha 0.5"] = (0.5, ((5, "ffn_out"),), (), 0)
+    out |= {f"all int8, alpha {a}, ffn_out zero point": (a, (), ("ffn_out",), 0) for a in (0.5, 0.6)}
+    out |= {f"all int8, alpha 0.5, ffn_out zero point, {k} outlier channels in fp32": (0.5, (), ("ffn_out",), k)
+            for k in (8, 32)}
     return out
 
 
@@ -66,11 +70,11 @@ def fp32_reference(fixture: list[str], pairs: list) -> dict:
 
 
 def measure(alpha: float, keep_float: tuple, zero_point: tuple, reference: dict, fixture: list[str],
-            pairs: list, make=Int8Linear) -> dict:
+            pairs: list, make=Int8Linear, outlier_channels: int = 0) -> dict:
     """Quantise a fresh encoder (make: the int8 layer, as quant.quantize) and compare it with the fp32 reference,
     and with sentence-transformers' fixture embeddings."""
     encoder = SentenceEncoder.from_pretrained()
-    quantize(encoder, alpha, keep_float, zero_point, make=make)
+    quantize(encoder, alpha, keep_float, zero_point, outlier_channels=outlier_channels, make=make)
     swapped = sum(not isinstance(m, nn.Linear) for layer in encoder.model.layers for m in linears(layer).values())
     assert swapped == 72 - len(keep_float), f"{swapped} layers swapped, expected {72 - len(keep_float)}"
     emb = encoder.encode(fixture)
@@ -79,7 +83,7 @@ def measure(alpha: float, keep_float: tuple, zero_point: tuple, reference: dict,
     first, second = encoder.encode([p[0] for p in pairs]), encoder.encode([p[1] for p in pairs])
     score = 100 * spearman((first * second).sum(1).numpy(), np.array([p[2] for p in pairs]))
     stsb_cos = torch.cat([(first * reference["first"]).sum(1), (second * reference["second"]).sum(1)])
-    return {"alpha": alpha, "fp32_layers": len(keep_float), "fixture_min_cos": round(cos.min().item(), 5),
+    return {"alpha": alpha, "fp32_layers": len(keep_float), "outlier_channels": outlier_channels, "fixture_min_cos": round(cos.min().item(), 5),
             "fixture_mean_cos": round(cos.mean().item(), 5), "fixture_min_cos_st": round(to_st.min().item(), 5),
             "stsb_min_cos": round(stsb_cos.min().item(), 5), "stsb_test_spearman": round(score, 2)}
 
@@ -108,12 +112,13 @@ def main() -> None:
         fixture = REFERENCE["sentences"]
         pairs = read_stsb("test", None)
         reference = None
-        for name, (alpha, keep, zero) in todo.items():
+        for name, (alpha, keep, zero, outliers) in todo.items():
             if (RESULTS / f"{slug(name)}.json").is_file():
                 continue
             if reference is None:
                 reference = fp32_reference(fixture, pairs)
-            r = cell(RESULTS, slug(name), lambda: measure(alpha, keep, zero, reference, fixture, pairs))
+            r = cell(RESULTS, slug(name), lambda: measure(alpha, keep, zero, reference, fixture, pairs,
+                                                                    outlier_channels=outliers))
             print(f"{name}: {r}", flush=True)
     results = {name: json.loads(p.read_text()) for name in todo if (p := RESULTS / f"{slug(name)}.json").is_file()}
     if results:

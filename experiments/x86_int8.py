@@ -93,12 +93,12 @@ def slug(name: str) -> str:
 
 def measure(engine: str, per_channel: bool, alpha: float, keep_float: tuple, reference: dict, pairs: list) -> dict:
     if engine == "int8linear":
-        make = lambda linear, smooth, zero_point: Int8Linear(linear, smooth, zero_point, kernel="fbgemm")  # noqa: E731
+        make = lambda linear, smooth, zero_point, outliers: Int8Linear(linear, smooth, zero_point, "fbgemm", outliers)  # noqa: E731
         result = int8_layers.measure(alpha, keep_float, ZERO_POINT, reference, REFERENCE["sentences"], pairs, make=make)
         return {"engine": "fbgemm", "per_channel": per_channel, **result, "torch": torch.__version__}
     torch.backends.quantized.engine = engine
     result = int8_layers.measure(alpha, keep_float, (), reference, REFERENCE["sentences"], pairs,
-                                 make=lambda linear, smooth, zero_point: EngineLinear(linear, smooth, per_channel))
+                                 make=lambda linear, smooth, zero_point, outliers: EngineLinear(linear, smooth, per_channel))
     return {"engine": engine, "per_channel": per_channel, **result, "torch": torch.__version__}
 
 
@@ -110,7 +110,7 @@ def time_kernels(sentences: list[str], rounds: int, batch_size: int) -> dict:
     from speed.quant import quantize
 
     def int8(kernel: str):  # as load_encoder(dtype="int8") builds it, on the kernel asked for
-        make = lambda linear, smooth, zero_point: Int8Linear(linear, smooth, zero_point, kernel=kernel)  # noqa: E731
+        make = lambda linear, smooth, zero_point, outliers: Int8Linear(linear, smooth, zero_point, kernel, outliers)  # noqa: E731
         return quantize(SentenceEncoder.from_pretrained(), make=make)
 
     kernels = (["onednn"] if native_int8() else []) + ["fbgemm", "fp32"]

@@ -50,8 +50,19 @@ for this file) when the model is loaded. (SmoothQuant folds 1/m into the LayerNo
 layer; in this post-LN model that LayerNorm's output is also the residual stream, so here the
 division is one multiply on the input instead.)
 
-Which layers stay in fp32, and alpha, are measured decisions: experiments/int8_layers.py and its
-table, experiments/int8_layers.md.
+Smoothing shrinks the outlier channels but does not remove them: at alpha 0.5 a channel's range
+becomes sqrt(max|x| * max|W|), still the largest in its token. So, as in LLM.int8() (Dettmers et al.
+2022), the OUTLIER_CHANNELS input channels with the largest smoothed range in the calibration pass
+skip int8 altogether: their columns are zero in the int8 weight (and in the input, through inv_smooth),
+and one small fp32 matmul adds them back:
+
+    x W^T = x[:, rest] W[:, rest]^T (int8, as above) + x[:, outliers] W[:, outliers]^T (fp32, 8 columns)
+
+Each token's scale is then set by its ninth largest channel. On a fine-tuned Banking77 + SST-2 run this
+cut the labels that differ from fp32 from 28 to 19 of 3,952 (speed/int8_check.py; experiments/predict_int8.md).
+
+Which layers stay in fp32, alpha, and the outlier count are measured decisions: experiments/int8_layers.py
+and its table, experiments/int8_layers.md.
 """
 from __future__ import annotations
 
@@ -77,6 +88,9 @@ EXACT_FP32_TERMS = 2**24 // (INPUT_MAX * WEIGHT_MAX)  # 2,096
 # FFN output, all 72 layers in int8 meet the accuracy targets (experiments/int8_layers.md); one fp32
 # layer would cost as much time as several int8 ones.
 KEEP_FLOAT: tuple[tuple[int, str], ...] = ()
+# input channels per layer that skip int8 (see the module docstring): 8 of 768 or 3,072. 16 and 32 agreed
+# with fp32 no better on the fine-tuned run (experiments/predict_int8.md)
+OUTLIER_CHANNELS = 8
 CALIBRATION = [
     "How do I reset my password if I no longer have access to my email?",
     "The train was forty minutes late, so we missed the start of the concert.",
@@ -163,20 +177,29 @@ class Int8Linear(nn.Module):
     zero_point: quantise each token's [min, max] instead of [-max|x|, max|x|]. For an input that is
     one-sided, like GELU's output (never below -0.17), the symmetric range leaves almost half of the
     int8 codes unused; with the midpoint z subtracted first, the step halves. Since
-    x = s q + z, x W^T = s (q W^T) + z * (sum of each row of W): one more term, precomputed."""
+    x = s q + z, x W^T = s (q W^T) + z * (sum of each row of W): one more term, precomputed.
+
+    outliers: input channels summed in fp32 instead (a LongTensor of indices; see the module docstring)."""
 
     def __init__(self, linear: nn.Linear, smooth: torch.Tensor | None = None, zero_point: bool = False,
-                 kernel: str | None = None):
+                 kernel: str | None = None, outliers: torch.Tensor | None = None):
         super().__init__()
         w = linear.weight.detach().float()
         if smooth is None:
             smooth = torch.ones(linear.in_features)
+        if outliers is None:
+            outliers = torch.zeros(0, dtype=torch.long)
+        self.register_buffer("outliers", outliers)
+        self.register_buffer("outlier_weight", w[:, outliers].t().contiguous())  # (k, out), fp32, not smoothed
+        inv_smooth = 1 / smooth
+        inv_smooth[outliers] = 0  # the outlier channels reach the int8 sums as zeros...
         w = w * smooth  # x W^T = (x / smooth) (W * smooth)^T; a copy, so in place below is safe
+        w[:, outliers] = 0  # ...and their weights neither count nor set a row's scale
         scale = w.abs().amax(dim=1).clamp(min=1e-12) / WEIGHT_MAX
         q = w.div_(scale[:, None]).round_()
         self.register_buffer("weight", q.to(torch.int8))  # (out, in) as in nn.Linear
         self.register_buffer("scale", scale)
-        self.register_buffer("inv_smooth", 1 / smooth)
+        self.register_buffer("inv_smooth", inv_smooth)
         self.register_buffer("bias", linear.bias.detach().float() if linear.bias is not None else torch.zeros_like(scale))
         self.register_buffer("row_sums", q.sum(dim=1) * scale if zero_point else None)  # sum_i W^[o, i]
         self.in_features, self.out_features, self.zero_point = linear.in_features, linear.out_features, zero_point
@@ -187,6 +210,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
+        outliers = x.reshape(-1, shape[-1])[:, self.outliers].float()  # (T, k): summed in fp32 at the end
         x = x.reshape(-1, shape[-1]).float() * self.inv_smooth  # a new tensor: the in-place ops below are safe
         # Row-wise amax and amin, not torch.aminmax or vector_norm(x, inf): on a (332, 3072) input on 2 EPYC
         # cores, torch 2.13 took 1.1 and 1.3 ms for those two against 0.06 ms for amax + amin, and they were
@@ -202,6 +226,7 @@ class Int8Linear(nn.Module):
         y = torch.addcmul(self.bias, torch.mul(y, self.scale), s)  # y * s_w[o] * s_x[t] + b[o], in fp32
         if self.zero_point:
             y.addcmul_(zero, self.row_sums)  # + z[t] * sum_i W^[o, i]
+        y.addmm_(outliers, self.outlier_weight)  # + x[:, outliers] W[:, outliers]^T
         return y.reshape(*shape[:-1], self.out_features).to(dtype)
 
     def int_sums(self, q: torch.Tensor) -> torch.Tensor:
@@ -215,7 +240,7 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, int8: weights per output "
                 f"channel, inputs per token{' with a zero point' if self.zero_point else ''}, sums by "
-                f"{KERNEL_NAMES[self.kernel]}")
+                f"{KERNEL_NAMES[self.kernel]}, {len(self.outliers)} outlier input channels in fp32")
 
 
 def linears(layer: nn.Module) -> dict[str, nn.Linear]:
@@ -250,11 +275,12 @@ def input_ranges(encoder, sentences: list[str]) -> dict[tuple[int, str], torch.T
 
 
 def quantize(encoder, alpha: float = ALPHA, keep_float=KEEP_FLOAT, zero_point=ZERO_POINT,
-             calibration: list[str] = CALIBRATION, make=Int8Linear):
+             calibration: list[str] = CALIBRATION, outlier_channels: int = OUTLIER_CHANNELS, make=Int8Linear):
     """Replace the encoder's linear layers by smoothed Int8Linear, except the (layer, name) pairs in
-    keep_float; the names in zero_point get per-token zero points. alpha = 0 quantises without
-    smoothing. In place; returns the encoder. Inference only. make(linear, smooth, zero_point=...)
-    builds each int8 layer: Int8Linear, or another kernel route to compare (experiments/x86_int8.py)."""
+    keep_float; the names in zero_point get per-token zero points, and each layer's outlier_channels
+    largest smoothed input channels stay fp32. alpha = 0 quantises without smoothing. In place; returns
+    the encoder. Inference only. make(linear, smooth, zero_point=..., outliers=...) builds each int8
+    layer: Int8Linear, or another kernel route to compare (experiments/x86_int8.py)."""
     unknown = {name for _, name in keep_float} - set(LINEAR_NAMES)
     if unknown:
         raise ValueError(f"keep_float names {sorted(unknown)} are not linear layers; choose from {LINEAR_NAMES}")
@@ -263,10 +289,11 @@ def quantize(encoder, alpha: float = ALPHA, keep_float=KEEP_FLOAT, zero_point=ZE
         found = linears(layer)
         for group in SMOOTHING_GROUPS:
             w_range = torch.stack([found[n].weight.detach().float().abs().amax(dim=0) for n in group]).amax(dim=0)
-            smooth = ranges[(i, group[0])].clamp(min=1e-5) ** alpha / w_range.clamp(min=1e-5) ** (1 - alpha)
+            smooth = (ranges[(i, group[0])].clamp(min=1e-5) ** alpha / w_range.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)
+            outliers = (ranges[(i, group[0])] / smooth).topk(outlier_channels).indices.sort().values
             for name in group:
                 if (i, name) in keep_float:
                     continue
-                set_linear(layer, name, make(found[name], smooth.clamp(min=1e-5), zero_point=name in zero_point))
+                set_linear(layer, name, make(found[name], smooth, zero_point=name in zero_point, outliers=outliers))
         release_freed_memory()
     return encoder

@@ -76,12 +76,12 @@ def test_int8_linear_gives_the_same_output_on_every_kernel(cpu):
                                    (("asimd",), "aarch64", "fp32")):
         cpu(*flags, machine=machine)
         assert Int8Linear(linear).kernel == kernel
-    for zero_point in (False, True):
+    for zero_point, outliers in ((False, None), (True, None), (True, torch.tensor([7, 100]))):
         outputs = {}
         for kernel in ["onednn", "fp32"] + (["fbgemm"] if FBGEMM else []):
             with torch.no_grad():
-                outputs[kernel] = Int8Linear(linear, zero_point=zero_point, kernel=kernel)(x)
-        assert all(torch.equal(y, outputs["onednn"]) for y in outputs.values()), zero_point
+                outputs[kernel] = Int8Linear(linear, zero_point=zero_point, kernel=kernel, outliers=outliers)(x)
+        assert all(torch.equal(y, outputs["onednn"]) for y in outputs.values()), (zero_point, outliers)
     with pytest.raises(ValueError, match="kernel must be"):
         Int8Linear(linear, kernel="fbgem")
 
@@ -132,6 +132,27 @@ def test_smoothing_lowers_the_error_on_an_outlier_channel():
         plain = (Int8Linear(linear)(x) - want).abs().mean()
         smooth = (Int8Linear(linear, m)(x) - want).abs().mean()
     assert smooth < plain, (smooth, plain)  # measured: 0.023 against 0.044
+
+
+@pytest.mark.numerics
+def test_outlier_channels_skip_int8():
+    """An input that lives only in the outlier channels comes out as fp32 computes it (the int8 sums are all
+    zero); on the outlier input above, summing channel 7 in fp32 lowers the error, smoothed or not."""
+    linear, x = linear_with_outlier_input()
+    m = x.abs().amax(0) ** 0.5 / linear.weight.abs().amax(0) ** 0.5
+    outliers = torch.tensor([7, 100])
+    only = torch.zeros_like(x)
+    only[:, outliers] = x[:, outliers]
+    with torch.no_grad():
+        got, want = Int8Linear(linear, m, outliers=outliers)(only), linear(only)
+        # two products and a bias, summed in another order: a few fp32 ulps of sum |x_i W_i| + |b|
+        bound = 8 * 2.0 ** -24 * ((only.abs() @ linear.weight.abs().t()) + linear.bias.abs())
+        assert ((got - want).abs() <= bound).all()
+        want = linear(x)
+        for smooth in (None, m):
+            without = (Int8Linear(linear, smooth)(x) - want).abs().mean()
+            with_fp32 = (Int8Linear(linear, smooth, outliers=torch.tensor([7]))(x) - want).abs().mean()
+            assert with_fp32 < without, (smooth is not None, with_fp32, without)
 
 
 def test_quantize_rejects_unknown_layer_names(encoder):
