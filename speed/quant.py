@@ -88,8 +88,9 @@ EXACT_FP32_TERMS = 2**24 // (INPUT_MAX * WEIGHT_MAX)  # 2,096
 # FFN output, all 72 layers in int8 meet the accuracy targets (experiments/int8_layers.md); one fp32
 # layer would cost as much time as several int8 ones.
 KEEP_FLOAT: tuple[tuple[int, str], ...] = ()
-# input channels per layer that skip int8 (see the module docstring): 8 of 768 or 3,072. 16 and 32 agreed
-# with fp32 no better on the fine-tuned run (experiments/predict_int8.md)
+# input channels per layer that skip int8 (see the module docstring): 8 of 768 or 3,072. 16 and 32 gave the
+# same labels as fp32 no more often on a fine-tuned run, and 32 lifted the fixture's worst cosine only from
+# 0.995 to 0.997 (experiments/int8_layers.md)
 OUTLIER_CHANNELS = 8
 CALIBRATION = [
     "How do I reset my password if I no longer have access to my email?",
