@@ -10,7 +10,9 @@ Runs (trained here with default flags when missing, in runs/predict-int8/):
                  benchmarks, 2,000 steps of 16 (about 40% of an epoch of the two; ~15 min on 2 cores, where
                  the converged run of experiments/converged.py takes hours); its check covers Banking77's
                  3,080 test rows and SST-2's 872 dev rows (GLUE hides its test labels)
-For each, one cell in experiments/results/predict_int8/: the check's verdict on the run's test rows
+For each run and CPU type, one cell in experiments/results/predict_int8/ (RUN-CPU.json, CPU as cpu_type()
+names it, since a speed ratio belongs to the CPU it was measured on, and the run is trained anew on each
+machine): the check's verdict on the run's test rows
 (speed/int8_check.py: the same label on >= 99.5% of rows, accuracy within 0.3 points; where int8 fails
 on a CPU with native bf16, bf16 autocast's), and the throughput of Classifier.predict on 2,000 SST-2
 training sentences in fp32, in int8 and as --dtype auto serves the run, 3 rounds interleaved in one
@@ -18,7 +20,7 @@ process (median, and the spread over rounds).
 
     python experiments/predict_int8.py --alternatives   # also: how close do other precisions come to fp32?
 
-With --alternatives, one more cell per run (alternatives-RUN.json): the same check for precisions that
+With --alternatives, one more cell per run and CPU type (alternatives-RUN-CPU.json): the same check for precisions that
 predict.py does not serve, on the same rows against the same fp32 labels: bf16 autocast, and int8 without
 the outlier channels summed in fp32 (quant.OUTLIER_CHANNELS = 0: quant.py before them). Agreement only,
 no timing: they say how strict the check is, and what the outlier channels buy, not what is fast.
@@ -44,6 +46,21 @@ WORK = ROOT / "runs" / "predict-int8"
 RUNS = {"reviews": [], "banking77": ["--task-a", "banking77", "--task-b", "none", "--freeze", "backbone"],
         "banking77-sst2": ["--task-a", "banking77", "--task-b", "sst2", "--max-steps", "2000"]}
 SENTENCES, ROUNDS = 2000, 3
+
+
+def cpu_type() -> str:
+    """This CPU's type in a file name: "family26-avx512" (Zen 5). The family number alone does not say
+    enough, since Zen 3 (AVX2 only) and Zen 4 (AVX-512) are both family 25."""
+    from speed.hardware import cpu_flags, cpu_name
+
+    family = cpu_name().rpartition("family ")[2] if "family" in cpu_name() else "unknown"
+    return f"family{family}-{'avx512' if 'avx512f' in cpu_flags() else 'avx2'}"
+
+
+def cells(prefix: str = "") -> list[dict]:
+    """Every CPU type's cell for each run, in RUNS's order."""
+    return [json.loads(path.read_text()) for name in RUNS
+            for path in sorted(RESULTS.glob(f"{prefix}{name}-family*.json"))]
 
 
 def trained(name: str) -> Path:
@@ -103,7 +120,7 @@ def alternatives(name: str) -> dict:
 
 
 def alternatives_table() -> list[str]:
-    rows = [json.loads(path.read_text()) for name in RUNS if (path := RESULTS / f"alternatives-{name}.json").is_file()]
+    rows = cells(prefix="alternatives-")
     if not rows:
         return []
     lines = ["", "Other precisions against the same fp32 labels (`--alternatives`; predict.py serves neither):", "",
@@ -124,13 +141,8 @@ def table() -> str:
              "| run | test rows | same label | accuracy fp32 -> int8 | served | fp32 sentences/s | int8 sentences/s | "
              "int8 / fp32 | served / fp32 | first check | CPU |",
              "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for name in RUNS:
-        path = RESULTS / f"{name}.json"
-        if not path.is_file():
-            lines.append(f"| {name} | not run | | | | | | | | | |")
-            continue
-        r = json.loads(path.read_text())
-        v, rates = r["verdict"], r["rates"]
+    for r in cells():
+        name, v, rates = r["run"], r["verdict"], r["rates"]
         accuracy = ", ".join(f"{t} {a:.2f} -> {b:.2f}" for t, (a, b) in v["accuracy"].items())
         fp32, int8 = (statistics.median(rates[k]) for k in ("fp32", "int8"))
         spread = lambda k: f"{min(rates[k]):.0f}-{max(rates[k]):.0f}"
@@ -159,10 +171,10 @@ def main() -> None:
     if not args.table_only:
         for name in RUNS:
             print(f"== {name}", file=sys.stderr, flush=True)
-            cell(RESULTS, name, lambda n=name: measure(n))
+            cell(RESULTS, f"{name}-{cpu_type()}", lambda n=name: measure(n))
         if args.alternatives:
             for name in RUNS:
-                cell(RESULTS, f"alternatives-{name}", lambda n=name: alternatives(n))
+                cell(RESULTS, f"alternatives-{name}-{cpu_type()}", lambda n=name: alternatives(n))
     (HERE / "predict_int8.md").write_text(table())
     print(table())
 
