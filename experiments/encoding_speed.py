@@ -19,8 +19,7 @@ RESULTS = HERE / "results"
 # file -> what the run's CPU line cannot say by itself
 RUNS = {
     "bench_compare_family26.json": "AMD EPYC family 26 (Zen 5): full-width AVX-512, VNNI, BF16",
-    "bench_compare.json": "AMD EPYC with AVX-512, VNNI and BF16, family not recorded then (its fp32 GEMM rate, "
-                          "and ONNX Runtime's fp32 level with MKL's, fit half-width AVX-512: Zen 4)",
+    "bench_compare_family25.json": "AMD EPYC family 25 with AVX-512 (Zen 4): half-width AVX-512, VNNI, BF16",
     "bench_compare_avx2.json": "AMD EPYC, AVX2 only (no AVX-512, no VNNI, no bf16)",
 }
 FP32_PEERS = ("onnx-cpu-fp32", "onnx-cpu-O3", "openvino-cpu-f32")
