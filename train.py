@@ -251,7 +251,7 @@ class Run:
 
 def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, resume: bool,
           world: World = World(), val_sets: dict | None = None) -> Run:
-    """Sampler, freezing, optimizer groups, schedule and the speed path; on resume, all as last saved."""
+    """Sampler, freezing, optimizer groups and schedule; on resume, all as last saved; then the speed path."""
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     device = world.device(cfg.device)
     model.to(device)
@@ -269,36 +269,47 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     class_weights = ({t: balanced_class_weights(ds.labels, len(ds.label_names)) for t, ds in train_sets.items()}
                      if cfg.class_weights else None)
-    progress = Progress()
+    run = Run(cfg=cfg, model=model, forward=model, tokenizer=tokenizer, pools=pools, sampler=sampler,
+              optimizer=optimizer, scheduler=scheduler, clip_grad_norm=torch.nn.utils.clip_grad_norm_,
+              unfreezer=unfreezer, class_weights=class_weights, total_steps=total_steps, progress=Progress(),
+              device=device, bf16=precision(cfg) == "bf16", out=Path(cfg.out), world=world)
     if resume:
-        weights, optimizer_state, state = load_training_state(Path(cfg.out) / "last.safetensors")
-        model.load_state_dict({k: v.to(device) for k, v in weights.items()})
-        optimizer.load_state_dict(optimizer_state)
-        scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
-        rngs = state["torch_rng"]  # one per rank; a resume with more processes re-uses rank 0's for the new ones
-        torch.set_rng_state(rngs[world.rank] if world.rank < len(rngs) else rngs[0])
-        progress = Progress.from_dict(state["progress"])
-        if unfreezer:
-            unfreezer.catch_up(progress.unfrozen)
-        print(f"resumed {cfg.out} at epoch {progress.epoch + 1}, step {progress.step}", file=sys.stderr)
-    bf16 = precision(cfg) == "bf16"
-    clip_grad_norm = torch.nn.utils.clip_grad_norm_
-    if not cfg.plain:  # the speed path: same arithmetic, faster (speed/training.py)
-        from speed.training import speed_up
+        restore(run)
+    if not cfg.plain:
+        install_speed_path(run, val_sets or {})
+    run.forward = world.wrap(model)  # under torchrun, DDP; else the model itself
+    return run
 
-        trainable = any(p.requires_grad for p in model.parameters())
-        cache = trainable and not cfg.no_cache and unfreezer is None  # every rank caches every pool
-        val_texts = [t for ds in (val_sets or {}).values() for t in ds.texts]
-        speed = speed_up(model, optimizer, tokenizer, train_texts=[t for p in pools for t in p.texts] if cache else None,
-                         val_texts=val_texts, autocast=bf16, ddp=world.size > 1)
-        clip_grad_norm = speed.clip_grad_norm
-        if speed.cache_s:  # a cache was filled in this process (on resume too): its time, as before the redesign
-            progress.cache_s = speed.cache_s
-    return Run(cfg=cfg, model=model, forward=world.wrap(model), tokenizer=tokenizer, pools=pools, sampler=sampler,
-               optimizer=optimizer, scheduler=scheduler, clip_grad_norm=clip_grad_norm, unfreezer=unfreezer,
-               class_weights=class_weights, total_steps=total_steps, progress=progress, device=device, bf16=bf16,
-               out=Path(cfg.out), world=world)
+
+def restore(run: Run) -> None:
+    """--resume: the weights, optimizer, schedule, sampler, random state and progress of last.safetensors."""
+    weights, optimizer_state, state = load_training_state(run.out / "last.safetensors")
+    run.model.load_state_dict({k: v.to(run.device) for k, v in weights.items()})
+    run.optimizer.load_state_dict(optimizer_state)
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.sampler.load_state_dict(state["sampler"])
+    rngs, rank = state["torch_rng"], run.world.rank  # one per rank; more processes now re-use rank 0's
+    torch.set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+    run.progress = Progress.from_dict(state["progress"])
+    if run.unfreezer:
+        run.unfreezer.catch_up(run.progress.unfrozen)
+    print(f"resumed {run.out} at epoch {run.progress.epoch + 1}, step {run.progress.step}", file=sys.stderr)
+
+
+def install_speed_path(run: Run, val_sets: dict) -> None:
+    """speed/training.py's speed_up: the same arithmetic, faster (off with --plain). It caches the frozen
+    bottom's outputs when there is one to skip and nothing will thaw (every rank caches every pool)."""
+    from speed.training import speed_up
+
+    trainable = any(p.requires_grad for p in run.model.parameters())
+    cache = trainable and not run.cfg.no_cache and run.unfreezer is None
+    speed = speed_up(run.model, run.optimizer, run.tokenizer,
+                     train_texts=[t for p in run.pools for t in p.texts] if cache else None,
+                     val_texts=[t for ds in val_sets.values() for t in ds.texts], autocast=run.bf16,
+                     ddp=run.world.size > 1)
+    run.clip_grad_norm = speed.clip_grad_norm
+    if speed.cache_s:  # a cache was filled in this process (on resume too): its time
+        run.progress.cache_s = speed.cache_s
 
 
 # ----------------------------------------------------------------------------- one step
