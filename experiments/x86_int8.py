@@ -129,7 +129,8 @@ def time_kernels(sentences: list[str], rounds: int, batch_size: int) -> dict:
     rates = {name: [len(sentences) / t for t in ts] for name, ts in seconds.items()}
     return {"sentences": len(sentences), "batch_size": batch_size, "rounds": rounds, "torch": torch.__version__,
             "sentences_per_s": {name: {"median": round(statistics.median(r), 1), "min": round(min(r), 1),
-                                       "max": round(max(r), 1)} for name, r in rates.items()}}
+                                       "max": round(max(r), 1)} for name, r in rates.items()},
+            "round_sentences_per_s": {name: [round(x, 1) for x in r] for name, r in rates.items()}}
 
 
 def speed_table(results: list[dict]) -> list[str]:
@@ -143,6 +144,11 @@ def speed_table(results: list[dict]) -> list[str]:
                   f"{r['rounds']} rounds:", "", "| encoder | sentences/s | × fp32 |", "| --- | ---: | ---: |"]
         lines += [f"| {name} | {v['median']:.1f} [{v['min']:.1f}, {v['max']:.1f}] | {v['median'] / fp32:.2f} |"
                   for name, v in rates.items()]
+        rounds = r.get("round_sentences_per_s")  # kept since the Zen 4 run
+        if rounds and "int8, onednn" in rounds:
+            ratios = [b / a for a, b in zip(rounds["int8, onednn"], rounds["int8, fbgemm"])]
+            lines += ["", f"FBGEMM against oneDNN round by round: {statistics.median(ratios):.2f}× (median), "
+                      f"{min(ratios):.2f}-{max(ratios):.2f}; faster in {sum(x > 1 for x in ratios)} of {len(ratios)} rounds."]
     return lines
 
 
