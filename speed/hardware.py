@@ -110,9 +110,9 @@ def encoder_precision(dtype: str | torch.dtype | None, device: str | torch.devic
     """The encoder's precision, "fp32", "bf16" or "int8", and why, for SentenceEncoder.from_pretrained.
 
     'auto' picks the fastest path that keeps the model's quality (experiments/int8_layers.md) on this
-    hardware: on a CPU with VNNI, int8 linear layers (quant.py), which bench.py measured at 1.15x
-    native bf16 on an AVX-512 BF16 CPU (VNNI multiplies int8 at twice bf16's rate) and at 1.6x fp32
-    with that CPU's kernels capped at AVX2 (docs/encoding-speed.md); on a CPU without, fp32: int8 there
+    hardware: on a CPU with VNNI, int8 linear layers (quant.py), which `bench.py --compare` measured at
+    1.29x and 1.25x native bf16 on Zen 4 and Zen 5 EPYCs (VNNI multiplies int8 at twice bf16's rate;
+    docs/encoding-speed.md); on a CPU without, fp32: int8 there
     runs on FBGEMM (int8_kernel), and that has not yet been timed against fp32 on an AVX2-only CPU
     (experiments/x86_int8.py --speed); on a GPU, bf16 where it has it, else fp32. Training has no int8
     path: it uses resolve_dtype below.
