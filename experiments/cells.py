@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from reliability.checkpoint import write_atomic
-from speed.hardware import describe
+from speed.hardware import cpu_flags, cpu_name, describe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,6 +24,13 @@ def cell(results: Path, name: str, compute: Callable[[], dict]) -> dict:
     results.mkdir(parents=True, exist_ok=True)
     write_atomic(lambda p: p.write_text(json.dumps(result, indent=2)), path)
     return result
+
+
+def cpu_type() -> str:
+    """This CPU's type in a file name: "family26-avx512" (Zen 5). The family number alone does not say
+    enough, since Zen 3 (AVX2 only) and Zen 4 (AVX-512) are both family 25."""
+    family = cpu_name().rpartition("family ")[2] if "family" in cpu_name() else "unknown"
+    return f"family{family}-{'avx512' if 'avx512f' in cpu_flags() else 'avx2'}"
 
 
 def frozen_embeddings(texts: list[str]):

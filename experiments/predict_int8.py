@@ -10,7 +10,7 @@ Runs (trained here with default flags when missing, in runs/predict-int8/):
                  benchmarks, 2,000 steps of 16 (about 40% of an epoch of the two; ~15 min on 2 cores, where
                  the converged run of experiments/converged.py takes hours); its check covers Banking77's
                  3,080 test rows and SST-2's 872 dev rows (GLUE hides its test labels)
-For each run and CPU type, one cell in experiments/results/predict_int8/ (RUN-CPU.json, CPU as cpu_type()
+For each run and CPU type, one cell in experiments/results/predict_int8/ (RUN-CPU.json, CPU as cells.cpu_type()
 names it, since a speed ratio belongs to the CPU it was measured on, and the run is trained anew on each
 machine): the check's verdict on the run's test rows
 (speed/int8_check.py: the same label on >= 99.5% of rows, accuracy within 0.3 points; where int8 fails
@@ -39,22 +39,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from cells import cell  # noqa: E402
+from cells import cell, cpu_type  # noqa: E402
 
 RESULTS = HERE / "results" / "predict_int8"
 WORK = ROOT / "runs" / "predict-int8"
 RUNS = {"reviews": [], "banking77": ["--task-a", "banking77", "--task-b", "none", "--freeze", "backbone"],
         "banking77-sst2": ["--task-a", "banking77", "--task-b", "sst2", "--max-steps", "2000"]}
 SENTENCES, ROUNDS = 2000, 3
-
-
-def cpu_type() -> str:
-    """This CPU's type in a file name: "family26-avx512" (Zen 5). The family number alone does not say
-    enough, since Zen 3 (AVX2 only) and Zen 4 (AVX-512) are both family 25."""
-    from speed.hardware import cpu_flags, cpu_name
-
-    family = cpu_name().rpartition("family ")[2] if "family" in cpu_name() else "unknown"
-    return f"family{family}-{'avx512' if 'avx512f' in cpu_flags() else 'avx2'}"
 
 
 def cells(prefix: str = "") -> list[dict]:
