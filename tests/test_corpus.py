@@ -231,6 +231,22 @@ def test_the_output_must_be_a_npy_file(tmp_path, lines):
     assert proc.returncode == 2 and "--output FILE.npy" in proc.stderr
 
 
+def test_compile_is_for_fp32_only(tmp_path, lines):
+    proc = run_cli("--input", lines, "--output", tmp_path / "emb.npy", "--compile", "--dtype", "int8")
+    assert proc.returncode == 2 and "--compile runs the fp32 encoder" in proc.stderr
+
+
+def test_compile_gives_the_eager_rows(encoder, lines, tmp_path):
+    """--compile (speed/compiled.py): Inductor's fused kernels sum in another order than eager PyTorch, so
+    the rows agree to rounding, held to the parity test's 1e-5 (sentence-transformers sums in another
+    order again)."""
+    proc = run_cli("--input", lines, "--output", tmp_path / "emb.npy", "--compile")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "the compile pays for itself above" in proc.stderr
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "emb.npy")), encoder.encode(SENTENCES),
+                               rtol=0, atol=1e-5)
+
+
 def test_two_processes_under_torchrun_write_the_same_file_as_one(lines, tmp_path):
     """`torchrun --nproc_per_node=2 -m scale.corpus --input ...`: 2 gloo processes, chunk i on rank i % 2,
     give the same bytes as one process (one thread each, so every chunk runs the same arithmetic)."""
