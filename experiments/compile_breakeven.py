@@ -83,9 +83,10 @@ def table() -> str:
     for path in sorted(RESULTS.glob("*.json")):
         r = json.loads(path.read_text())
         ratios = r["round_ratios"]
-        breakeven = f"{r['breakeven_sentences']:,} sentences" if r["breakeven_sentences"] else "never"
-        million = (f"{1e6 / r['eager_per_s'] / 3600:.2f} h → {(1e6 / r['compiled_per_s'] + r['compile_s']) / 3600:.2f} h"
-                   if r["breakeven_sentences"] else "-")
+        breakeven, million = "never", "-"
+        if r["breakeven_sentences"]:
+            breakeven = f"{r['breakeven_sentences']:,} sentences"
+            million = f"{1e6 / r['eager_per_s'] / 3600:.2f} h → {(1e6 / r['compiled_per_s'] + r['compile_s']) / 3600:.2f} h"
         lines.append(f"| {r['cpu']} | {r['eager_per_s']} | {r['compiled_per_s']} | {statistics.median(ratios):.2f}× "
                      f"({min(ratios):.2f}-{max(ratios):.2f}) | {r['compile_s']} s | "
                      f"{breakeven} | {million} |")

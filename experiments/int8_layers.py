@@ -84,7 +84,8 @@ def measure(alpha: float, keep_float: tuple, zero_point: tuple, reference: dict,
     score = 100 * spearman((first * second).sum(1).numpy(), np.array([p[2] for p in pairs]))
     stsb_cos = torch.cat([(first * reference["first"]).sum(1), (second * reference["second"]).sum(1)])
     return {"alpha": alpha, "fp32_layers": len(keep_float), "outlier_channels": outlier_channels,
-            "fixture_min_cos": round(cos.min().item(), 5), "fixture_mean_cos": round(cos.mean().item(), 5), "fixture_min_cos_st": round(to_st.min().item(), 5),
+            "fixture_min_cos": round(cos.min().item(), 5), "fixture_mean_cos": round(cos.mean().item(), 5),
+            "fixture_min_cos_st": round(to_st.min().item(), 5),
             "stsb_min_cos": round(stsb_cos.min().item(), 5), "stsb_test_spearman": round(score, 2)}
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 import time
@@ -49,10 +48,10 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 import int8_layers  # noqa: E402
-from cells import cell  # noqa: E402
+from cells import cell, cpu_type  # noqa: E402
 from data import read_stsb  # noqa: E402
 from int8_layers import REFERENCE  # noqa: E402
-from speed.hardware import describe, native_int8  # noqa: E402
+from speed.hardware import native_int8  # noqa: E402
 from speed.quant import ZERO_POINT, Int8Linear  # noqa: E402
 
 RESULTS = HERE / "results" / "x86_int8"
@@ -180,8 +179,8 @@ def main() -> None:
     if args.speed and not args.table_only:
         pairs = read_stsb("test", None)
         sentences = list(dict.fromkeys(s for p in pairs for s in p[:2]))[:args.sentences]
-        name = "speed-" + re.sub(r"[^a-z0-9]+", "-", describe().split(":")[0].lower()).strip("-")
-        print(cell(RESULTS, name, lambda: time_kernels(sentences, args.rounds, batch_size=32)), flush=True)
+        speed = cell(RESULTS, f"speed-{cpu_type()}", lambda: time_kernels(sentences, args.rounds, batch_size=32))
+        print(speed, flush=True)
     if not args.table_only:
         pairs, reference = read_stsb("test", None), None
         for name, (engine, per_channel, alpha, keep) in CELLS.items():
