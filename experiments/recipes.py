@@ -44,6 +44,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from cells import cell, frozen_embeddings  # noqa: E402
+from reliability import run_folder  # noqa: E402
 
 RESULTS = HERE / "results" / "recipes"
 WORK = ROOT / "runs" / "recipes"
@@ -99,16 +100,26 @@ def head(row: str, name: str, seed: int, freeze: str = "backbone") -> dict:
     if row == "before":
         flags += ["--recipe", "none"]
     out = WORK / (f"{row}-{name}-{seed}" if freeze == "backbone" else f"{row}-{freeze}-{name}-{seed}")
-    cmd = [sys.executable, "train.py", *flags, "--overwrite", "--out", str(out)]  # a cell run again replaces its folder
+    # A cell stopped part-way (`kill -TERM` the train.py child: it saves last.safetensors and exits) continues
+    # from there when run again, and its wall time adds up the parts; any other cell run again starts afresh.
+    last = out / "last.safetensors"
+    resume = last.is_file() and not (run_folder.read_progress(last) or {}).get("done")
+    earlier_s = float((out / "cell_wall_s").read_text()) if resume and (out / "cell_wall_s").is_file() else 0.0
+    cmd = [sys.executable, "train.py", *flags, "--resume" if resume else "--overwrite", "--out", str(out)]
     print("==", " ".join(cmd[1:]), file=sys.stderr, flush=True)
     started = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=True)
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wall_s = earlier_s + time.time() - started
+    if proc.returncode != 0:
+        if out.is_dir():
+            (out / "cell_wall_s").write_text(f"{wall_s:.1f}")
+        raise SystemExit(f"train.py exited {proc.returncode} (run again to resume {out}):\n{proc.stderr[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for checkpoint in out.glob("*.safetensors"):  # 0.9 GB a run: 17 runs filled this machine's disk
         checkpoint.unlink()
     recipe = [line for line in proc.stderr.splitlines() if line.startswith("recipe for")]
     accuracy = next(v for k, v in result.items() if k.startswith("acc_a_"))
-    return {"accuracy": accuracy, "wall_s": round(time.time() - started, 1), "cache_s": result["cache_s"],
+    return {"accuracy": accuracy, "wall_s": round(wall_s, 1), "resumed": resume, "cache_s": result["cache_s"],
             "best_epoch": result["best_epoch"], "refit_rows": result.get("refit_rows"),
             "recipe": recipe[0] if recipe else None, "command": "python " + " ".join(cmd[1:-3])}
 
