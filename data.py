@@ -369,7 +369,7 @@ def task_datasets(cfg) -> dict[str, str]:
 
 
 def load_tasks(cfg) -> tuple[dict, dict, dict]:
-    """-> (train, validation, evaluation) datasets, each {task: LabelledTexts}, for train.TrainConfig's
+    """-> (train, validation, evaluation) datasets, each {task: LabelledTexts}, for train_state.TrainConfig's
     data flags (--task-a/-b, --max-train, --per-class, --val-fraction, --max-val and your own files')."""
     train, val, final, splits = {}, {}, {}, {}
     for task, name in task_datasets(cfg).items():

@@ -7,11 +7,13 @@
     python train.py --plain                           # exactly the code below, without the speed path
     python train.py --task-b none --freeze backbone   # heads only: its own recipe (freeze.recipe), printed first
 
-The file reads top to bottom: the config, the model and optimizer, the state of a run, one step
-(train_step: a screen of plain PyTorch), validation and checkpoints, the loop (train), the command line.
+The file reads top to bottom: the model and optimizer, a run's state built (setup), one step
+(train_step: a screen of plain PyTorch), validation, the loop (train), the command line. The flags
+and the state the loop changes are typed dataclasses in train_state.py: TrainConfig, Progress, Run.
 Three seams, one call each, keep the rest out of the way: speed_up() (speed/training.py, off with
 --plain), `world` (scale/ddp.py: every call a no-op without torchrun), and run_folder
-(reliability/run_folder.py: the checks before a run, signals, the NaN guard's message).
+(reliability/run_folder.py: the checks before a run, saving and resuming, signals, the NaN guard's
+message).
 
 Writes into --out: best.safetensors (the best validation's weights), last.safetensors (the whole
 resumable state, reliability/checkpoint.py), run.json, metrics.jsonl, losses.jsonl, tokenizer.json.
@@ -40,85 +42,14 @@ import lr_groups
 from heads import MultiTaskModel, balanced_class_weights, multitask_loss
 from mpnet import MPNet, MPNetConfig, SentenceEncoder
 from reliability import run_folder
-from reliability.checkpoint import load_training_state, save_training_state, save_weights, sync_folder
+from reliability.checkpoint import sync_folder
 from reliability.flags import TRAIN_CHOICES, TRAIN_FLAG_TYPES, check_train_specs
 from reliability.run_folder import Diverged, Interrupted, SignalGuard
 from scale.ddp import World, loss_normalizers
-from speed.hardware import describe, resolve_dtype
+from speed.hardware import describe
 from speed.memory import peak_rss_mb
+from train_state import Progress, Run, TrainConfig, precision
 from weights.fetch import weights_dir
-
-
-@dataclass
-class TrainConfig:
-    task_a: str = "reviews-topic"       # a built-in dataset, or your own .csv/.tsv/.jsonl file
-    task_b: str = "reviews-sentiment"   # the same; "none": train Task A alone
-    data_dir: str | None = None
-    text_column: str = "text"           # your own files: the column holding the text ...
-    label_column_a: str = "label"       # ... and each task's label column (one file may hold both)
-    label_column_b: str = "label"
-    labels_a: str | None = None         # a file with Task A's label set, one a line (default: the labels seen)
-    labels_b: str | None = None
-    test_a: str | None = None           # a test file for Task A (default: a stratified split of its file)
-    test_b: str | None = None
-    test_fraction: float = 0.2          # the split's test share; its rows are saved in --out as test-a.jsonl
-    epochs: int = 3
-    batch_size: int = 16
-    max_steps: int = 0                  # > 0: stop after this many optimizer steps (a time budget)
-    max_train: int = 0                  # > 0: use at most this many training examples per task
-    per_class: int = 0                  # > 0: few-shot, this many seeded examples of each label per task
-    max_tokens: int = 0                 # > 0: stop after this many real (unpadded) training tokens
-    val_fraction: float = 0.1           # held out from train to pick the best epoch
-    max_val: int = 0                    # > 0: validate on at most this many of them per task (cheaper --eval-every)
-    lr: float = 3e-5                    # backbone
-    head_lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup: float = 0.1                 # fraction of all steps
-    schedule: str = "linear"            # after warmup: linear (decay to 0 at the last step) | constant
-    clip: float = 1.0
-    attention_dropout: float = 0.1      # on the attention probabilities (the checkpoint's 0.1); 0: no masks to draw
-    temperature: float = 2.0            # multi-task sampling, see data.MultiTaskSampler
-    class_weights: bool = False         # balanced class weights in each task's loss
-    normalize: bool = False             # heads read the L2-normalised embedding
-    freeze: str = "none"                # none | all | backbone | head:a | top-K | gradual[:STEPS], see freeze.py
-    lr_groups: str = "flat"             # flat | tiers | llrd:DECAY | ulmfit, see lr_groups.py
-    no_cache: bool = False              # don't cache the frozen bottom's outputs (see speed/feature_cache.py)
-    device: str = "cpu"
-    dtype: str = "auto"                 # auto | fp32 | bf16 (autocast)
-    seed: int = 0
-    eval_every: int = 0                 # > 0: also validate every N steps (else at each epoch's end only)
-    patience: int = 0                   # > 0: stop after N validations in a row without a new best
-    log_every: int = 10
-    save_every: int = 0                 # > 0: save last.safetensors every N steps, not at each epoch's end
-    max_bad_steps: int = 5              # this many non-finite steps in a row stop the run
-    plain: bool = False                 # exactly the code you read here: no speed path (speed/training.py)
-    refit: bool = False                 # after early stopping: fresh heads on train + validation (see refit())
-    recipe: str = "auto"                # auto: the command line fills unset flags from freeze.recipe; none: these
-    out: str = "runs/default"           # not typed, and runs/default holds a run: the next free runs/default-N
-    overwrite: bool = False             # a fresh run may replace the trained model in --out
-
-
-def with_recipe(cfg: TrainConfig, given: set[str]) -> tuple[TrainConfig, str]:
-    """The scenario's recipe (freeze.recipe) in every field not in `given` (the flags the user typed,
-    which always win) -> (config, one line saying what was chosen and why)."""
-    name, defaults = freeze.recipe(cfg.freeze, cfg.per_class)
-    chosen = {k: v for k, v in defaults.items() if k not in given}
-    if cfg.recipe == "none" or not chosen:
-        return cfg, ""
-    words = ", ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in chosen.items())
-    return replace(cfg, **chosen), f"recipe for {name} (freeze.recipe): {words}"
-
-
-def scenario_defaults(cfg: TrainConfig) -> dict:
-    """Every flag's value when not typed, in cfg's scenario: what a resume command may leave out."""
-    _, chosen = freeze.recipe(cfg.freeze, cfg.per_class)
-    return asdict(TrainConfig()) | (chosen if cfg.recipe == "auto" else {})
-
-
-def precision(cfg: TrainConfig) -> str:
-    """What --dtype means on this machine: "bf16" (autocast) or "fp32". auto: bf16 where the CPU runs
-    it natively, else fp32 (speed/hardware.py); so auto differs from one CPU to the next."""
-    return "bf16" if resolve_dtype(cfg.dtype, cfg.device) == torch.bfloat16 else "fp32"
 
 
 # ----------------------------------------------------------------------------- the model and optimizer
@@ -193,62 +124,7 @@ def lr_lambda(total_steps: int, warmup_steps: int, schedule: str = "linear"):
     return factor
 
 
-# ----------------------------------------------------------------------------- the state of a run
-@dataclass
-class Progress:
-    """Where a run is. Saved in every checkpoint, so that a resume continues from exactly here."""
-    epoch: int = 0                  # epochs completed
-    step: int = 0                   # optimizer steps taken (skipped ones included)
-    tokens: int = 0                 # real training tokens seen
-    best_loss: float = math.inf     # the best validation so far: the lowest mean loss,
-    best_acc: float = -1.0          # ties broken by the mean accuracy
-    best_metrics: dict = field(default_factory=dict)  # its record
-    stale: int = 0                  # validations since the last new best (--patience)
-    unfrozen: int = 0               # gradual unfreezing: groups thawed so far
-    skipped: int = 0                # steps whose update was skipped (non-finite loss or gradient)
-    bad_in_row: int = 0
-    cache_s: float = 0.0            # seconds spent filling the feature cache
-    history: list = field(default_factory=list)  # one record per validation (metrics.jsonl)
-    losses: list = field(default_factory=list)   # one record per log line (losses.jsonl)
-    done: bool = False
-
-    def is_better(self, loss: float, acc: float) -> bool:
-        """The best epoch has the lowest mean validation loss (as Hugging Face Trainer's default), ties
-        broken by accuracy. Cross-entropy moves smoothly with the model; accuracy on a few hundred
-        validation examples moves in steps of one example and mostly measures noise."""
-        return loss < self.best_loss or (loss == self.best_loss and acc > self.best_acc)
-
-    @classmethod
-    def from_dict(cls, saved: dict) -> "Progress":
-        """A checkpoint's progress; checkpoints before this class kept the best as [-loss, acc]."""
-        if "best" in saved:
-            saved = saved | {"best_loss": -saved["best"][0], "best_acc": saved["best"][1]}
-        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
-
-
-@dataclass
-class Run:
-    """What one training run holds. Everything the loop changes lives here; save_last() stores it."""
-    cfg: TrainConfig
-    model: MultiTaskModel
-    forward: torch.nn.Module        # what a step calls: the model, or its DDP wrapper under torchrun
-    tokenizer: object
-    pools: list                     # the examples batches are drawn from (data.Pool)
-    sampler: data.MultiTaskSampler
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    clip_grad_norm: object          # torch.nn.utils.clip_grad_norm_, or the speed path's (same contract)
-    unfreezer: freeze.GradualUnfreezer | None
-    class_weights: dict | None
-    total_steps: int
-    progress: Progress
-    device: torch.device
-    bf16: bool                      # bf16 autocast
-    out: Path
-    world: World                    # rank and process count under torchrun; 0 of 1 otherwise
-    unsaved_best: dict | None = None  # with --save-every: the best weights, written with the next save_last()
-
-
+# ----------------------------------------------------------------------------- a run's state (train_state.Run), built
 def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, resume: bool,
           world: World = World(), val_sets: dict | None = None) -> Run:
     """Sampler, freezing, optimizer groups and schedule; on resume, all as last saved; then the speed path."""
@@ -274,26 +150,11 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
               unfreezer=unfreezer, class_weights=class_weights, total_steps=total_steps, progress=Progress(),
               device=device, bf16=precision(cfg) == "bf16", out=Path(cfg.out), world=world)
     if resume:
-        restore(run)
+        run_folder.restore(run)
     if not cfg.plain:
         install_speed_path(run, val_sets or {})
     run.forward = world.wrap(model)  # under torchrun, DDP; else the model itself
     return run
-
-
-def restore(run: Run) -> None:
-    """--resume: the weights, optimizer, schedule, sampler, random state and progress of last.safetensors."""
-    weights, optimizer_state, state = load_training_state(run.out / "last.safetensors")
-    run.model.load_state_dict({k: v.to(run.device) for k, v in weights.items()})
-    run.optimizer.load_state_dict(optimizer_state)
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.sampler.load_state_dict(state["sampler"])
-    rngs, rank = state["torch_rng"], run.world.rank  # one per rank; more processes now re-use rank 0's
-    torch.set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
-    run.progress = Progress.from_dict(state["progress"])
-    if run.unfreezer:
-        run.unfreezer.catch_up(run.progress.unfrozen)
-    print(f"resumed {run.out} at epoch {run.progress.epoch + 1}, step {run.progress.step}", file=sys.stderr)
 
 
 def install_speed_path(run: Run, val_sets: dict) -> None:
@@ -410,13 +271,13 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, star
         acc = float(np.mean([v for k, v in metrics.items() if k.startswith("acc_")]))
         if progress.is_better(loss, acc):
             progress.best_loss, progress.best_acc, progress.stale = loss, acc, 0
-            save_best(run, record)
+            run_folder.save_best(run, record)
         else:
             progress.stale += 1
     if end_of_epoch:
         save_at_epoch_end(run)
     else:
-        save_last(run)
+        run_folder.save_last(run)
 
 
 def save_at_epoch_end(run: Run) -> None:
@@ -424,7 +285,7 @@ def save_at_epoch_end(run: Run) -> None:
     A few-shot epoch is a step or two, a heads-only epoch about a second, and a save is a 0.4-1.3 GB
     write. The run's end saves once, after the loop, whichever way it ends."""
     if not run.cfg.save_every and not finished(run):
-        save_last(run)
+        run_folder.save_last(run)
 
 
 def finished(run: Run) -> bool:
@@ -435,42 +296,6 @@ def finished(run: Run) -> bool:
     if cfg.max_tokens and progress.tokens >= cfg.max_tokens:
         return True
     return bool(cfg.patience) and progress.stale >= cfg.patience
-
-
-def save_last(run: Run) -> None:
-    """The resumable state as one atomic file, then metrics.jsonl and losses.jsonl rewritten from the
-    saved history, so they always agree with it."""
-    run_folder.check_finite(run.model, run.progress.step, run.out)
-    run.progress.unfrozen = run.unfreezer.unfrozen if run.unfreezer else 0
-    rng_states = run.world.gather(torch.get_rng_state())  # every rank takes part; rank 0 alone writes
-    if not run.world.main:
-        return
-    if run.unsaved_best is not None:  # best first: last.safetensors's record of the best must exist on disk
-        write_best(run, run.unsaved_best)
-    save_training_state(run.out / "last.safetensors", run.model, run.optimizer, run.scheduler, run.sampler,
-                        asdict(run.progress), rng_states)
-    run_folder.save_jsonl(run.out, "metrics.jsonl", run.progress.history)
-    run_folder.save_jsonl(run.out, "losses.jsonl", run.progress.losses)
-
-
-def save_best(run: Run, record: dict) -> None:
-    """best.safetensors: the weights alone, for eval.py and predict.py. With --save-every, kept in
-    memory and written with the next save_last(): a new best may come every few seconds (heads on
-    cached features), and a resume goes back to last.safetensors, whose record of the best is then
-    the one on disk."""
-    run_folder.check_finite(run.model, run.progress.step, run.out)
-    run.progress.best_metrics = record
-    if not run.world.main:
-        return
-    if run.cfg.save_every:
-        run.unsaved_best = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
-    else:
-        write_best(run, run.model.state_dict())
-
-
-def write_best(run: Run, weights: dict) -> None:
-    save_weights(run.out / "best.safetensors", weights, {"epoch": str(run.progress.best_metrics["epoch"])})
-    run.unsaved_best = None
 
 
 @dataclass
@@ -511,7 +336,7 @@ def train_epoch(run: Run, epoch: int, val_sets: dict, signals: SignalGuard, mete
         if step % cfg.log_every == 0 or step == run.total_steps:
             log_line(run, epoch, meter)
         if cfg.save_every and step % cfg.save_every == 0:
-            save_last(run)
+            run_folder.save_last(run)
         if cfg.eval_every and step % cfg.eval_every == 0 and val_sets:
             evaluate_and_save(run, epoch, val_sets, time.time() - epoch_start, meter.started, end_of_epoch=False)
             freeze.train_mode(run.model)
@@ -525,7 +350,7 @@ def stop_if_signalled(run: Run, signals: SignalGuard) -> None:
     """After a step, or a validation, that a signal arrived during: save, then stop. torchrun sends a
     signal to every rank, not at the same instant: all stop if any got it."""
     if run.world.sum([float(signals.signum is not None)])[0] > 0:
-        save_last(run)
+        run_folder.save_last(run)
         raise Interrupted(signals.signum or signal.SIGTERM, run.progress.step, run.out / "last.safetensors")
 
 
@@ -553,9 +378,9 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
                 break
             stop_if_signalled(run, signals)
         if not val_sets:  # no validation data: the model at the end is the one to keep, written once
-            save_best(run, progress.history[-1])
+            run_folder.save_best(run, progress.history[-1])
         progress.done = True
-        save_last(run)
+        run_folder.save_last(run)
     return progress.best_metrics
 
 
@@ -593,6 +418,23 @@ def refit(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
 
 
 # ----------------------------------------------------------------------------- the command line
+def with_recipe(cfg: TrainConfig, given: set[str]) -> tuple[TrainConfig, str]:
+    """The scenario's recipe (freeze.recipe) in every field not in `given` (the flags the user typed,
+    which always win) -> (config, one line saying what was chosen and why)."""
+    name, defaults = freeze.recipe(cfg.freeze, cfg.per_class)
+    chosen = {k: v for k, v in defaults.items() if k not in given}
+    if cfg.recipe == "none" or not chosen:
+        return cfg, ""
+    words = ", ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in chosen.items())
+    return replace(cfg, **chosen), f"recipe for {name} (freeze.recipe): {words}"
+
+
+def scenario_defaults(cfg: TrainConfig) -> dict:
+    """Every flag's value when not typed, in cfg's scenario: what a resume command may leave out."""
+    _, chosen = freeze.recipe(cfg.freeze, cfg.per_class)
+    return asdict(TrainConfig()) | (chosen if cfg.recipe == "auto" else {})
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, bool, str]:
     """Flags from TrainConfig's fields, each checked here, before any data or weights load; then the
     scenario's recipe in the flags not given. -> (config, --resume, the recipe's line)."""

@@ -1,16 +1,19 @@
-"""The run folder (--out): what train.py checks before it starts, and what stops it cleanly.
+"""The run folder (--out): what train.py checks before it starts, how it saves and resumes a run,
+and what stops it cleanly.
 
     with locked(out):                                                    # one train.py per folder
         info = check_before_start(out, resume, config, defaults, precision)  # before anything loads
         start_fresh(out, info, tokenizer_file)                               # run.json, tokenizer.json
+        restore(run)                                                         # --resume: last.safetensors
         with SignalGuard() as signals: ...                                   # SIGINT/SIGTERM/SIGHUP: save, stop
+        save_best(run, record); save_last(run)                               # best and last checkpoints
     raise diverged(...)                                                  # the NaN guard's last word
 
-Everything here takes plain values (dicts, paths, numbers), so it depends on nothing of the loop.
-A run folder holds: run.json (config, label names, backbone config, precision), tokenizer.json,
-best.safetensors (the best validation's weights), last.safetensors (the whole resumable state in
-one atomic file: checkpoint.py), metrics.jsonl and losses.jsonl, and test-a.jsonl / test-b.jsonl
-for a run on your own data (the rows eval.py scores later).
+It depends on nothing of the loop: the checks take plain values (dicts, paths, numbers), and saving
+takes the run's state (train_state.Run). A run folder holds: run.json (config, label names, backbone
+config, precision), tokenizer.json, best.safetensors (the best validation's weights), last.safetensors
+(the whole resumable state in one atomic file: checkpoint.py), metrics.jsonl and losses.jsonl, and
+test-a.jsonl / test-b.jsonl for a run on your own data (the rows eval.py scores later).
 """
 from __future__ import annotations
 
@@ -22,11 +25,16 @@ import shutil
 import signal
 import sys
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
-from reliability.checkpoint import all_finite, read_progress, write_atomic
+import torch
+
+from reliability.checkpoint import (all_finite, load_training_state, read_progress, save_training_state, save_weights,
+                                    write_atomic)
 from speed.hardware import describe
+from train_state import Progress, Run
 
 # Flags that may change between a run and its resume: they do not change what is computed.
 MAY_DIFFER_ON_RESUME = {"out", "data_dir", "device", "log_every", "save_every", "max_bad_steps", "overwrite"}
@@ -237,3 +245,55 @@ def resume_command(config: dict, defaults: dict) -> str:
 def save_jsonl(out: Path, name: str, records: list[dict]) -> None:
     lines = "".join(json.dumps(record) + "\n" for record in records)
     write_atomic(lambda p: p.write_text(lines), out / name)
+
+
+# ----------------------------------------------------------------------------- the run's state on disk
+def restore(run: Run) -> None:
+    """--resume: the weights, optimizer, schedule, sampler, random state and progress of last.safetensors."""
+    weights, optimizer_state, state = load_training_state(run.out / "last.safetensors")
+    run.model.load_state_dict({k: v.to(run.device) for k, v in weights.items()})
+    run.optimizer.load_state_dict(optimizer_state)
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.sampler.load_state_dict(state["sampler"])
+    rngs, rank = state["torch_rng"], run.world.rank  # one per rank; more processes now re-use rank 0's
+    torch.set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
+    run.progress = Progress.from_dict(state["progress"])
+    if run.unfreezer:
+        run.unfreezer.catch_up(run.progress.unfrozen)
+    print(f"resumed {run.out} at epoch {run.progress.epoch + 1}, step {run.progress.step}", file=sys.stderr)
+
+
+def save_last(run: Run) -> None:
+    """The resumable state as one atomic file, then metrics.jsonl and losses.jsonl rewritten from the
+    saved history, so they always agree with it."""
+    check_finite(run.model, run.progress.step, run.out)
+    run.progress.unfrozen = run.unfreezer.unfrozen if run.unfreezer else 0
+    rng_states = run.world.gather(torch.get_rng_state())  # every rank takes part; rank 0 alone writes
+    if not run.world.main:
+        return
+    if run.unsaved_best is not None:  # best first: last.safetensors's record of the best must exist on disk
+        write_best(run, run.unsaved_best)
+    save_training_state(run.out / "last.safetensors", run.model, run.optimizer, run.scheduler, run.sampler,
+                        asdict(run.progress), rng_states)
+    save_jsonl(run.out, "metrics.jsonl", run.progress.history)
+    save_jsonl(run.out, "losses.jsonl", run.progress.losses)
+
+
+def save_best(run: Run, record: dict) -> None:
+    """best.safetensors: the weights alone, for eval.py and predict.py. With --save-every, kept in
+    memory and written with the next save_last(): a new best may come every few seconds (heads on
+    cached features), and a resume goes back to last.safetensors, whose record of the best is then
+    the one on disk."""
+    check_finite(run.model, run.progress.step, run.out)
+    run.progress.best_metrics = record
+    if not run.world.main:
+        return
+    if run.cfg.save_every:
+        run.unsaved_best = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+    else:
+        write_best(run, run.model.state_dict())
+
+
+def write_best(run: Run, weights: dict) -> None:
+    save_weights(run.out / "best.safetensors", weights, {"epoch": str(run.progress.best_metrics["epoch"])})
+    run.unsaved_best = None

@@ -121,13 +121,13 @@ def test_checkpoints_at_each_epoch_end_or_every_n_steps_instead(tmp_path, tokeni
     """4 steps an epoch, 3 epochs: by default one save per epoch end (the last one after the loop,
     once); --save-every N saves every N steps and at the end, not at epoch ends (few-shot epochs are
     a step long, and each save writes weights plus AdamW's moments)."""
-    saved, real_save = [], train_mod.save_training_state
+    saved, real_save = [], run_folder.save_training_state
 
     def save(path, model, optimizer, scheduler, sampler, progress, rng_states=None):
         saved.append(progress["step"])
         real_save(path, model, optimizer, scheduler, sampler, progress, rng_states)
 
-    monkeypatch.setattr(train_mod, "save_training_state", save)
+    monkeypatch.setattr(run_folder, "save_training_state", save)
     train_mod.train(run_cfg(tmp_path, save_every=save_every), tiny_model(), tokenizer, tasks(), tasks())
     assert saved == steps_saved
 
@@ -208,7 +208,7 @@ def test_a_save_that_dies_leaves_the_previous_checkpoint_whole(tmp_path, tokeniz
                 monkeypatch.setattr(checkpoint.os, "replace", fail_before_rename)
         real_save(path, model, optimizer, scheduler, sampler, progress, rng_states)
 
-    monkeypatch.setattr(train_mod, "save_training_state", save)
+    monkeypatch.setattr(run_folder, "save_training_state", save)
     with pytest.raises(OSError, match="simulated"):
         train_mod.train(cfg, tiny_model(), tokenizer, tasks(), tasks())
     monkeypatch.undo()

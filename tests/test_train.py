@@ -104,18 +104,18 @@ def test_resume_continues_the_schedule_exactly(tmp_path, tokenizer, monkeypatch)
     straight = tiny_model()
     train_mod.train(config(tmp_path / "straight", epochs=4), straight, tokenizer, tasks(), tasks())
 
-    real_save = train_mod.save_last
+    real_save = run_folder.save_last
 
     def crash_after_epoch_2(run):
         real_save(run)
         if run.progress.epoch == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod, "save_last", crash_after_epoch_2)
+    monkeypatch.setattr(run_folder, "save_last", crash_after_epoch_2)
     cfg = config(tmp_path / "resumed", epochs=4)
     with pytest.raises(KeyboardInterrupt):
         train_mod.train(cfg, tiny_model(), tokenizer, tasks(), tasks())
-    monkeypatch.setattr(train_mod, "save_last", real_save)
+    monkeypatch.setattr(run_folder, "save_last", real_save)
     resumed = tiny_model(seed=123)  # its own weights are overwritten by the checkpoint
     train_mod.train(cfg, resumed, tokenizer, tasks(), tasks(), resume=True)
 
