@@ -199,23 +199,10 @@ def train_step(run: Run, pool_idx: int, rows: list[int]) -> tuple[int, dict[str,
     run.progress.step += 1
 
     if not finite:
-        skip_update(run)
+        run_folder.skip_update(run)  # the NaN guard: no update; --max-bad-steps in a row stop the run
     if run.unfreezer and run.progress.step % run.unfreezer.every_steps == 0 and (name := unfreeze_next(run)):
         print(f"step {run.progress.step}: gradual unfreezing, {name} now trains", file=sys.stderr)
     return int(tokens), per_task
-
-
-def skip_update(run: Run) -> None:
-    """The NaN guard: a step with a non-finite loss or gradient norm makes no update (its batch is spent
-    and the schedule advances, as a skipped mixed-precision step does); --max-bad-steps in a row stop."""
-    run.optimizer.zero_grad(set_to_none=True)
-    progress = run.progress
-    progress.skipped += 1
-    progress.bad_in_row += 1
-    print(f"step {progress.step}: non-finite loss or gradient norm, update skipped "
-          f"({progress.bad_in_row} in a row, {progress.skipped} in all)", file=sys.stderr, flush=True)
-    if progress.bad_in_row >= run.cfg.max_bad_steps:
-        raise run_folder.diverged(run.out, progress.step, progress.bad_in_row, run.scheduler.get_last_lr())
 
 
 def unfreeze_next(run: Run) -> str | None:
@@ -227,7 +214,7 @@ def unfreeze_next(run: Run) -> str | None:
     return name
 
 
-# ----------------------------------------------------------------------------- validation and saving
+# ----------------------------------------------------------------------------- validation
 def accuracies(model: MultiTaskModel, tokenizer, tasks: dict[str, data.LabelledTexts], autocast: bool,
                with_loss: bool = False, world: World = World()) -> dict[str, float]:
     """acc_<task> for each task (and loss_<task>, the mean cross-entropy, with_loss).

@@ -7,6 +7,7 @@ and what stops it cleanly.
         restore(run)                                                         # --resume: last.safetensors
         with SignalGuard() as signals: ...                                   # SIGINT/SIGTERM/SIGHUP: save, stop
         save_best(run, record); save_last(run)                               # best and last checkpoints
+        skip_update(run)                                                     # the NaN guard: a non-finite step
     raise diverged(...)                                                  # the NaN guard's last word
 
 It depends on nothing of the loop: the checks take plain values (dicts, paths, numbers), and saving
@@ -297,3 +298,16 @@ def save_best(run: Run, record: dict) -> None:
 def write_best(run: Run, weights: dict) -> None:
     save_weights(run.out / "best.safetensors", weights, {"epoch": str(run.progress.best_metrics["epoch"])})
     run.unsaved_best = None
+
+
+def skip_update(run: Run) -> None:
+    """The NaN guard: a step with a non-finite loss or gradient norm makes no update (its batch is spent
+    and the schedule advances, as a skipped mixed-precision step does); --max-bad-steps in a row stop."""
+    run.optimizer.zero_grad(set_to_none=True)
+    progress = run.progress
+    progress.skipped += 1
+    progress.bad_in_row += 1
+    print(f"step {progress.step}: non-finite loss or gradient norm, update skipped "
+          f"({progress.bad_in_row} in a row, {progress.skipped} in all)", file=sys.stderr, flush=True)
+    if progress.bad_in_row >= run.cfg.max_bad_steps:
+        raise diverged(run.out, progress.step, progress.bad_in_row, run.scheduler.get_last_lr())
