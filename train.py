@@ -26,7 +26,6 @@ import json
 import math
 import os
 import random
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -329,16 +328,8 @@ def train_epoch(run: Run, epoch: int, val_sets: dict, signals: SignalGuard, mete
             freeze.train_mode(run.model)
         if finished(run):
             break
-        stop_if_signalled(run, signals)
+        run_folder.stop_if_signalled(run, signals)
     return time.time() - epoch_start
-
-
-def stop_if_signalled(run: Run, signals: SignalGuard) -> None:
-    """After a step, or a validation, that a signal arrived during: save, then stop. torchrun sends a
-    signal to every rank, not at the same instant: all stop if any got it."""
-    if run.world.sum([float(signals.signum is not None)])[0] > 0:
-        run_folder.save_last(run)
-        raise Interrupted(signals.signum or signal.SIGTERM, run.progress.step, run.out / "last.safetensors")
 
 
 def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, val_sets: dict,
@@ -363,7 +354,7 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
             evaluate_and_save(run, epoch, val_sets, train_s, meter.started)
             if finished(run):
                 break
-            stop_if_signalled(run, signals)
+            run_folder.stop_if_signalled(run, signals)
         if not val_sets:  # no validation data: the model at the end is the one to keep, written once
             run_folder.save_best(run, progress.history[-1])
         progress.done = True

@@ -3,6 +3,7 @@ defaults before the recipes and against scikit-learn's logistic regression on th
 
     python experiments/recipes.py                  # every missing cell, most important first
     python experiments/recipes.py --table-only
+    pkill -TERM -f 'train.py.*runs/recipes/'       # stop a long cell: train.py saves, and a rerun resumes it
 
 Sets (Task A only, --task-b none):
   banking77   77 intents, 10,003 training rows, test 3,080 (built in)

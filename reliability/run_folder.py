@@ -5,7 +5,8 @@ and what stops it cleanly.
         info = check_before_start(out, resume, config, defaults, precision)  # before anything loads
         start_fresh(out, info, tokenizer_file)                               # run.json, tokenizer.json
         restore(run)                                                         # --resume: last.safetensors
-        with SignalGuard() as signals: ...                                   # SIGINT/SIGTERM/SIGHUP: save, stop
+        with SignalGuard() as signals: ...                                   # SIGINT/SIGTERM/SIGHUP ...
+            stop_if_signalled(run, signals)                                  # ... save, then stop
         save_best(run, record); save_last(run)                               # best and last checkpoints
         skip_update(run)                                                     # the NaN guard: a non-finite step
     raise diverged(...)                                                  # the NaN guard's last word
@@ -121,6 +122,14 @@ class SignalGuard:
     def __exit__(self, *exc) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+
+
+def stop_if_signalled(run: Run, signals: SignalGuard) -> None:
+    """After a step, or a validation, that a signal arrived during: save, then stop. torchrun sends a
+    signal to every rank, not at the same instant: all stop if any got it."""
+    if run.world.sum([float(signals.signum is not None)])[0] > 0:
+        save_last(run)
+        raise Interrupted(signals.signum or signal.SIGTERM, run.progress.step, run.out / "last.safetensors")
 
 
 def check_finite(model, step: int, out: Path) -> None:
