@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -41,7 +40,6 @@ import lr_groups
 from heads import MultiTaskModel, balanced_class_weights, multitask_loss
 from mpnet import MPNet, MPNetConfig, SentenceEncoder
 from reliability import run_folder
-from reliability.checkpoint import sync_folder
 from reliability.flags import TRAIN_CHOICES, TRAIN_FLAG_TYPES, check_train_specs
 from reliability.run_folder import Diverged, Interrupted, SignalGuard
 from scale.ddp import World, loss_normalizers
@@ -388,9 +386,8 @@ def refit(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     model.heads.load_state_dict(initial_heads)
     resume = (Path(refit_cfg.out) / "last.safetensors").is_file()  # this run's refit began and was stopped
     refit_best = train(refit_cfg, model, tokenizer, everything, {}, resume=resume, world=world)
-    if world.main:  # a rename, not a second 0.4 GB write; until it happens, run_folder.refit_pending says so
-        os.replace(Path(refit_cfg.out) / "best.safetensors", out / "best.safetensors")
-        sync_folder(out)
+    if world.main:
+        run_folder.keep_refit(out)
     world.barrier()
     return best | {"refit_rows": rows, "train_s": best.get("train_s", 0) + refit_best.get("train_s", 0)}
 

@@ -34,7 +34,7 @@ from typing import Iterator
 import torch
 
 from reliability.checkpoint import (all_finite, load_training_state, read_progress, save_training_state, save_weights,
-                                    write_atomic)
+                                    sync_folder, write_atomic)
 from speed.hardware import describe
 from train_state import Progress, Run
 
@@ -202,6 +202,13 @@ def refit_pending(out: Path, config: dict) -> bool:
     last = out / REFIT / "last.safetensors"
     progress = read_progress(last) if last.is_file() else None
     return not (progress and progress.get("done")) or (out / REFIT / "best.safetensors").is_file()
+
+
+def keep_refit(out: Path) -> None:
+    """The refit's best.safetensors becomes the run's: a rename, not a second 0.4 GB write; until it
+    happens, refit_pending() says so, and a resume finishes it."""
+    os.replace(out / REFIT / "best.safetensors", out / "best.safetensors")
+    sync_folder(out)
 
 
 def check_resume_matches(info: dict, now: dict, out: Path) -> None:
