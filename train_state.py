@@ -67,8 +67,8 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 0                 # > 0: save last.safetensors every N steps, not at each epoch's end
     max_bad_steps: int = 5              # this many non-finite steps in a row stop the run
-    plain: bool = False                 # exactly the code you read here: no speed path (speed/training.py)
-    refit: bool = False                 # after early stopping: fresh heads on train + validation (see refit())
+    plain: bool = False                 # exactly the code you read in train.py: no speed path (speed/training.py)
+    refit: bool = False                 # after early stopping: fresh heads on train + validation (train.refit)
     recipe: str = "auto"                # auto: the command line fills unset flags from freeze.recipe; none: these
     out: str = "runs/default"           # not typed, and runs/default holds a run: the next free runs/default-N
     overwrite: bool = False             # a fresh run may replace the trained model in --out
