@@ -415,21 +415,25 @@ def load_user_task(cfg, task: str, path: str, splits: dict) -> tuple[LabelledTex
 # ----------------------------------------------------------------------------- multi-task batching
 @dataclass
 class Pool:
-    """Examples that batches are drawn from: texts with a label per task, IGNORE where a task has none."""
+    """Examples that batches are drawn from: texts with their token ids, and a label per task (IGNORE
+    where a task has none)."""
     texts: list[str]
+    ids: list[list[int]]  # tokenizer.encode(texts), once: an epoch re-reads them instead of tokenising again
     labels: dict[str, list[int]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.texts)
 
 
-def make_pools(tasks: dict[str, LabelledTexts]) -> list[Pool]:
-    """One pool per source file. Tasks read from the same file and split (reviews-topic and
-    reviews-sentiment) share one pool whose examples carry both labels."""
+def make_pools(tasks: dict[str, LabelledTexts], tokenizer) -> list[Pool]:
+    """One pool per source file, each text tokenised once. Tasks read from the same file and split
+    (reviews-topic and reviews-sentiment) share one pool whose examples carry both labels."""
     by_source: dict[tuple[str, str], Pool] = {}
     for task, ds in tasks.items():
         key = (ds.source, ds.split)
-        pool = by_source.setdefault(key, Pool(list(ds.texts)))
+        if key not in by_source:
+            by_source[key] = Pool(list(ds.texts), tokenizer.encode(ds.texts))
+        pool = by_source[key]
         if pool.texts != ds.texts:
             raise ValueError(f"{ds.name} and another task read {ds.source} but see different texts")
         pool.labels[task] = list(ds.labels)
@@ -440,8 +444,8 @@ def make_pools(tasks: dict[str, LabelledTexts]) -> list[Pool]:
 
 
 def collate(tokenizer, pool: Pool, rows: list[int]) -> dict[str, torch.Tensor]:
-    """Tokenise and pad a batch to its own longest sentence; labels per task (IGNORE = no label)."""
-    batch = tokenizer.pad(tokenizer.encode([pool.texts[i] for i in rows]))
+    """Pad a batch to its own longest sentence; labels per task (IGNORE = no label)."""
+    batch = tokenizer.pad([pool.ids[i] for i in rows])
     batch["labels"] = {task: torch.tensor([labels[i] for i in rows]) for task, labels in pool.labels.items()}
     return batch
 

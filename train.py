@@ -92,7 +92,7 @@ def make_optimizer(groups: list[dict]) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, fused=True)
 
 
-def planned_steps(cfg: TrainConfig, tokenizer, pools: list, sampler: data.MultiTaskSampler) -> int:
+def planned_steps(cfg: TrainConfig, pools: list[data.Pool], sampler: data.MultiTaskSampler) -> int:
     """Optimizer steps the learning-rate schedule spans: the epochs, cut by --max-steps, and by
     --max-tokens converted to steps with the expected real tokens of a batch (the mean length of
     each pool, weighted by how often the sampler draws it)."""
@@ -100,7 +100,7 @@ def planned_steps(cfg: TrainConfig, tokenizer, pools: list, sampler: data.MultiT
     if cfg.max_steps:
         steps = min(steps, cfg.max_steps)
     if cfg.max_tokens:
-        mean_len = [sum(map(len, tokenizer.encode(pool.texts))) / len(pool) for pool in pools]
+        mean_len = [sum(map(len, pool.ids)) / len(pool) for pool in pools]
         per_batch = cfg.batch_size * sum(p * n for p, n in zip(sampler.probs, mean_len))
         steps = min(steps, math.ceil(cfg.max_tokens / per_batch))
     return steps
@@ -128,9 +128,9 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     device = world.device(cfg.device)
     model.to(device)
-    pools = data.make_pools(train_sets)
+    pools = data.make_pools(train_sets, tokenizer)
     sampler = data.MultiTaskSampler([len(p) for p in pools], cfg.batch_size, cfg.temperature, cfg.seed)
-    total_steps = planned_steps(cfg, tokenizer, pools, sampler)
+    total_steps = planned_steps(cfg, pools, sampler)
     unfreezer = freeze.apply(model, cfg.freeze, epoch_steps=len(sampler), planned_steps=total_steps)
     if unfreezer:
         print(f"gradual unfreezing: the heads first, then one more of the {len(unfreezer.groups)} groups every "

@@ -76,9 +76,8 @@ class GradNorm:
     """
 
     def __init__(self, model: nn.Module):
-        self.model = model
         self.squares: list[torch.Tensor] = []
-        self.hooked = {id(p) for p in model.parameters() if p.requires_grad}
+        self.unhooked = [p for p in model.parameters() if not p.requires_grad]  # listed once, not walked each step
         for p in model.parameters():
             if p.requires_grad:
                 p.register_post_accumulate_grad_hook(self.add)
@@ -89,7 +88,7 @@ class GradNorm:
 
     def total(self) -> torch.Tensor:
         """sqrt(sum of all squares) since the last call: one backward's gradients."""
-        late = [p.grad.flatten() for p in self.model.parameters() if p.grad is not None and id(p) not in self.hooked]
+        late = [p.grad.flatten() for p in self.unhooked if p.grad is not None]
         squares, self.squares = self.squares + [torch.dot(g, g) for g in late], []
         return torch.stack(squares).sum().sqrt() if squares else torch.zeros(())
 

@@ -27,11 +27,11 @@ def test_max_tokens_stops_at_the_first_step_past_the_budget(tmp_path, tokenizer)
 
 def test_the_schedule_ends_where_the_token_budget_does(tmp_path, tokenizer):  # noqa: F811
     cfg = config(tmp_path, epochs=50, batch_size=2, max_tokens=400)
-    pools = data.make_pools(tasks())
+    pools = data.make_pools(tasks(), tokenizer)
     sampler = data.MultiTaskSampler([len(p) for p in pools], cfg.batch_size, cfg.temperature, cfg.seed)
     mean_len = sum(len(ids) for ids in tokenizer.encode(TEXTS)) / len(TEXTS)
-    assert train_mod.planned_steps(cfg, tokenizer, pools, sampler) == math.ceil(400 / (2 * mean_len))
-    assert train_mod.planned_steps(config(tmp_path, epochs=50, batch_size=2), tokenizer, pools, sampler) == 200
+    assert train_mod.planned_steps(cfg, pools, sampler) == math.ceil(400 / (2 * mean_len))
+    assert train_mod.planned_steps(config(tmp_path, epochs=50, batch_size=2), pools, sampler) == 200
 
 
 def constant_validation(monkeypatch, calls):

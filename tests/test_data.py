@@ -91,10 +91,17 @@ def test_pools_share_examples_of_one_file_and_mark_missing_labels():
     a = LabelledTexts("reviews-topic", "train", ["x", "y"], [3, 1], ["t"] * 5, source="f")
     b = LabelledTexts("reviews-sentiment", "train", ["x", "y"], [0, 1], ["neg", "pos"], source="f")
     c = LabelledTexts("sst2", "train", ["z"], [1], ["neg", "pos"], source="g")
-    shared = make_pools({"a": a, "b": b})
+    shared = make_pools({"a": a, "b": b}, Letters())
     assert len(shared) == 1 and shared[0].labels == {"a": [3, 1], "b": [0, 1]}
-    separate = make_pools({"a": a, "b": c})
+    assert shared[0].ids == [[120], [121]]  # each text tokenised once, in the pool's order
+    separate = make_pools({"a": a, "b": c}, Letters())
     assert [p.labels for p in separate] == [{"a": [3, 1], "b": [IGNORE, IGNORE]}, {"b": [1], "a": [IGNORE]}]
+
+
+class Letters:
+    """A stand-in tokenizer: one id per character."""
+    def encode(self, texts):
+        return [[ord(ch) for ch in t] for t in texts]
 
 
 def test_sampler_mixes_by_temperature_and_keeps_small_pools_going():

@@ -137,7 +137,7 @@ def test_labels_file_and_test_file(tmp_path):
     assert final["a"].label_names == ["x", "y", "z"] and final["a"].labels == [0, 2] and len(train["a"]) == 4
 
 
-def test_one_file_with_two_label_columns_gives_examples_with_both_labels(tmp_path):
+def test_one_file_with_two_label_columns_gives_examples_with_both_labels(tmp_path, tokenizer):
     rows = [(f"text {i}", "x" if i % 2 else "y", "pos" if i % 3 else "neg") for i in range(30)]
     path = tmp_path / "both.csv"
     path.write_text("text,topic,sentiment\n" + "".join(f"{t},{a},{b}\n" for t, a, b in rows), encoding="utf-8")
@@ -145,7 +145,7 @@ def test_one_file_with_two_label_columns_gives_examples_with_both_labels(tmp_pat
                                 label_column_b="sentiment")
     train, val, final = data.load_tasks(cfg)
     assert train["a"].texts == train["b"].texts and final["a"].texts == final["b"].texts
-    pools = data.make_pools(train)
+    pools = data.make_pools(train, tokenizer)
     assert len(pools) == 1 and set(pools[0].labels) == {"a", "b"}  # one pool: each example carries both
 
 

@@ -129,6 +129,16 @@ def test_resume_continues_the_schedule_exactly(tmp_path, tokenizer, monkeypatch)
     assert state["progress"]["done"]
 
 
+def test_a_batch_pads_the_ids_tokenised_once_as_tokenising_it_would(tokenizer):
+    pools = data.make_pools(tasks(), tokenizer)
+    rows = [5, 0, 2]
+    batch = data.collate(tokenizer, pools[0], rows)
+    fresh = tokenizer.pad(tokenizer.encode([TEXTS[i] for i in rows]))
+    assert torch.equal(batch["input_ids"], fresh["input_ids"])
+    assert torch.equal(batch["attention_mask"], fresh["attention_mask"])
+    assert batch["labels"]["a"].tolist() == [TOPIC[i] for i in rows]
+
+
 def test_lr_warms_up_then_decays_to_zero():
     f = train_mod.lr_lambda(total_steps=10, warmup_steps=2)
     assert [round(f(s), 3) for s in range(10)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]

@@ -267,8 +267,7 @@ def bench_train(args: argparse.Namespace) -> dict:
         for dtype in ["fp32"] + (["bf16"] if native_bf16() else []):
             run = train_run(dtype, "none", Path(tmp), args.data_dir)
             batches = list(itertools.islice(run.sampler, args.steps))
-            tokens = sum(len(ids) for pool_idx, rows in batches
-                         for ids in run.tokenizer.encode([run.pools[pool_idx].texts[i] for i in rows]))
+            tokens = sum(len(run.pools[pool_idx].ids[i]) for pool_idx, rows in batches for i in rows)
             engines = train_engines(run, batches, hf_available)
             frozen = train_run(dtype, "top-12", Path(tmp), args.data_dir)
             engines["train.py --freeze top-12"] = train_engines(frozen, batches, False)["train.py"]
