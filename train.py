@@ -497,8 +497,9 @@ def run_and_test(cfg: TrainConfig, resume: bool, recipe_line: str, world: World)
               "refit_rows": best.get("refit_rows"),
               "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "peak_rss_mb": None if peak is None else round(peak), "cache_s": best.get("cache_s", 0),
-              "epoch_train_s": best.get("train_s"),
-              **{f"{k}_{final_sets[k[-1]].name}_{final_sets[k[-1]].split}": round(100 * v, 2) for k, v in final.items()}}
+              "epoch_train_s": best.get("train_s")}
+    for task, ds in final_sets.items():  # e.g. acc_a_banking77_test
+        result[f"acc_{task}_{ds.name}_{ds.split}"] = round(100 * final[f"acc_{task}"], 2)
     print(json.dumps(result))
     world.close()
 
