@@ -377,9 +377,11 @@ def refit(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     out = Path(cfg.out)
     refit_cfg = replace(cfg, epochs=2 * best["epoch"], schedule="linear", patience=0, val_fraction=0.0, refit=False,
                         out=str(out / run_folder.REFIT))
-    everything = {t: ds if t not in val_sets else replace(ds, texts=ds.texts + val_sets[t].texts,
-                                                           labels=ds.labels + val_sets[t].labels)
-                  for t, ds in train_sets.items()}
+    everything = {}  # each task's training rows, and its validation rows if it has any
+    for task, ds in train_sets.items():
+        if task in val_sets:
+            ds = replace(ds, texts=ds.texts + val_sets[task].texts, labels=ds.labels + val_sets[task].labels)
+        everything[task] = ds
     rows = sum(len(ds) for ds in everything.values())
     print(f"refit: fresh heads on all {rows} rows (train + validation) for {refit_cfg.epochs} epochs, twice the "
           f"best validation's count, the learning rate decaying linearly to 0", file=sys.stderr)
