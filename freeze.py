@@ -180,7 +180,7 @@ def train_mode(model: MultiTaskModel) -> None:
 
 def summary(model: MultiTaskModel) -> str:
     """A table of trainable and frozen parameters per group."""
-    rows = [(name, params) for name, params in backbone_groups(model)]
+    rows = backbone_groups(model)
     rows += [(f"head.{task}", list(head.parameters())) for task, head in model.heads.items()]
     lines = [f"{'group':14} {'trainable':>12} {'frozen':>12}"]
     total_t = total_f = 0
