@@ -91,14 +91,15 @@ def table_rows(path: Path, columns: list[str], delimiter: str = "\t") -> Iterato
     TSVs are read with quoting off (a bare " is text: STS-B and TREC contain them); CSVs follow
     RFC 4180 (quoted fields may hold commas, quotes and newlines: Banking77 has them). A byte-order
     mark, CRLF line endings and blank lines are fine, and so is a field of any length. Lines end at a
-    line feed only (CRLF is fine), so that row i is line i as `wc -l` counts it. Anything that would make a row's fields
-    ambiguous is an error naming file and line: a missing column, a row with more or fewer fields
-    than the header (in a TSV, a tab or newline inside a text), a lone carriage return outside
-    quotes, an unterminated quote, bytes that are not UTF-8.
+    line feed only (CRLF is fine), so that row i is line i as `wc -l` counts it. Anything that would
+    make a row's fields ambiguous is an error naming file and line: a missing column, a row with more
+    or fewer fields than the header (in a TSV, a tab or newline inside a text), a lone carriage return
+    outside quotes, an unterminated quote, bytes that are not UTF-8.
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    kind = "TSV" if delimiter == "\t" else "CSV"
+    quoting = csv.QUOTE_NONE if kind == "TSV" else csv.QUOTE_MINIMAL
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # the default stops at 131,072 characters
     with open(path, encoding="utf-8-sig", newline="\n") as f:  # utf-8-sig: drops a leading BOM
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting, strict=True)
@@ -115,13 +116,13 @@ def table_rows(path: Path, columns: list[str], delimiter: str = "\t") -> Iterato
                     continue  # a blank line
                 if len(fields) != len(header):
                     raise ValueError(f"{path}:{reader.line_num}: {len(fields)} fields where the header has "
-                                     f"{len(header)}" + (" (a tab inside a text?)" if delimiter == "\t" else ""))
+                                     f"{len(header)}" + (" (a tab inside a text?)" if kind == "TSV" else ""))
                 yield reader.line_num, dict(zip(header, fields))
         except csv.Error as e:
             if "new-line character" in str(e):
                 raise ValueError(f"{path}:{reader.line_num}: a carriage return (\\r) inside a row; lines end at \\n "
                                  f"(or \\r\\n): remove it, or quote the field in a CSV") from None
-            raise ValueError(f"{path}:{reader.line_num}: malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({e})") from None
+            raise ValueError(f"{path}:{reader.line_num}: malformed {kind} ({e})") from None
         except UnicodeDecodeError as e:
             raise ValueError(f"{path}: not UTF-8 text after line {reader.line_num} ({e.reason}); "
                              f"re-save it as UTF-8") from None
