@@ -336,7 +336,6 @@ def read_stsb(split: str, folder: str | os.PathLike | None = None) -> list[tuple
     return pairs
 
 
-
 # ----------------------------------------------------------------------------- the tasks of one run
 def split_off(ds: LabelledTexts, fraction: float, seed: int) -> tuple[LabelledTexts, LabelledTexts]:
     """A seeded (train, validation) split. The permutation depends only on seed and size, so two
@@ -348,7 +347,7 @@ def split_off(ds: LabelledTexts, fraction: float, seed: int) -> tuple[LabelledTe
     def pick(rows: list[int], split: str) -> LabelledTexts:
         rows = sorted(rows)
         return LabelledTexts(ds.name, split, [ds.texts[i] for i in rows], [ds.labels[i] for i in rows],
-                                  ds.label_names, ds.source + f"#{split}")
+                             ds.label_names, ds.source + f"#{split}")
     return pick(order[n_val:], "train"), pick(order[:n_val], "val")
 
 
@@ -359,9 +358,13 @@ def per_class_sample(ds: LabelledTexts, k: int, seed: int) -> LabelledTexts:
     by_label: dict[int, list[int]] = {}
     for i, label in enumerate(ds.labels):
         by_label.setdefault(label, []).append(i)
-    rows = sorted(i for label in sorted(by_label) for i in rng.sample(by_label[label], min(k, len(by_label[label]))))
+    rows = []
+    for label in sorted(by_label):  # one seeded generator draws for each label in turn
+        members = by_label[label]
+        rows += rng.sample(members, min(k, len(members)))
+    rows.sort()
     return LabelledTexts(ds.name, ds.split, [ds.texts[i] for i in rows], [ds.labels[i] for i in rows],
-                              ds.label_names, ds.source + f"#{k}-per-class")
+                         ds.label_names, ds.source + f"#{k}-per-class")
 
 
 def task_datasets(cfg) -> dict[str, str]:
