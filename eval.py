@@ -78,9 +78,9 @@ def confident_mistakes(texts: list[str], y_true: np.ndarray, probs: np.ndarray, 
     """The k wrong predictions the model was surest of: where to look first in error analysis."""
     pred = probs.argmax(axis=1)
     wrong = np.flatnonzero(pred != y_true)
-    wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])][:k]
-    lines = [f"most confident mistakes ({len(np.flatnonzero(pred != y_true))} wrong in all)"]
-    for i in wrong:
+    surest_first = wrong[np.argsort(-probs[wrong, pred[wrong]])]
+    lines = [f"most confident mistakes ({len(wrong)} wrong in all)"]
+    for i in surest_first[:k]:
         lines.append(f"  p={probs[i, pred[i]]:.2f} predicted {label_names[pred[i]]}, "
                      f"true {label_names[y_true[i]]}: {texts[i]!r}")
     return "\n".join(lines)
