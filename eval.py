@@ -217,9 +217,11 @@ def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "t
         saved = {t: v for t, v in info["tasks"].items() if "test_rows" in v}
         if not saved:
             raise ValueError(f"{folder} was trained on built-in datasets; name one with --dataset")
-        cases = [(t, data.user_dataset(Path(folder) / v["test_rows"],
-                                       data.read_user_rows(Path(folder) / v["test_rows"], "text", "label"),
-                                       v["label_names"], "test")) for t, v in saved.items()]
+        cases = []
+        for task, spec in saved.items():
+            path = Path(folder) / spec["test_rows"]
+            rows = data.read_user_rows(path, "text", "label")
+            cases.append((task, data.user_dataset(path, rows, spec["label_names"], "test")))
     else:
         task = next((t for t, v in info["tasks"].items() if v["dataset"] == dataset), None)
         if task is None:
@@ -241,9 +243,9 @@ def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "t
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     from data import DATASETS
 
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="a train.py output folder (uses its best.safetensors)")
     parser.add_argument("--dataset", choices=list(DATASETS),
                         help="a built-in dataset to score the checkpoint on (default: a run on your own data "
@@ -257,8 +259,6 @@ def main() -> None:
     if args.checkpoint and not (Path(args.checkpoint) / "run.json").is_file():
         parser.error(f"--checkpoint {args.checkpoint}: no run.json there; give a train.py output folder")
     if args.stsb:
-        import torch
-
         from speed import load_encoder
 
         score = stsb_spearman(load_encoder(device=args.device, dtype=args.dtype), args.stsb, args.data_dir)
