@@ -28,11 +28,11 @@ from typing import Iterator, Sequence
 import torch
 
 from data import table_rows
+from mpnet import SentenceEncoder, check_batch_size, check_sentences
 from reliability.checkpoint import write_atomic
 from reliability.flags import device, int_at_least
 from scale.corpus import chunks, read_sentences
 from speed.memory import bound_kernel_cache, release_freed_memory
-from mpnet import check_batch_size, check_sentences
 
 
 class Classifier:
@@ -60,7 +60,6 @@ class Classifier:
             model, precision, why = int8_check.choose(folder, model, tokenizer, info, dtype,
                                                       reload=lambda: load_run(folder)[0])
             print(f"dtype {dtype}: {why}", file=sys.stderr)
-        from mpnet import SentenceEncoder
         from speed.onednn import use_where_it_helps
 
         use_where_it_helps(SentenceEncoder(model.backbone, tokenizer), device)  # fp32 layers only; int8 ones stay
@@ -143,8 +142,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--checkpoint {args.checkpoint}: no run.json there; give a train.py output folder")
     if bool(args.sentences) == bool(args.input):
         parser.error("give sentences on the command line, or --input FILE (not both)")
-    if args.input and (not args.input.is_file() or args.output is None):
-        parser.error(f"--input {args.input}: no such file" if not args.input.is_file() else "--input needs --output")
+    if args.input and not args.input.is_file():
+        parser.error(f"--input {args.input}: no such file")
+    if args.input and args.output is None:
+        parser.error("--input needs --output")
     try:
         bound_kernel_cache()
         clf = Classifier.from_checkpoint(args.checkpoint, args.device, args.dtype)

@@ -203,6 +203,21 @@ def test_predict_refuses_a_folder_that_is_not_a_run(tmp_path):
     assert done.returncode == 2 and "no run.json there; give a train.py output folder" in done.stderr
 
 
+@pytest.mark.parametrize("extra, message", [
+    (["--input", "nowhere.txt", "--output", "p.jsonl"], "--input nowhere.txt: no such file"),
+    (["--input", "README.md"], "--input needs --output"),
+    (["hello", "--input", "README.md", "--output", "p.jsonl"], "give sentences on the command line, or --input"),
+])
+def test_predict_refuses_bad_input_flags_in_one_line_before_loading(tmp_path, capsys, monkeypatch, extra, message):
+    import predict
+
+    (tmp_path / "run.json").write_text("{}")  # enough for the folder check; nothing may load it
+    monkeypatch.chdir(ROOT_DIR)
+    with pytest.raises(SystemExit) as stop:
+        predict.main(["--checkpoint", str(tmp_path), *extra])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_val_fraction_zero_trains_on_every_row_and_keeps_the_last_epoch(tmp_path, tokenizer):
     csv_path = write_csv(tmp_path / "tickets.csv", ticket_rows())
     cfg = train_mod.TrainConfig(task_a=str(csv_path), task_b="none", val_fraction=0.0, epochs=2, batch_size=8,
