@@ -241,8 +241,9 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, star
     progress = run.progress
     if end_of_epoch:
         progress.epoch = epoch + 1
-        if progress.history and progress.history[-1]["step"] == progress.step:
-            return save_at_epoch_end(run)  # this step was just validated (--eval-every, early stop)
+        if progress.validated_this_step():  # no second validation of the same weights
+            save_at_epoch_end(run)
+            return
     metrics = accuracies(run.model, run.tokenizer, val_sets, run.bf16, with_loss=True, world=run.world) if val_sets else {}
     record = {"epoch": epoch + 1, "step": progress.step, "tokens": progress.tokens,
               "elapsed_s": round(time.time() - started, 1), "train_s": round(train_s, 1), "cache_s": progress.cache_s,
@@ -343,7 +344,7 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     meter = Meter(started=time.time(), start_step=progress.step)
     with SignalGuard() as signals:
         for epoch in range(progress.epoch, last_epoch):
-            if finished(run) and progress.history and progress.history[-1]["step"] == progress.step:
+            if finished(run) and progress.validated_this_step():
                 break  # resumed after the last step had already been validated
             freeze.train_mode(model)
             train_s = 0.0

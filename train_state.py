@@ -98,6 +98,11 @@ class Progress:
     losses: list = field(default_factory=list)   # one record per log line (losses.jsonl)
     done: bool = False
 
+    def validated_this_step(self) -> bool:
+        """The latest validation saw the current weights: an --eval-every one on an epoch's last step, or a
+        resume of a run whose final step was validated."""
+        return bool(self.history) and self.history[-1]["step"] == self.step
+
     def is_better(self, loss: float, acc: float) -> bool:
         """The best epoch has the lowest mean validation loss (as Hugging Face Trainer's default), ties
         broken by accuracy. Cross-entropy moves smoothly with the model; accuracy on a few hundred
