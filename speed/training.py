@@ -103,8 +103,10 @@ def speed_up(model: MultiTaskModel, optimizer: torch.optim.Optimizer, tokenizer=
     cache_s = 0.0
     frozen = frozen_prefix(model)
     if train_texts is not None and frozen > 1:
-        pooled = frozen == 1 + len(model.backbone.layers)
-        cache = FeatureCache(model, tokenizer, train_texts + (val_texts or [] if pooled else []), autocast=autocast)
+        texts = list(train_texts)
+        if frozen == 1 + len(model.backbone.layers):  # the whole backbone is frozen: validation reads the cache too
+            texts += val_texts or []
+        cache = FeatureCache(model, tokenizer, texts, autocast=autocast)
         cache.install(model)
         cache_s = round(cache.seconds, 1)
         print(f"feature cache: {cache.nbytes() / 1e6:.0f} MB of frozen-bottom outputs in {cache_s} s", file=sys.stderr)
