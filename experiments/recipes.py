@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from cells import cell, frozen_embeddings  # noqa: E402
 from reliability import run_folder  # noqa: E402
+from train_state import TrainConfig  # noqa: E402
 
 RESULTS = HERE / "results" / "recipes"
 WORK = ROOT / "runs" / "recipes"
@@ -60,6 +61,7 @@ ROWS = {"defaults": "default flags (`--freeze backbone`)", "before": "`--recipe 
 SCENARIOS = {"none": "full fine-tuning", "top-4": "top 4 layers (cache below)", "gradual": "gradual unfreezing"}
 # Gradual unfreezing's default before: one more group per epoch, so 3 epochs trained the heads, then layer 11, then
 # layers 10-11. An epoch is (rows - the 10% validation split) // batch 16 steps.
+BERT = TrainConfig()  # the recipe of the scenarios that train the backbone: TrainConfig's own defaults
 EPOCH_STEPS = {"banking77": 9003 // 16, "trec6-csv": 4907 // 16}
 # Longer stages than the default's twentieth of the run at full data (918 // 20 = 45 steps on TREC-6): 14 equal
 # stages, the last group thawed for the last one. Cells variant-SPEC-SET-SEED.
@@ -218,9 +220,12 @@ def refit_change(load) -> list[str]:
 
 def scenario_table(load, cpus: set) -> list[str]:
     """Every freezing scenario with default flags, on the sets where its cells exist."""
-    lines = ["", "Every freezing scenario with no flag but `--freeze SPEC` (mean ± std over seeds; heads only is the "
-             "default-flags column above). The scenarios that train the backbone keep BERT's recipe, the best the "
-             "project knows for them at full data, so their default flags are that recipe. Gradual unfreezing "
+    lines = ["", "Every freezing scenario with no flag but `--freeze SPEC` (mean ± std over seeds "
+             + ", ".join(map(str, SEEDS)) + ", their count in brackets; heads only is the default-flags column above). "
+             "The scenarios that train the backbone keep BERT's recipe, the best the project knows for them at full "
+             "data, so their default flags are that recipe; that is also their budget: "
+             f"{BERT.epochs} epochs of batch {BERT.batch_size} ({BERT.warmup:.0%} warmup, then {BERT.schedule} decay), "
+             f"the best epoch picked on a {BERT.val_fraction:.0%} validation split. Gradual unfreezing "
              "unfreezes one more group every epoch or every twentieth of the run, whichever is sooner (freeze.apply): "
              "here the twentieth, so all train for the run's last third; "
              "its earlier default, one group per epoch, trained only the heads, then layer 11, then "
