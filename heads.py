@@ -30,11 +30,12 @@ class MultiTaskModel(nn.Module):
             task: nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, n)) for task, n in num_labels.items()
         })
 
-    def embed(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, start: int = 0,
-              packed: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, L) -> (B, hidden) sentence embeddings, the input every head sees.
-        start, packed: resume from cached states entering layer `start` (see MPNet.forward)."""
-        tokens = self.backbone(input_ids, attention_mask, start=start, packed=packed)
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) -> (B, hidden) sentence embeddings, the input every head sees."""
+        return self.pool(self.backbone(input_ids, attention_mask), attention_mask)
+
+    def pool(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, L, hidden) token embeddings -> (B, hidden): mean pooling, L2-normalised if asked."""
         pooled = mean_pool(tokens, attention_mask)
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 

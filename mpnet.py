@@ -17,7 +17,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -99,12 +99,8 @@ def relative_position_bucket(relative_position: torch.Tensor, num_buckets: int =
 
 # ----------------------------------------------------------------------------- 3. model
 def init_table(rows: int, dim: int) -> nn.Parameter:
-    """A lookup table as a plain parameter, BERT-style random init (only random models use it).
-
-    Plain parameters read with F.embedding, rather than nn.Embedding: its normal_()
-    init drags about a second of imports into start-up on the meta device that
-    load_checkpoint() builds the model on; trunc_normal_ does not.
-    """
+    """A lookup table as a plain parameter read with F.embedding, BERT-style random init (only a
+    random model keeps it). Not nn.Embedding: its init pulls in slow imports at start-up."""
     return nn.Parameter(nn.init.trunc_normal_(torch.empty(rows, dim), std=0.02))
 
 
@@ -127,6 +123,8 @@ class Embeddings(nn.Module):
 
 
 class SelfAttention(nn.Module):
+    """Multi-head self-attention; `mask` holds the relative position bias and the padding."""
+
     def __init__(self, cfg: MPNetConfig):
         super().__init__()
         self.n_heads = cfg.num_attention_heads
@@ -136,28 +134,26 @@ class SelfAttention(nn.Module):
         self.o = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.dropout_p = cfg.attention_probs_dropout_prob
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, B: int, L: int) -> torch.Tensor:
-        """x: (T, D) real tokens only; keep: their (T,) indices into the padded (B*L) grid."""
-        T, D = x.shape
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, D) token states, mask: (B, H, L, L) additive -> (B, L, D)."""
+        B, L, D = x.shape
 
-        def to_heads(t: torch.Tensor) -> torch.Tensor:  # (T, D) -> padded (B, heads, L, head_dim)
-            padded = t.new_zeros(B * L, D).index_copy(0, keep, t)
-            return padded.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)
+        def to_heads(t: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, heads, L, head_dim)
+            return t.view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)
 
         q, k, v = to_heads(self.q(x)), to_heads(self.k(x)), to_heads(self.v(x))
         y = self.attend(q, k, v, mask)
-        return self.o(y.transpose(1, 2).reshape(B * L, D).index_select(0, keep))
+        return self.o(y.transpose(1, 2).reshape(B, L, D))
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """softmax(q k^T / sqrt(head_dim) + mask) v, per head, with dropout on the probabilities in training.
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T / sqrt(head_dim) + mask) v, per head; dropout on the probabilities in training.
 
-        `mask` already holds the relative position bias and the padding (-inf-like) as one additive
-        term, so PyTorch's scaled_dot_product_attention does it all in one call. (The speed path,
-        speed/training.py, writes the same formula out for training: baddbmm, softmax, a cheaper
-        dropout mask, bmm. Eval and encode() always take this line.)
+        `mask` holds the relative position bias and the padding (-inf-like) as one additive term,
+        so PyTorch's scaled_dot_product_attention does it all in one call.
         """
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                              dropout_p=self.dropout_p if self.training else 0.0)
+        dropout_p = self.dropout_p if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
 class Layer(nn.Module):
@@ -176,8 +172,8 @@ class Layer(nn.Module):
         self.ffn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, B: int, L: int) -> torch.Tensor:
-        x = self.attn_norm(x + self.dropout(self.attn(x, mask, keep, B, L)))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.attn_norm(x + self.dropout(self.attn(x, mask)))
         # exact erf GELU (approximate="none"), not the tanh approximation
         return self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))
 
@@ -194,7 +190,7 @@ class MPNet(nn.Module):
         self.relative_bias = init_table(cfg.relative_attention_num_buckets, cfg.num_attention_heads)
 
     def attention_mask(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Relative position bias (1, H, L, L) + padding mask (B, 1, 1, L) -> one additive (B, H, L, L) mask.
+        """Relative position bias (1, H, L, L) + padding (B, 1, 1, L) -> one additive (B, H, L, L).
 
         The bias depends only on the offsets between positions, not on the layer
         or the tokens, so it is computed once per forward and reused by all 12
@@ -204,34 +200,29 @@ class MPNet(nn.Module):
         """
         L = attention_mask.shape[1]
         idx = torch.arange(L, device=attention_mask.device)
-        buckets = relative_position_bucket(idx[None, :] - idx[:, None], self.cfg.relative_attention_num_buckets,
+        buckets = relative_position_bucket(idx[None, :] - idx[:, None],
+                                           self.cfg.relative_attention_num_buckets,
                                            self.cfg.relative_attention_max_distance)
-        bias = self.relative_bias[buckets].permute(2, 0, 1).unsqueeze(0).to(dtype)  # (L, L, H) -> (1, H, L, L)
+        # (L, L, H) -> (1, H, L, L)
+        bias = self.relative_bias[buckets].permute(2, 0, 1).unsqueeze(0).to(dtype)
         # Padded keys get the most negative finite value, so softmax gives them exactly 0.
         padding = (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
         return bias + padding
 
-    def forward(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor, start: int = 0,
-                stop: int | None = None, packed: torch.Tensor | None = None) -> torch.Tensor:
-        """Token embeddings (B, L, hidden) after the layers; rows at padded positions are zero.
-
-        Padding costs nothing in the per-token layers (the linear maps, LayerNorm,
-        GELU: over 90% of the FLOPs): they run on the T real tokens packed into one
-        (T, hidden) matrix. Only attention, which mixes tokens, sees the padded
-        (B, L) grid. With batches of 32 length-sorted sentences this saves about
-        10% of the work here; with unsorted batches, far more.
-
-        start, stop, packed: run only layers [start, stop), starting from `packed`, the
-        (T, hidden) real-token states that enter layer `start`. This is how a frozen bottom
-        of the network is computed once and cached (see speed/feature_cache.py).
-        """
-        B, L = attention_mask.shape
-        keep = attention_mask.flatten().nonzero().squeeze(1)  # (T,) real-token indices into B*L
-        x = self.embeddings(input_ids).flatten(0, 1).index_select(0, keep) if packed is None else packed
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (B, L, hidden) after the layers. Rows at padded positions hold values
+        that nothing reads: no real token attends to them, and mean pooling leaves them out."""
+        x = self.embeddings(input_ids)
         mask = self.attention_mask(attention_mask, x.dtype)
-        for layer in self.layers[start:stop]:
-            x = layer(x, mask, keep, B, L)
-        return x.new_zeros(B * L, x.shape[-1]).index_copy(0, keep, x).view(B, L, -1)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+    def set_attention_dropout(self, p: float) -> None:
+        """Every layer's dropout on the attention probabilities becomes p (0: no masks to draw)."""
+        self.cfg = replace(self.cfg, attention_probs_dropout_prob=p)
+        for layer in self.layers:
+            layer.attn.dropout_p = p
 
 
 # ----------------------------------------------------------------------------- 4. loading

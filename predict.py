@@ -61,7 +61,9 @@ class Classifier:
                                                       reload=lambda: load_run(folder)[0])
             print(f"dtype {dtype}: {why}", file=sys.stderr)
         from speed.onednn import use_where_it_helps
+        from speed.packing import pack
 
+        pack(model.backbone)  # the per-token layers skip the padding (speed/packing.py)
         use_where_it_helps(SentenceEncoder(model.backbone, tokenizer), device)  # fp32 layers only; int8 ones stay
         return cls(model.to(device), tokenizer, info, autocast=precision == "bf16")
 

@@ -53,24 +53,10 @@ from weights.fetch import weights_dir
 def build(cfg: TrainConfig, train_sets: dict):
     """The pretrained encoder with one fresh head per task, and its tokenizer."""
     encoder = SentenceEncoder.from_pretrained()
-    set_attention_dropout(encoder.model, cfg)
+    encoder.model.set_attention_dropout(cfg.attention_dropout)  # 0: no masks to draw (docs/fewshot.md)
     num_labels = {task: len(ds.label_names) for task, ds in train_sets.items()}
     model = MultiTaskModel(encoder.model, num_labels, normalize=cfg.normalize)
     return model, encoder.tokenizer
-
-
-def backbone_config(checkpoint: MPNetConfig, cfg: TrainConfig) -> MPNetConfig:
-    """The checkpoint's config with what the flags change in it, which run.json records: the dropout on
-    the attention probabilities (--attention-dropout 0 draws no masks: a little faster, one regulariser
-    less; docs/training-speed.md and docs/fewshot.md)."""
-    return replace(checkpoint, attention_probs_dropout_prob=cfg.attention_dropout)
-
-
-def set_attention_dropout(backbone: MPNet, cfg: TrainConfig) -> None:
-    """The model side of backbone_config: every layer's attention takes the flag's dropout."""
-    backbone.cfg = backbone_config(backbone.cfg, cfg)
-    for layer in backbone.layers:
-        layer.attn.dropout_p = backbone.cfg.attention_probs_dropout_prob
 
 
 def run_info(cfg: TrainConfig, backbone: MPNetConfig, train_sets: dict) -> dict:
@@ -462,7 +448,8 @@ def run_and_test(cfg: TrainConfig, resume: bool, recipe_line: str, world: World)
         torch.manual_seed(cfg.seed)
         train_sets, val_sets, final_sets = data.load_tasks(cfg)
         if resume:
-            now = run_info(cfg, backbone_config(MPNetConfig.of_weights(), cfg), train_sets)
+            backbone = replace(MPNetConfig.of_weights(), attention_probs_dropout_prob=cfg.attention_dropout)
+            now = run_info(cfg, backbone, train_sets)
             run_folder.check_resume_matches(saved_info, now, out)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")

@@ -10,6 +10,7 @@
 # Read it beside `mpnet.py`: section numbers in the headings point at the code.
 
 # %%
+import copy
 import math
 
 import torch
@@ -114,27 +115,26 @@ assert torch.allclose(by_hand, x0, atol=1e-6)
 # %%
 one = tokenizer.pad(ids[:1])
 mask = one["attention_mask"]
-B, L = mask.shape
-keep = mask.flatten().nonzero().squeeze(1)  # the model works on packed real tokens (T, 768)
+L = mask.shape[1]
 with torch.no_grad():
-    x = model.embeddings(one["input_ids"]).flatten(0, 1)[keep]
+    x = model.embeddings(one["input_ids"])  # (1, L, 768): one sentence, every position real
     layer, H, d = model.layers[0], cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
-    heads = lambda t: t.view(L, H, d).transpose(0, 1)  # (L, 768) -> (12, L, 64)
+    heads = lambda t: t[0].view(L, H, d).transpose(0, 1)  # (1, L, 768) -> (12, L, 64)
     q, k, v = heads(layer.attn.q(x)), heads(layer.attn.k(x)), heads(layer.attn.v(x))
     bias = model.relative_bias[relative_position_bucket(torch.arange(L)[None, :] - torch.arange(L)[:, None])]
     scores = q @ k.transpose(1, 2) / math.sqrt(d) + bias.permute(2, 0, 1)  # (12, L, L)
     weights = scores.softmax(dim=-1)
-    attended = layer.attn.o((weights @ v).transpose(0, 1).reshape(L, cfg.hidden_size))
+    attended = layer.attn.o((weights @ v).transpose(0, 1).reshape(1, L, cfg.hidden_size))
     print("q", tuple(q.shape), "scores", tuple(scores.shape), "attention output", tuple(attended.shape))
     print("head 0: where token 1 looks (weights over the keys):", weights[0, 1])
 
     module_mask = model.attention_mask(mask, x.dtype)
-    assert torch.allclose(attended, layer.attn(x, module_mask, keep, B, L), atol=1e-5)
+    assert torch.allclose(attended, layer.attn(x, module_mask), atol=1e-5)
 
     h = F.layer_norm(x + attended, (768,), layer.attn_norm.weight, layer.attn_norm.bias, cfg.layer_norm_eps)
     ffn = layer.ffn_out(F.gelu(layer.ffn_in(h)))  # exact (erf) GELU, 768 -> 3072 -> 768
     out = F.layer_norm(h + ffn, (768,), layer.ffn_norm.weight, layer.ffn_norm.bias, cfg.layer_norm_eps)
-    assert torch.allclose(out, layer(x, module_mask, keep, B, L), atol=1e-5)
+    assert torch.allclose(out, layer(x, module_mask), atol=1e-5)
 print("layer 0 by hand equals the module")
 
 # %% [markdown]
@@ -151,7 +151,7 @@ print("layer 0 by hand equals the module")
 
 # %%
 with torch.no_grad():
-    tokens = model(batch["input_ids"], batch["attention_mask"])  # (2, L, 768), zero at padding
+    tokens = model(batch["input_ids"], batch["attention_mask"])  # (2, L, 768); padded rows unread
 pooled = mean_pool(tokens, batch["attention_mask"])
 by_hand = (tokens * batch["attention_mask"][..., None]).sum(1) / batch["attention_mask"].sum(1, keepdim=True)
 embeddings = F.normalize(pooled, dim=-1)
@@ -163,6 +163,24 @@ print(f"cosine similarity of {pair[0]!r} and {pair[1]!r}: {cosine:.4f}")
 unrelated = float(encoder.encode(["A man is playing a guitar.", "The stock market fell sharply today."]).prod(0).sum())
 print(f"... and of the guitar sentence with an unrelated one: {unrelated:.4f}")
 assert cosine > unrelated
+
+# %% [markdown]
+# ### An aside, safe to skip: packing
+#
+# Only attention mixes tokens; the linear maps, LayerNorm, GELU and dropout treat each token on its
+# own. So a faster model keeps only the real tokens, as one (T, 768) matrix, and puts them back on
+# the padded grid just around the attention product. `speed/packing.py` swaps that in after load
+# (`speed.load_encoder` and training's speed path do it), like int8: the same numbers, to rounding.
+
+# %%
+from speed.packing import pack
+
+packed = pack(copy.deepcopy(model))
+with torch.no_grad():
+    packed_tokens = packed(batch["input_ids"], batch["attention_mask"])
+real = batch["attention_mask"].bool()
+print("packed against plain, real tokens: max |diff|", float((packed_tokens - tokens)[real].abs().max()))
+assert torch.allclose(packed_tokens[real], tokens[real], atol=1e-5)
 
 # %% [markdown]
 # ## Pictures

@@ -19,10 +19,10 @@ class Bug:
 
 BUGS = [
     Bug("Layer.forward",
-        "        x = self.attn_norm(x + self.dropout(self.attn(x, mask, keep, B, L)))\n"
+        "        x = self.attn_norm(x + self.dropout(self.attn(x, mask)))\n"
         "        # exact erf GELU (approximate=\"none\"), not the tanh approximation\n"
         "        return self.ffn_norm(x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(x)))))",
-        "        x = x + self.dropout(self.attn(self.attn_norm(x), mask, keep, B, L))\n"
+        "        x = x + self.dropout(self.attn(self.attn_norm(x), mask))\n"
         "        # exact erf GELU (approximate=\"none\"), not the tanh approximation\n"
         "        return x + self.dropout(self.ffn_out(F.gelu(self.ffn_in(self.ffn_norm(x)))))",
         "pre-LN, x + f(LN(x)), in a model trained post-LN, LN(x + f(x))"),

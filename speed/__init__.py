@@ -2,7 +2,8 @@
 beyond rounding. Each piece plugs in after the plain model is built, with one call:
 
     speed.load_encoder(dtype="auto")      an encoder in the fastest accurate precision for this machine
-                                          (quant.py for int8, onednn.py for fp32 on AVX-512)
+                                          (quant.py for int8, onednn.py for fp32 on AVX-512), packed
+                                          (packing.py: the per-token layers skip the padding)
     speed.training.speed_up(model, ...)   train.py's faster step (off with --plain)
 """
 from __future__ import annotations
@@ -20,12 +21,14 @@ def load_encoder(path=None, device: str | torch.device | None = None, dtype: str
     from mpnet import SentenceEncoder
     from speed.hardware import encoder_precision
     from speed.memory import bound_kernel_cache
+    from speed.packing import pack
 
     bound_kernel_cache()  # before the first forward: memory stays flat over a long stream (memory.py)
     precision, why = encoder_precision(dtype, torch.device(device or "cpu"))
     if dtype == "auto":
         print(f"dtype auto: {precision} ({why})", file=sys.stderr)
     encoder = SentenceEncoder.from_pretrained(path, device, dtype="bf16" if precision == "bf16" else "fp32")
+    pack(encoder.model)  # every precision: the per-token layers skip the padding (packing.py)
     if precision == "int8":
         from speed.quant import quantize
 

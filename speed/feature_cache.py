@@ -23,6 +23,7 @@ import torch
 from freeze import backbone_groups
 from heads import MultiTaskModel
 from mpnet import length_sorted_batches
+from speed.packing import pack
 
 
 def frozen_prefix(model: MultiTaskModel) -> int:
@@ -40,18 +41,20 @@ class FeatureCache:
     """Outputs of the frozen bottom for a list of texts, keyed by each text's token ids.
 
     install() makes it the model's embed(): a batch whose every row was cached reads its features
-    here and runs only what trains; any other batch (new text: the test set, say) takes the model's
+    here and runs only what trains (it packs the backbone: speed/packing.py); any other batch (new text: the test set, say) takes the model's
     own path. Both give the same numbers, since the bottom is frozen.
     """
 
     def __init__(self, model: MultiTaskModel, tokenizer, texts: list[str], autocast: bool = False,
                  batch_size: int = 64):
+        pack(model.backbone)  # the packed model runs a range of layers from given states
         self.frozen = frozen_prefix(model)
         if self.frozen == 0:
             raise ValueError("nothing to cache: the embeddings train, so no part of the backbone is frozen")
         self.start = self.frozen - 1      # first layer that still trains
         self.pooled = self.start == len(model.backbone.layers)
         self.model_embed = model.embed    # the uncached path, kept before install() replaces it
+        self.backbone, self.pool = model.backbone, model.pool  # a packed backbone (speed/packing.py)
         started = time.time()
         ids = tokenizer.encode(list(dict.fromkeys(texts)))  # each distinct text once
         self.features: dict[tuple[int, ...], torch.Tensor] = {}
@@ -90,4 +93,5 @@ class FeatureCache:
         if self.pooled:
             return torch.stack([self.features[key] for key in keys]).to(device)
         packed = torch.cat([self.features[key] for key in keys]).to(device)  # (T, hidden): the packed layout
-        return self.model_embed(None, attention_mask, start=self.start, packed=packed)
+        tokens = self.backbone(None, attention_mask, start=self.start, packed=packed)
+        return self.pool(tokens, attention_mask)

@@ -12,6 +12,7 @@ calls speed_up() once, which swaps modules and adds hooks; no parameter changes,
 checkpoints load either way:
 
     swapped in                        in place of                           what it saves (docs/training-speed.md)
+    PackedMPNet (packing.py)          every layer on the padded grid        the padding's share of the work
     LaneDropout                       every nn.Dropout                      masks 3.5x cheaper to draw (lane_dropout.py)
     WrittenOutAttention               SelfAttention, in training only       SDPA's math fallback's extra passes; its
                                                                             dropout mask comes from lane_dropout too
@@ -35,14 +36,14 @@ import torch
 from torch import nn
 
 from heads import MultiTaskModel
-from mpnet import SelfAttention
 from speed.feature_cache import FeatureCache, frozen_prefix
 from speed.grad_hooks import GradNorm, install as install_grad_hooks
 from speed.lane_dropout import LaneDropout, dropout
+from speed.packing import PackedSelfAttention, pack
 
 
-class WrittenOutAttention(SelfAttention):
-    """SelfAttention whose training attention is written out: baddbmm, softmax, lane dropout, bmm.
+class WrittenOutAttention(PackedSelfAttention):
+    """Packed attention whose training attention is written out: baddbmm, softmax, lane dropout, bmm.
 
     In training the mask needs a gradient (the relative bias trains) and the probabilities a dropout;
     PyTorch's fused CPU kernel gives neither, so SDPA falls back to its unfused math path, which makes
@@ -101,6 +102,7 @@ def speed_up(model: MultiTaskModel, optimizer: torch.optim.Optimizer, tokenizer=
     set to save a table lookup); val_texts join it when the whole backbone is frozen, so that a
     validation costs milliseconds."""
     cache_s = 0.0
+    pack(model.backbone)  # first: the feature cache runs the packed model's layer ranges
     frozen = frozen_prefix(model)
     if train_texts is not None and frozen > 1:
         texts = list(train_texts)

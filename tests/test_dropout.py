@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from speed.lane_dropout import LANES, LaneDropout, dropout, keep_mask
+from speed.packing import pack
 from speed.training import WrittenOutAttention
 from mpnet import MPNet, MPNetConfig
 
@@ -80,7 +81,8 @@ def test_bad_probability_is_refused_when_built(p):
 
 
 def written_out(model: MPNet) -> MPNet:
-    """The speed path's attention (speed/training.py) on every layer."""
+    """The speed path's attention (speed/training.py) on every layer, which is packed (speed/packing.py)."""
+    pack(model)
     for layer in model.layers:
         layer.attn.__class__ = WrittenOutAttention
     return model

@@ -112,13 +112,13 @@ def attend_written_out(self, q, k, v, mask):  # right, by another route than SDP
     return F.dropout(weights, self.dropout_p, self.training) @ v
 
 
-def layer_pre_ln(self, x, mask, keep, B, L):
-    x = x + self.attn(self.attn_norm(x), mask, keep, B, L)
+def layer_pre_ln(self, x, mask):
+    x = x + self.attn(self.attn_norm(x), mask)
     return x + self.ffn_out(F.gelu(self.ffn_in(self.ffn_norm(x))))
 
 
-def layer_tanh_gelu(self, x, mask, keep, B, L):
-    x = self.attn_norm(x + self.attn(x, mask, keep, B, L))
+def layer_tanh_gelu(self, x, mask):
+    x = self.attn_norm(x + self.attn(x, mask))
     return self.ffn_norm(x + self.ffn_out(F.gelu(self.ffn_in(x), approximate="tanh")))
 
 

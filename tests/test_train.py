@@ -1,6 +1,8 @@
 """train.py on a tiny random-config backbone: overfitting, save/load, resume."""
 import json
 
+from dataclasses import replace
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -175,7 +177,7 @@ def test_attention_dropout_zero_makes_training_attention_deterministic(tokenizer
     # Training attention is written out (test_dropout checks it against the fused kernel), so the
     # test is whether two training passes agree: only a dropout mask can make them differ.
     assert not torch.equal(outputs(True), outputs(True))  # the checkpoint's 0.1: other drops each pass
-    train_mod.set_attention_dropout(backbone, train_mod.TrainConfig(attention_dropout=0.0))
+    backbone.set_attention_dropout(0.0)
     assert torch.equal(outputs(True), outputs(True))
     assert backbone.cfg.attention_probs_dropout_prob == 0.0  # what run.json records
 
@@ -184,9 +186,9 @@ def test_a_run_without_attention_dropout_passes_the_resume_check(tmp_path):
     cfg = config(tmp_path, attention_dropout=0.0)
     model = tiny_model()
     checkpoint = model.backbone.cfg  # what config.json says (0.1), as main() reads it on --resume
-    train_mod.set_attention_dropout(model.backbone, cfg)
+    model.backbone.set_attention_dropout(cfg.attention_dropout)
     info = train_mod.run_info(cfg, model.backbone.cfg, tasks())
-    now = train_mod.run_info(cfg, train_mod.backbone_config(checkpoint, cfg), tasks())
+    now = train_mod.run_info(cfg, replace(checkpoint, attention_probs_dropout_prob=0.0), tasks())
     run_folder.check_resume_matches(info, now, tmp_path)
     with pytest.raises(ValueError, match="the data or model differ"):  # the checkpoint's own config would not
         run_folder.check_resume_matches(info, train_mod.run_info(cfg, checkpoint, tasks()), tmp_path)

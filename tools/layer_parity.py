@@ -33,15 +33,13 @@ SENTENCES = ["A man is playing a guitar.", "Hi",
 def our_hidden_states(encoder: SentenceEncoder, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """(B, L, D) after the embeddings and after each layer, read with forward hooks, zero at padding."""
     model, mask = encoder.model, batch["attention_mask"]
-    B, L = mask.shape
-    keep = mask.flatten().nonzero().squeeze(1)
     states: list[torch.Tensor] = []
 
-    def unpack(t: torch.Tensor) -> torch.Tensor:  # layers work on packed (T, D) real tokens
-        return t.new_zeros(B * L, t.shape[-1]).index_copy(0, keep, t).view(B, L, -1)
+    def record(module, inputs, out) -> None:
+        states.append(out * mask[..., None])
 
-    hooks = [model.embeddings.register_forward_hook(lambda m, i, out: states.append(out * mask[..., None]))]
-    hooks += [layer.register_forward_hook(lambda m, i, out: states.append(unpack(out))) for layer in model.layers]
+    hooks = [model.embeddings.register_forward_hook(record)]
+    hooks += [layer.register_forward_hook(record) for layer in model.layers]
     try:
         with torch.no_grad():
             model(batch["input_ids"], mask)

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 
-def forward(self, x: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, B: int, L: int) -> torch.Tensor:
-    """(T, D) packed real tokens -> (T, D), one BERT-style layer.
+def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, D) token states -> (B, L, D), one BERT-style layer.
 
-    `self` is the Layer module, with self.attn (call it as self.attn(x, mask, keep, B, L)),
+    `self` is the Layer module, with self.attn (call it as self.attn(x, mask)),
     self.attn_norm, self.ffn_in (768 -> 3072), self.ffn_out (3072 -> 768), self.ffn_norm and
     self.dropout.
 
