@@ -26,10 +26,11 @@ from typing import Iterator
 
 import torch
 
+from heads import IGNORE  # the label of an example that has none for a task
+
 ROOT = Path(__file__).resolve().parent
 DATA_ENV = "MPNET_DATA_DIR"
 REVIEWS = ROOT / "data" / "reviews.tsv"
-IGNORE = -100  # label id of "this example has no label for this task" (cross_entropy's ignore_index)
 
 
 def user_data_dir() -> Path:
@@ -373,7 +374,7 @@ def task_datasets(cfg) -> dict[str, str]:
 
 
 def load_tasks(cfg) -> tuple[dict, dict, dict]:
-    """-> (train, validation, evaluation) datasets, each {task: LabelledTexts}, for train_state.TrainConfig's
+    """-> (train, validation, evaluation) datasets, each {task: LabelledTexts}, for train_config.TrainConfig's
     data flags (--task-a/-b, --max-train, --per-class, --val-fraction, --max-val and your own files')."""
     train, val, final, splits = {}, {}, {}, {}
     for task, name in task_datasets(cfg).items():

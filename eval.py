@@ -1,8 +1,8 @@
-"""Evaluation. Metrics are written out in numpy (tests cross-check them against scikit-learn and scipy).
+"""Evaluation. Metrics are written out in numpy (tests cross-check them with scikit-learn, scipy).
 
     python eval.py --checkpoint runs/default --dataset reviews-topic --split test
     python eval.py --checkpoint runs/tickets     # a run on your own data: the test rows it saved
-    python eval.py --stsb test                  # cosine-Spearman of the bare encoder on STS-B (x100)
+    python eval.py --stsb test                  # the bare encoder's STS-B cosine-Spearman (x100)
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from reliability.flags import device
+from reliability.saved_run import load_run  # run.json checked, the weights against it
 
 
 # ----------------------------------------------------------------------------- classification
@@ -40,7 +41,8 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, num_classes: i
         "accuracy": float(tp.sum() / cm.sum()),
         "precision": precision, "recall": recall, "f1": f1, "support": support,
         "macro": {"precision": precision.mean(), "recall": recall.mean(), "f1": f1.mean()},
-        "weighted": {"precision": precision @ weights, "recall": recall @ weights, "f1": f1 @ weights},
+        "weighted": {"precision": precision @ weights, "recall": recall @ weights,
+                     "f1": f1 @ weights},
         "confusion": cm,
     }
 
@@ -54,17 +56,19 @@ def format_report(report: dict, label_names: list[str]) -> str:
                      f"{report['f1'][i]:6.3f} {report['support'][i]:8d}")
     for avg in ("macro", "weighted"):
         r = report[avg]
-        lines.append(f"{avg + ' avg':{width}}  {r['precision']:9.3f} {r['recall']:7.3f} {r['f1']:6.3f} "
-                     f"{int(report['support'].sum()):8d}")
+        lines.append(f"{avg + ' avg':{width}}  {r['precision']:9.3f} {r['recall']:7.3f} "
+                     f"{r['f1']:6.3f} {int(report['support'].sum()):8d}")
     return "\n".join(lines)
 
 
 def format_confusion(cm: np.ndarray, label_names: list[str], max_full: int = 12) -> str:
-    """The whole matrix for a few classes; for many (Banking77's 77), the most frequent confusions."""
+    """The whole matrix for a few classes; for many (Banking77's 77), the most frequent mix-ups."""
     if len(label_names) <= max_full:
         short = [n[:10] for n in label_names]
-        lines = ["confusion (rows: true, columns: predicted)", " " * 12 + " ".join(f"{s:>10}" for s in short)]
-        lines += [f"{short[i]:>11} " + " ".join(f"{v:10d}" for v in row) for i, row in enumerate(cm)]
+        lines = ["confusion (rows: true, columns: predicted)",
+                 " " * 12 + " ".join(f"{s:>10}" for s in short)]
+        for i, row in enumerate(cm):
+            lines.append(f"{short[i]:>11} " + " ".join(f"{v:10d}" for v in row))
         return "\n".join(lines)
     off = cm.copy()
     np.fill_diagonal(off, 0)
@@ -73,8 +77,8 @@ def format_confusion(cm: np.ndarray, label_names: list[str], max_full: int = 12)
                      [f"  {label_names[i]} -> {label_names[j]}: {n}" for n, i, j in pairs])
 
 
-def confident_mistakes(texts: list[str], y_true: np.ndarray, probs: np.ndarray, label_names: list[str],
-                       k: int = 10) -> str:
+def confident_mistakes(texts: list[str], y_true: np.ndarray, probs: np.ndarray,
+                       label_names: list[str], k: int = 10) -> str:
     """The k wrong predictions the model was surest of: where to look first in error analysis."""
     pred = probs.argmax(axis=1)
     wrong = np.flatnonzero(pred != y_true)
@@ -112,12 +116,13 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return pearson(rankdata(a), rankdata(b))
 
 
-def stsb_spearman(encoder, split: str = "test", data_dir: str | None = None, batch_size: int = 32) -> float:
-    """Cosine similarity of the two sentences' embeddings, Spearman against the gold scores, x100."""
+def stsb_spearman(encoder, split: str = "test", data_dir: str | None = None,
+                  batch_size: int = 32) -> float:
+    """Cosine similarity of each pair's embeddings, Spearman against the gold scores, x100."""
     from data import read_stsb
 
     pairs = read_stsb(split, data_dir)
-    unique = list(dict.fromkeys(s for p in pairs for s in p[:2]))  # each sentence once (test: 2,552 of 2,758)
+    unique = list(dict.fromkeys(s for p in pairs for s in p[:2]))  # each sentence once
     row = {s: i for i, s in enumerate(unique)}
     emb = encoder.encode(unique, batch_size=batch_size)
     first, second = emb[[row[p[0]] for p in pairs]], emb[[row[p[1]] for p in pairs]]
@@ -125,92 +130,14 @@ def stsb_spearman(encoder, split: str = "test", data_dir: str | None = None, bat
     return 100 * spearman(cosine, np.array([p[2] for p in pairs]))
 
 
-# ----------------------------------------------------------------------------- checkpoints
-# run.json is input, not trust: the sizes that decide how much gets built, bounded before anything is.
-BACKBONE_LIMITS = {"vocab_size": 1_000_000, "hidden_size": 8192, "num_hidden_layers": 96, "num_attention_heads": 128,
-                   "intermediate_size": 65536, "max_position_embeddings": 65536, "relative_attention_num_buckets": 1024}
-
-
-# Numbers no tensor shape checks: a run.json that changed them would load and silently compute another model.
-FIXED_BY_THE_CHECKPOINT = ("layer_norm_eps", "pad_token_id", "relative_attention_max_distance")
-
-
-def check_run_info(info: dict) -> None:
-    """Raise ValueError unless run.json's sizes are sane, the numbers no shape checks agree with the
-    backbone's own config.json, and its test_rows stay inside the run folder."""
-    from mpnet import MPNetConfig
-
-    if not isinstance(info, dict) or not all(isinstance(info.get(k), dict) for k in ("config", "backbone", "tasks")):
-        raise ValueError("expected a JSON object holding the objects config, backbone and tasks")
-    for task, spec in info["tasks"].items():
-        names = spec.get("label_names") if isinstance(spec, dict) else None
-        if not (isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names)):
-            raise ValueError(f"task {task}'s label_names must be a list of at least 2 strings")
-    for key, limit in BACKBONE_LIMITS.items():
-        value = info["backbone"].get(key)
-        if value is not None and (isinstance(value, bool) or not (isinstance(value, int) and 0 < value <= limit)):
-            raise ValueError(f"backbone {key} is {value!r}, expected an integer in 1..{limit:,}")
-    reference = MPNetConfig.of_weights()
-    for key in FIXED_BY_THE_CHECKPOINT:
-        if key in info["backbone"] and info["backbone"][key] != getattr(reference, key):
-            raise ValueError(f"backbone {key} is {info['backbone'][key]!r}, but the backbone's config.json says "
-                             f"{getattr(reference, key)!r}")
-    if not isinstance(info["config"].get("normalize", False), bool):
-        raise ValueError(f"config normalize is {info['config']['normalize']!r}, expected true or false")
-    for task, spec in info["tasks"].items():
-        rows = spec.get("test_rows")
-        if rows is not None and (not isinstance(rows, str) or Path(rows).name != rows or rows in ("", ".", "..")):
-            raise ValueError(f"task {task}'s test_rows {rows!r} must name a file inside the run folder")
-
-
-def load_run(folder: str | Path):
-    """A trained MultiTaskModel, its tokenizer and run.json from a train.py output folder."""
-    import torch
-    from safetensors.torch import load_file
-
-    from heads import MultiTaskModel
-    from mpnet import MPNet, MPNetConfig, Tokenizer
-
-    folder = Path(folder)
-    info_path, weights_path = folder / "run.json", folder / "best.safetensors"
-    for p in (info_path, weights_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} not found: is {folder} a train.py output folder?")
-    try:
-        info = json.loads(info_path.read_text())
-        check_run_info(info)
-        with torch.device("meta"):
-            model = MultiTaskModel(MPNet(MPNetConfig(**info["backbone"])),
-                                   {t: len(v["label_names"]) for t, v in info["tasks"].items()},
-                                   normalize=info["config"]["normalize"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{info_path} is not a train.py run.json ({type(e).__name__}: {e})") from None
-    try:
-        weights = load_file(weights_path)
-    except Exception as e:  # safetensors raises its own error type for damaged files
-        raise ValueError(f"{weights_path} is not a readable safetensors file ({e})") from None
-    wrong_dtype = sorted(k for k, v in weights.items() if v.dtype != torch.float32)
-    if wrong_dtype:
-        raise ValueError(f"{weights_path}: {wrong_dtype[0]} is {weights[wrong_dtype[0]].dtype}, expected float32 "
-                         f"(train.py saves float32 weights); was the file converted or written by another tool?")
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in weights.items()}
-    if found != expected:
-        name = sorted(set(expected) ^ set(found)) or sorted(k for k in expected if expected[k] != found[k])
-        raise ValueError(f"{weights_path} does not fit the model that {info_path} describes (first difference: "
-                         f"{name[0]}: {found.get(name[0], 'absent')} in the weights, {expected.get(name[0], 'absent')} "
-                         f"expected); were the files copied from different runs?")
-    model.load_state_dict(weights, assign=True)
-    return model.eval(), Tokenizer(folder / "tokenizer.json"), info
-
-
+# ----------------------------------------------------------------------------- a trained run
 def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "test",
                         data_dir: str | None = None, device: str = "cpu") -> str:
-    """Reports for a train.py run: on a named dataset, or (dataset=None) on each task's saved test rows
-    (a run on your own data saves them as test-a.jsonl / test-b.jsonl, so the same rows are scored)."""
+    """Reports for a train.py run: on a named dataset, or (dataset=None) on each task's saved test
+    rows (a run on your own data saves them as test-a.jsonl / test-b.jsonl)."""
     import data
 
-    ds = data.load(dataset, split, data_dir) if dataset else None  # a bad name or folder fails before the model loads
+    ds = data.load(dataset, split, data_dir) if dataset else None  # fails before the model loads
     model, tokenizer, info = load_run(folder)
     model.to(device)
     if dataset is None:
@@ -226,7 +153,8 @@ def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "t
         task = next((t for t, v in info["tasks"].items() if v["dataset"] == dataset), None)
         if task is None:
             trained = ", ".join(v["dataset"] for v in info["tasks"].values())
-            raise ValueError(f"{folder} has no head for {dataset!r}; its heads were trained on: {trained}")
+            raise ValueError(f"{folder} has no head for {dataset!r}; its heads were trained on: "
+                             f"{trained}")
         if ds.label_names != info["tasks"][task]["label_names"]:
             raise ValueError(f"{dataset}/{split} labels differ from those the head was trained on")
         cases = [(task, ds)]
@@ -245,27 +173,33 @@ def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "t
 def main() -> None:
     from data import DATASETS
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="a train.py output folder (uses its best.safetensors)")
     parser.add_argument("--dataset", choices=list(DATASETS),
-                        help="a built-in dataset to score the checkpoint on (default: a run on your own data "
-                             "is scored on the test rows it saved)")
+                        help="a built-in dataset to score the checkpoint on (default: a run on "
+                             "your own data is scored on the test rows it saved)")
     parser.add_argument("--split", default="test", choices=["train", "dev", "test"])
-    parser.add_argument("--stsb", metavar="SPLIT", choices=["train", "dev", "test"], help="STS-B split")
+    parser.add_argument("--stsb", metavar="SPLIT", choices=["train", "dev", "test"],
+                        help="STS-B split")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--dtype", choices=["fp32", "bf16", "int8", "auto"], default="fp32", help="for --stsb")
+    parser.add_argument("--dtype", choices=["fp32", "bf16", "int8", "auto"], default="fp32",
+                        help="for --stsb")
     parser.add_argument("--device", type=device, default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
     if args.checkpoint and not (Path(args.checkpoint) / "run.json").is_file():
-        parser.error(f"--checkpoint {args.checkpoint}: no run.json there; give a train.py output folder")
+        parser.error(f"--checkpoint {args.checkpoint}: no run.json there; give a train.py "
+                     f"output folder")
     if args.stsb:
         from speed import load_encoder
 
-        score = stsb_spearman(load_encoder(device=args.device, dtype=args.dtype), args.stsb, args.data_dir)
+        encoder = load_encoder(device=args.device, dtype=args.dtype)
+        score = stsb_spearman(encoder, args.stsb, args.data_dir)
         print(f"STS-B {args.stsb} cosine-Spearman ({args.dtype}): {score:.2f}")
     elif args.checkpoint:
         try:
-            print(evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.data_dir, args.device))
+            print(evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.data_dir,
+                                      args.device))
         except (ValueError, FileNotFoundError) as e:
             raise SystemExit(f"error: {e}")
     else:

@@ -11,6 +11,8 @@ fully frozen parts in eval mode, so they run without dropout.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
 from heads import MultiTaskModel
@@ -31,12 +33,12 @@ def set_trainable(params, trainable: bool) -> None:
 
 
 def freeze_all(model: MultiTaskModel) -> None:
-    """Nothing trains, heads included: the model is a fixed feature extractor (use: inference, baselines)."""
+    """Nothing trains, heads included: a fixed feature extractor (use: inference, baselines)."""
     set_trainable(model.parameters(), False)
 
 
 def freeze_backbone(model: MultiTaskModel) -> None:
-    """Only the heads train (use: little labelled data or compute; the pretrained embedding already fits)."""
+    """Only the heads train (use: little labelled data or compute, where the embedding fits)."""
     set_trainable(model.backbone.parameters(), False)
     set_trainable(model.heads.parameters(), True)
 
@@ -55,7 +57,8 @@ def unfreeze_top(model: MultiTaskModel, k: int) -> None:
     keep the general lower ones; far cheaper than full fine-tuning)."""
     groups = backbone_groups(model)
     if not 0 <= k < len(groups):
-        raise ValueError(f"top-{k}: k must be between 0 and {len(groups) - 1} (the encoder's layers)")
+        raise ValueError(f"top-{k}: k must be between 0 and {len(groups) - 1} "
+                         f"(the encoder's layers)")
     freeze_backbone(model)
     for _, params in groups[len(groups) - k:]:
         set_trainable(params, True)
@@ -81,96 +84,74 @@ class GradualUnfreezer:
         set_trainable(params, True)
         return name
 
+    def plan(self, total_steps: int) -> str:
+        return (f"gradual unfreezing: the heads first, then one more of the {len(self.groups)} "
+                f"groups every {self.every_steps} steps (of {total_steps} planned)")
+
     def catch_up(self, count: int) -> None:
         """After a resume: unfreeze as many groups as the interrupted run had."""
         while self.unfrozen < count and self.unfreeze_next():
             pass
 
 
-def check_spec(spec: str, num_layers: int, tasks: list[str]) -> None:
-    """Raise ValueError with what is allowed unless spec names a scenario for this model (no model needed)."""
-    if spec in ("none", "all", "backbone", "gradual") or (spec.startswith("gradual:") and spec[8:].isdigit()
-                                                           and int(spec[8:]) > 0):
-        return
-    if spec.startswith("head:"):
-        if spec[5:] not in tasks:
-            raise ValueError(f"--freeze {spec}: no head named {spec[5:]!r}; heads: {', '.join(tasks)}")
-        return
-    if spec.startswith("top-") and spec[4:].isdigit():
-        if not 0 <= int(spec[4:]) <= num_layers:
-            raise ValueError(f"--freeze {spec}: K must be between 0 and {num_layers} (the encoder's layers)")
-        return
-    raise ValueError(f"--freeze: unknown spec {spec!r}; use none, all, backbone, head:NAME, top-K (K <= {num_layers}), "
-                     f"gradual or gradual:STEPS (STEPS > 0)")
+@dataclass(frozen=True)
+class Spec:
+    """A parsed --freeze spec: none | all | backbone | head:NAME | top-K | gradual[:STEPS]."""
+    name: str                 # none, all, backbone, head, top or gradual
+    head: str | None = None   # head:NAME: the head that stays as it is
+    k: int = 0                # top-K: how many of the top layers train
+    every: int = 0            # gradual:STEPS: one more group every STEPS steps (0: apply() picks)
 
 
-def apply(model: MultiTaskModel, spec: str, epoch_steps: int = 1, planned_steps: int = 0) -> GradualUnfreezer | None:
+def parse(spec: str, num_layers: int) -> Spec:
+    """The spec as a Spec, or ValueError saying what is allowed (no model needed)."""
+    if spec in ("none", "all", "backbone", "gradual"):
+        return Spec(spec)
+    name, colon, arg = spec.partition(":")
+    if name == "head" and colon and arg:
+        return Spec("head", head=arg)
+    if name == "gradual" and arg.isdigit() and int(arg) > 0:
+        return Spec("gradual", every=int(arg))
+    name, dash, k = spec.partition("-")
+    if name == "top" and k.isdigit():
+        if not 0 <= int(k) <= num_layers:
+            raise ValueError(f"--freeze {spec}: K must be between 0 and {num_layers} "
+                             f"(the encoder's layers)")
+        return Spec("top", k=int(k))
+    raise ValueError(f"--freeze: unknown spec {spec!r}; use none, all, backbone, head:NAME, "
+                     f"top-K (K <= {num_layers}), gradual or gradual:STEPS (STEPS > 0)")
+
+
+def apply(model: MultiTaskModel, spec: str, epoch_steps: int = 1,
+          planned_steps: int = 0) -> GradualUnfreezer | None:
     """Apply a freezing scenario by name; returns the unfreezer for 'gradual', else None.
 
     Plain 'gradual' unfreezes one more group every epoch, as ULMFiT did, or every twentieth of the
-    planned steps if that comes sooner: BERT's 3 epochs would otherwise train only the top two layers,
-    while a twentieth has all 13 groups training for the run's last third. In a few-shot run an epoch is
-    a step or three, so everything trains early, which measured better there. 'gradual:N' unfreezes
-    every N steps. (Measured: docs/strategies.md.)"""
-    check_spec(spec, len(model.backbone.layers), list(model.heads))
+    planned steps if that comes sooner: BERT's 3 epochs would otherwise train only the top two
+    layers, while a twentieth has all 13 groups training for the run's last third. In a few-shot
+    run an epoch is a step or three, so everything trains early, which measured better there.
+    'gradual:N' unfreezes every N steps. (Measured: docs/strategies.md.)"""
+    parsed = parse(spec, len(model.backbone.layers))
+    if parsed.head is not None and parsed.head not in model.heads:
+        raise ValueError(f"--freeze {spec}: no head named {parsed.head!r}; "
+                         f"heads: {', '.join(model.heads)}")
     set_trainable(model.parameters(), True)
-    if spec == "all":
+    if parsed.name == "all":
         freeze_all(model)
-    elif spec == "backbone":
+    elif parsed.name == "backbone":
         freeze_backbone(model)
-    elif spec.startswith("head:"):
-        freeze_head(model, spec[5:])
-    elif spec.startswith("top-"):
-        unfreeze_top(model, int(spec[4:]))
-    elif spec == "gradual":
-        return GradualUnfreezer(model, every_steps=max(1, min(epoch_steps, planned_steps // 20)))
-    elif spec.startswith("gradual:"):
-        return GradualUnfreezer(model, every_steps=int(spec[8:]))
+    elif parsed.name == "head":
+        freeze_head(model, parsed.head)
+    elif parsed.name == "top":
+        unfreeze_top(model, parsed.k)
+    elif parsed.name == "gradual":
+        every = parsed.every or max(1, min(epoch_steps, planned_steps // 20))
+        return GradualUnfreezer(model, every_steps=every)
     return None
 
 
-# ----------------------------------------------------------------------------- each scenario's recipe
-# Defaults that suit a scenario, measured in this project (docs/strategies.md); train.py's command line
-# applies each one the user did not set. Full fine-tuning keeps TrainConfig's own defaults (BERT's recipe:
-# 3 epochs, warmup then linear decay, the 10% validation split picks the best epoch).
-
-# Only the heads train, on cached embeddings: a linear head is a convex problem and an epoch costs about a
-# second, so train to convergence. Early stopping on validation loss decides the end, hence nothing to
-# decay towards (constant LR, no warmup); then, as scikit-learn's *CV estimators do, fresh heads are fit on
-# train + validation, since the validation rows are worth more as training rows (train.refit: twice the best
-# epoch count, the LR decaying to 0).
-# A checkpoint writes the whole model (0.4 GB) and an epoch of heads takes about a second, so save every
-# 5,000 steps (~9 Banking77 epochs) instead of at each epoch's end.
-HEADS_ONLY = dict(epochs=200, patience=10, schedule="constant", warmup=0.0, head_lr=3e-3, refit=True, save_every=5000)
-
-# K examples per class leave nothing to hold out: train a fixed budget and keep the last step (SetFit's
-# practice). The few-shot study (docs/fewshot.md) ran 400 steps of 16 at K <= 16 and 800 at K = 32, whatever
-# the number of classes, with the heads at 1e-2; heads alone got 10x the steps at a constant 3e-3. So the
-# budget is in steps: --max-steps binds (--epochs is set out of its way), and the one checkpoint is written
-# at the end (--save-every = the budget) rather than after each epoch of one or two steps.
-FEW_SHOT = dict(val_fraction=0.0, head_lr=1e-2, epochs=100_000)
-FEW_SHOT_HEADS_ONLY = dict(val_fraction=0.0, schedule="constant", warmup=0.0, head_lr=3e-3, epochs=100_000)
-
-
-def few_shot_steps(per_class: int) -> int:
-    return 400 if per_class <= 16 else 800
-
-
-def recipe(spec: str, per_class: int = 0) -> tuple[str, dict]:
-    """The scenario's name and its defaults ({TrainConfig field: value}); {} keeps TrainConfig's own."""
-    if spec == "backbone" and per_class:
-        steps = 10 * few_shot_steps(per_class)
-        return "heads only, few-shot", FEW_SHOT_HEADS_ONLY | dict(max_steps=steps, save_every=steps)
-    if spec == "backbone":
-        return "heads only on cached embeddings", HEADS_ONLY
-    if per_class and spec != "all":
-        steps = few_shot_steps(per_class)
-        return "few-shot fine-tuning", FEW_SHOT | dict(max_steps=steps, save_every=steps)
-    return "fine-tuning", {}
-
-
 def train_mode(model: MultiTaskModel) -> None:
-    """model.train(), except that parts with no trainable parameter run in eval mode (no dropout)."""
+    """model.train(), except that parts with no trainable parameter run in eval mode: no dropout."""
     model.train()
     parts = [model.backbone.embeddings, *model.backbone.layers, *model.heads.values()]
     for part in parts:

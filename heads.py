@@ -2,7 +2,7 @@
 
     model = MultiTaskModel(backbone, num_labels={"a": 5, "b": 2})
     logits = model(input_ids, attention_mask)            # {"a": (B, 5), "b": (B, 2)}
-    loss, per_task = multitask_loss(logits, labels)      # labels: {"a": (B,), "b": (B,)}, -100 = none
+    loss, per_task = multitask_loss(logits, labels)      # labels {"a": (B,), "b": (B,)}, -100: none
 
 Each head reads the mean-pooled sentence embedding, the same vector sentence-transformers
 returns before its Normalize step. Whether it is L2-normalised first is a switch
@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data import IGNORE
 from mpnet import MPNet, length_sorted_batches, mean_pool
+
+IGNORE = -100  # the label of an example with none for a task (cross_entropy's ignore_index)
 
 
 class MultiTaskModel(nn.Module):
@@ -27,7 +28,8 @@ class MultiTaskModel(nn.Module):
         hidden = backbone.cfg.hidden_size
         # A linear layer on the pooled embedding; softmax lives in the loss (cross-entropy).
         self.heads = nn.ModuleDict({
-            task: nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, n)) for task, n in num_labels.items()
+            task: nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, n))
+            for task, n in num_labels.items()
         })
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -39,7 +41,8 @@ class MultiTaskModel(nn.Module):
         pooled = mean_pool(tokens, attention_mask)
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, L) token ids -> {task: (B, classes) logits}."""
         return self.classify(self.embed(input_ids, attention_mask))
 
@@ -55,7 +58,8 @@ class MultiTaskModel(nn.Module):
         self.eval()
         device = next(self.parameters()).device
         ids = tokenizer.encode(texts)
-        probs = {task: torch.empty(len(ids), head[-1].out_features) for task, head in self.heads.items()}
+        probs = {task: torch.empty(len(ids), head[-1].out_features)
+                 for task, head in self.heads.items()}
         for rows in length_sorted_batches(ids, batch_size):
             batch = tokenizer.pad([ids[i] for i in rows])
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -68,8 +72,9 @@ class MultiTaskModel(nn.Module):
 def multitask_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],
                    task_weights: dict[str, float] | None = None,
                    class_weights: dict[str, torch.Tensor] | None = None,
-                   normalizers: dict[str, float] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Weighted sum of per-task cross-entropies, each over the examples that carry that task's label.
+                   normalizers: dict[str, float] | None = None
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted sum of per-task cross-entropies, each over the examples with that task's label.
 
     An example labelled IGNORE (-100) for a task adds nothing to that task's loss: a missing
     label is never guessed. A task with no labelled example in the batch adds zero.
@@ -90,8 +95,10 @@ def multitask_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tens
             loss = F.cross_entropy(task_logits.float(), target, ignore_index=IGNORE, weight=weight)
             per_task[task] = float(loss.detach())
         else:
-            summed = F.cross_entropy(task_logits.float(), target, ignore_index=IGNORE, weight=weight, reduction="sum")
-            here = float((target != IGNORE).sum()) if weight is None else float(weight[target[target != IGNORE]].sum())
+            summed = F.cross_entropy(task_logits.float(), target, ignore_index=IGNORE,
+                                     weight=weight, reduction="sum")
+            labelled = target[target != IGNORE]
+            here = float(len(labelled)) if weight is None else float(weight[labelled].sum())
             per_task[task] = float(summed.detach()) / here
             loss = summed / normalizers[task]
         total = total + (task_weights or {}).get(task, 1.0) * loss
@@ -99,6 +106,8 @@ def multitask_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tens
 
 
 def balanced_class_weights(labels: list[int], num_classes: int) -> torch.Tensor:
-    """n / (classes * count): rare classes weigh more, a balanced set gets all ones (as sklearn's 'balanced')."""
-    counts = torch.bincount(torch.tensor([y for y in labels if y != IGNORE]), minlength=num_classes).float()
+    """n / (classes * count): rare classes weigh more, a balanced set gets all ones (as
+    scikit-learn's 'balanced')."""
+    seen = torch.tensor([y for y in labels if y != IGNORE])
+    counts = torch.bincount(seen, minlength=num_classes).float()
     return counts.sum() / (num_classes * counts.clamp(min=1))

@@ -18,11 +18,14 @@ a parameter while its gradient is None.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from heads import MultiTaskModel
 
 
 def depth_of(name: str) -> int:
-    """Depth of a backbone parameter from its name: 0 for embeddings and relative bias, i + 1 for layers.i."""
+    """Depth of a backbone parameter from its name: 0 for the embeddings and the relative bias,
+    i + 1 for layers.i."""
     if name.startswith("layers."):
         return int(name.split(".")[1]) + 1
     return 0
@@ -32,54 +35,63 @@ def no_decay(name: str) -> bool:
     return name.endswith(".bias") or "norm." in name or name == "relative_bias"
 
 
-def check_spec(spec: str) -> None:
-    """Raise ValueError with what is allowed unless spec is flat, tiers, ulmfit or llrd:D with 0 < D <= 1."""
-    if spec in ("flat", "tiers", "ulmfit"):
-        return
-    if spec.startswith("llrd:"):
+@dataclass(frozen=True)
+class Spec:
+    """A parsed --lr-groups spec: flat | tiers | llrd:DECAY | ulmfit."""
+    name: str           # flat, tiers or llrd (ulmfit is llrd with D = 1 / 2.6)
+    decay: float = 1.0  # llrd's D: each layer below the top gets D times the rate above it
+
+
+def parse(spec: str) -> Spec:
+    """The spec as a Spec (ulmfit: llrd with D = 1 / 2.6), or ValueError saying what is allowed."""
+    if spec in ("flat", "tiers"):
+        return Spec(spec)
+    if spec == "ulmfit":
+        return Spec("llrd", decay=1 / 2.6)
+    name, colon, decay = spec.partition(":")
+    if name == "llrd" and colon:
         try:
-            decay = float(spec[5:])
+            value = float(decay)
         except ValueError:
             raise ValueError(f"--lr-groups {spec}: llrd needs a number, e.g. llrd:0.9") from None
-        if not 0 < decay <= 1:
+        if not 0 < value <= 1:
             raise ValueError(f"--lr-groups {spec}: the llrd decay must be in (0, 1]")
-        return
+        return Spec("llrd", decay=value)
     raise ValueError(f"--lr-groups: unknown spec {spec!r}; use flat, tiers, llrd:DECAY or ulmfit")
 
 
-def layer_lr(spec: str, depth: int, top: int, base_lr: float) -> float:
-    if spec == "flat":
+def layer_lr(spec: Spec, depth: int, top: int, base_lr: float) -> float:
+    """The learning rate at this depth: the table above, in code."""
+    if spec.name == "flat":
         return base_lr
-    if spec == "tiers":
+    if spec.name == "tiers":
         return base_lr if depth > top // 2 else base_lr / 5
-    if spec == "ulmfit":
-        return base_lr * (1 / 2.6) ** (top - depth)
-    if spec.startswith("llrd:"):
-        return base_lr * float(spec[5:]) ** (top - depth)
-    raise ValueError(f"unknown lr-groups spec {spec!r}; use flat, tiers, llrd:DECAY or ulmfit")
+    return base_lr * spec.decay ** (top - depth)  # llrd, and ulmfit with its own D
 
 
 def build(model: MultiTaskModel, spec: str, base_lr: float, head_lr: float | None = None,
           weight_decay: float = 0.01) -> list[dict]:
     """AdamW parameter groups: one per (depth, decay or not), each with its lr and weight decay."""
-    check_spec(spec)
+    parsed = parse(spec)
     top = model.backbone.cfg.num_hidden_layers
     if head_lr is None:
-        head_lr = 2 * base_lr if spec == "tiers" else base_lr
+        head_lr = 2 * base_lr if parsed.name == "tiers" else base_lr
     groups: dict[tuple[str, bool], dict] = {}
 
     def add(group: str, lr: float, name: str, param) -> None:
         skip_decay = no_decay(name)
         key = (group, skip_decay)
         if key not in groups:
-            groups[key] = {"name": f"{group}{' (no decay)' if skip_decay else ''}", "params": [], "names": [],
-                           "lr": lr, "weight_decay": 0.0 if skip_decay else weight_decay}
+            groups[key] = {"name": f"{group}{' (no decay)' if skip_decay else ''}", "params": [],
+                           "names": [], "lr": lr,
+                           "weight_decay": 0.0 if skip_decay else weight_decay}
         groups[key]["params"].append(param)
         groups[key]["names"].append(name)
 
     for name, p in model.backbone.named_parameters():
         depth = depth_of(name)
-        add("embeddings" if depth == 0 else f"layer.{depth - 1}", layer_lr(spec, depth, top, base_lr), name, p)
+        group = "embeddings" if depth == 0 else f"layer.{depth - 1}"
+        add(group, layer_lr(parsed, depth, top, base_lr), name, p)
     for name, p in model.heads.named_parameters():
         add(f"head.{name.split('.')[0]}", head_lr, name, p)
     return list(groups.values())

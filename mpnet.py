@@ -53,13 +53,14 @@ class MPNetConfig:
         if raw.get("model_type") != "mpnet":
             raise ValueError(f"{path}: model_type is {raw.get('model_type')!r}, expected 'mpnet'")
         if raw.get("hidden_act", "gelu") != "gelu":
-            raise ValueError(f"{path}: hidden_act {raw['hidden_act']!r} is not supported, only 'gelu'")
+            raise ValueError(f"{path}: hidden_act {raw['hidden_act']!r} is not supported, "
+                             f"only 'gelu'")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
     @classmethod
     def of_weights(cls) -> "MPNetConfig":
-        """The fetched checkpoint's config.json; before the fetch, these defaults (the same values)."""
+        """The fetched checkpoint's config.json; before the fetch, these defaults (the same)."""
         path = weights_dir() / "config.json"
         return cls.from_json(path) if path.is_file() else cls()
 
@@ -118,7 +119,8 @@ class Embeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         positions = position_ids_from(input_ids, self.padding_idx)
         # padding_idx: the <pad> rows get no gradient when fine-tuning
-        x = F.embedding(input_ids, self.word, self.padding_idx) + F.embedding(positions, self.position, self.padding_idx)
+        x = (F.embedding(input_ids, self.word, self.padding_idx)
+             + F.embedding(positions, self.position, self.padding_idx))
         return self.dropout(self.norm(x))
 
 
@@ -147,7 +149,7 @@ class SelfAttention(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                mask: torch.Tensor) -> torch.Tensor:
-        """softmax(q k^T / sqrt(head_dim) + mask) v, per head; dropout on the probabilities in training.
+        """softmax(q k^T / sqrt(head_dim) + mask) v, per head; in training, dropout on the weights.
 
         `mask` holds the relative position bias and the padding (-inf-like) as one additive term,
         so PyTorch's scaled_dot_product_attention does it all in one call.
@@ -267,8 +269,8 @@ def load_checkpoint(path: str | os.PathLike, cfg: MPNetConfig) -> MPNet:
         with safe_open(path, framework="pt") as f:
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path} is not a readable safetensors file ({e}). If it is truncated or corrupt, "
-                         f"delete it and run `python weights/fetch.py`.") from e
+        raise ValueError(f"{path} is not a readable safetensors file ({e}). If it is truncated or "
+                         f"corrupt, delete it and run `python weights/fetch.py`.") from e
 
     names = checkpoint_names(cfg)
     missing = sorted(set(names) - set(tensors))
@@ -295,7 +297,7 @@ def load_checkpoint(path: str | os.PathLike, cfg: MPNetConfig) -> MPNet:
 
 # ----------------------------------------------------------------------------- 5. tokenizer
 class Tokenizer:
-    """WordPiece (lower-casing) via the `tokenizers` library, with <s> ... </s> around each sentence."""
+    """WordPiece (lower-casing) via the `tokenizers` library, <s> ... </s> around each sentence."""
 
     def __init__(self, path: str | os.PathLike, max_length: int = 384, pad_id: int = 1):
         from tokenizers import Tokenizer as HFTokenizer
@@ -351,8 +353,8 @@ def check_sentences(sentences: object) -> list[str]:
     if type(sentences).__module__ == "numpy" and getattr(sentences, "ndim", 1) == 1:
         sentences = sentences.tolist()  # numpy str_ elements become plain str
     if not isinstance(sentences, Sequence):
-        raise TypeError(f"encode() takes a list, tuple or 1-D numpy array of strings, got {type(sentences).__name__}; "
-                        f"convert it with list(...)")
+        raise TypeError(f"encode() takes a list, tuple or 1-D numpy array of strings, got "
+                        f"{type(sentences).__name__}; convert it with list(...)")
     if len(sentences) == 0:
         raise ValueError("encode() got an empty list; pass at least one sentence")
     for i, s in enumerate(sentences):
@@ -361,8 +363,9 @@ def check_sentences(sentences: object) -> list[str]:
         try:
             s.encode("utf-8")
         except UnicodeEncodeError as e:
-            raise ValueError(f"sentence {i} is not valid Unicode: {e.reason} at character {e.start} "
-                             f"({s[e.start]!r}); repair it, e.g. s.encode('utf-8', 'replace').decode()") from None
+            raise ValueError(f"sentence {i} is not valid Unicode: {e.reason} at character "
+                             f"{e.start} ({s[e.start]!r}); repair it, e.g. "
+                             f"s.encode('utf-8', 'replace').decode()") from None
     return list(sentences)
 
 
@@ -384,7 +387,8 @@ class SentenceEncoder(nn.Module):
         self.model, self.tokenizer = model, tokenizer
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None, device: str | torch.device | None = None,
+    def from_pretrained(cls, path: str | os.PathLike | None = None,
+                        device: str | torch.device | None = None,
                         dtype: torch.dtype | str | None = None) -> "SentenceEncoder":
         """Load from a folder with model.safetensors, tokenizer.json and config.json.
 
@@ -397,12 +401,15 @@ class SentenceEncoder(nn.Module):
         """
         precision = PRECISIONS.get(dtype)
         if precision is None:
-            hint = " (int8 and auto live in the speed path: speed.load_encoder)" if dtype in ("int8", "auto") else ""
+            hint = ""
+            if dtype in ("int8", "auto"):
+                hint = " (int8 and auto live in the speed path: speed.load_encoder)"
             raise ValueError(f"dtype must be 'fp32', 'bf16' or None, not {dtype!r}{hint}")
         folder = weights_dir(path)
         if not is_complete(folder) and path is not None:
-            raise FileNotFoundError(f"{folder} does not hold all-mpnet-base-v2's {', '.join(FILES)} (model.safetensors "
-                                    f"at its full size); nothing there was changed. Leave path out to use, and if "
+            raise FileNotFoundError(f"{folder} does not hold all-mpnet-base-v2's "
+                                    f"{', '.join(FILES)} (model.safetensors at its full size); "
+                                    f"nothing there was changed. Leave path out to use, and if "
                                     f"needed fetch, the default folder")
         if not is_complete(folder):
             print(f"all-mpnet-base-v2 weights not found in {folder} (need {', '.join(FILES)}); "
@@ -421,13 +428,15 @@ class SentenceEncoder(nn.Module):
         return self.tokenizer.pad(self.tokenizer.encode(check_sentences(sentences)))
 
     @torch.inference_mode()
-    def encode(self, sentences: Sequence[str], batch_size: int = 32, normalize: bool = True) -> torch.Tensor:
+    def encode(self, sentences: Sequence[str], batch_size: int = 32,
+               normalize: bool = True) -> torch.Tensor:
         """Embed sentences -> (N, hidden) float32 CPU tensor, rows in input order."""
         sentences, batch_size = check_sentences(sentences), check_batch_size(batch_size)
         ids = self.tokenizer.encode(sentences)
         out = torch.empty(len(ids), self.model.cfg.hidden_size, dtype=torch.float32)
         for rows in length_sorted_batches(ids, batch_size):
-            batch = {k: v.to(self.device) for k, v in self.tokenizer.pad([ids[i] for i in rows]).items()}
+            padded = self.tokenizer.pad([ids[i] for i in rows])
+            batch = {k: v.to(self.device) for k, v in padded.items()}
             tokens = self.model(batch["input_ids"], batch["attention_mask"])
             pooled = mean_pool(tokens, batch["attention_mask"]).float()
             if normalize:
@@ -440,8 +449,9 @@ class SentenceEncoder(nn.Module):
 def main(argv: list[str]) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(description="Embed sentences with all-mpnet-base-v2 and print their cosine "
-                                                 "similarities. (A whole file: python -m scale.corpus --help)")
+    parser = argparse.ArgumentParser(description="Embed sentences with all-mpnet-base-v2 and print "
+                                     "their cosine similarities. (A whole file: python -m "
+                                     "scale.corpus --help)")
     parser.add_argument("sentences", nargs="+", help="one or more sentences")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args(argv)

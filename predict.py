@@ -48,7 +48,7 @@ class Classifier:
         """dtype: "fp32"; "int8" (CPU); or "auto": int8 on a CPU where it is fast, if it agrees with fp32 on
         the run's test rows (speed/int8_check.py, checked once and cached in the run folder), else bf16 where
         the CPU runs it natively and it agrees, else fp32."""
-        from eval import load_run
+        from reliability.saved_run import load_run
 
         if dtype not in ("fp32", "int8", "auto"):
             raise ValueError(f"dtype must be 'fp32', 'int8' or 'auto', not {dtype!r}")

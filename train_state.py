@@ -1,83 +1,29 @@
 """The state of a training run, as typed dataclasses: what train.py builds and the loop changes.
 
-    TrainConfig   the flags, one field each (train.py's command line is made from these fields)
     Progress      where a run is: steps, the best validation, early stopping's count; saved in every
                   checkpoint, so that --resume continues from exactly there
     Run           everything one run holds: the model, optimizer, schedule, sampler, progress
 
-They sit below the loop, so that the run folder's saving and restoring (reliability/run_folder.py)
-can take a Run without importing train.py.
+The flags are TrainConfig, in train_config.py. These sit below the loop, so that the run folder's
+saving and restoring (reliability/run_folder.py) can take a Run without importing train.py.
 """
 from __future__ import annotations
 
 import math
+import sys
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-import data
-import freeze
-from heads import MultiTaskModel
-from scale.ddp import World
-from speed.hardware import resolve_dtype
-
-
-@dataclass
-class TrainConfig:
-    """train.py's flags: each field is one (--task-a, --head-lr, ...), and its default the flag's default
-    unless the scenario's recipe (freeze.recipe) fills it. run.json records them all."""
-    task_a: str = "reviews-topic"       # a built-in dataset, or your own .csv/.tsv/.jsonl file
-    task_b: str = "reviews-sentiment"   # the same; "none": train Task A alone
-    data_dir: str | None = None
-    text_column: str = "text"           # your own files: the column holding the text ...
-    label_column_a: str = "label"       # ... and each task's label column (one file may hold both)
-    label_column_b: str = "label"
-    labels_a: str | None = None         # a file with Task A's label set, one a line (default: the labels seen)
-    labels_b: str | None = None
-    test_a: str | None = None           # a test file for Task A (default: a stratified split of its file)
-    test_b: str | None = None
-    test_fraction: float = 0.2          # the split's test share; its rows are saved in --out as test-a.jsonl
-    epochs: int = 3
-    batch_size: int = 16
-    max_steps: int = 0                  # > 0: stop after this many optimizer steps (a time budget)
-    max_train: int = 0                  # > 0: use at most this many training examples per task
-    per_class: int = 0                  # > 0: few-shot, this many seeded examples of each label per task
-    max_tokens: int = 0                 # > 0: stop after this many real (unpadded) training tokens
-    val_fraction: float = 0.1           # held out from train to pick the best epoch
-    max_val: int = 0                    # > 0: validate on at most this many of them per task (cheaper --eval-every)
-    lr: float = 3e-5                    # backbone
-    head_lr: float = 1e-3
-    weight_decay: float = 0.01
-    warmup: float = 0.1                 # fraction of all steps
-    schedule: str = "linear"            # after warmup: linear (decay to 0 at the last step) | constant
-    clip: float = 1.0
-    attention_dropout: float = 0.1      # on the attention probabilities (the checkpoint's 0.1); 0: no masks to draw
-    temperature: float = 2.0            # multi-task sampling, see data.MultiTaskSampler
-    class_weights: bool = False         # balanced class weights in each task's loss
-    normalize: bool = False             # heads read the L2-normalised embedding
-    freeze: str = "none"                # none | all | backbone | head:a | top-K | gradual[:STEPS], see freeze.py
-    lr_groups: str = "flat"             # flat | tiers | llrd:DECAY | ulmfit, see lr_groups.py
-    no_cache: bool = False              # don't cache the frozen bottom's outputs (see speed/feature_cache.py)
-    device: str = "cpu"
-    dtype: str = "auto"                 # auto | fp32 | bf16 (autocast)
-    seed: int = 0
-    eval_every: int = 0                 # > 0: also validate every N steps (else at each epoch's end only)
-    patience: int = 0                   # > 0: stop after N validations in a row without a new best
-    log_every: int = 10
-    save_every: int = 0                 # > 0: save last.safetensors every N steps, not at each epoch's end
-    max_bad_steps: int = 5              # this many non-finite steps in a row stop the run
-    plain: bool = False                 # exactly the code you read in train.py: no speed path (speed/training.py)
-    refit: bool = False                 # after early stopping: fresh heads on train + validation (train.refit)
-    recipe: str = "auto"                # auto: the command line fills unset flags from freeze.recipe; none: these
-    out: str = "runs/default"           # not typed, and runs/default holds a run: the next free runs/default-N
-    overwrite: bool = False             # a fresh run may replace the trained model in --out
-
-
-def precision(cfg: TrainConfig) -> str:
-    """What --dtype means on this machine: "bf16" (autocast) or "fp32". auto: bf16 where the CPU runs
-    it natively, else fp32 (speed/hardware.py); so auto differs from one CPU to the next."""
-    return "bf16" if resolve_dtype(cfg.dtype, cfg.device) == torch.bfloat16 else "fp32"
+if TYPE_CHECKING:  # the annotations' types; nothing here calls them
+    import data
+    import freeze
+    from heads import MultiTaskModel
+    from scale.ddp import World
+    from train_config import TrainConfig
 
 
 @dataclass
@@ -138,3 +84,32 @@ class Run:
     out: Path
     world: World                    # rank and process count under torchrun; 0 of 1 otherwise
     unsaved_best: dict | None = None  # with --save-every: the best weights, written with the next save_last()
+
+
+@dataclass
+class Meter:
+    """Logging's running counts: since this process started, and since the last log line."""
+    started: float
+    start_step: int
+    tokens: int = 0                             # real tokens trained on by this process (all ranks)
+    window: dict = field(default_factory=dict)  # per task: the losses since the last log line
+
+    def add(self, tokens: int, per_task: dict[str, float]) -> None:
+        """One step's real tokens and each task's loss (NaN: the task had no label in the batch)."""
+        self.tokens += tokens
+        for task, value in per_task.items():
+            if math.isfinite(value):
+                self.window.setdefault(task, []).append(value)
+
+    def log_line(self, run: Run, epoch: int) -> None:
+        """Print the mean loss per task since the last log line; keep it for losses.jsonl."""
+        step, elapsed = run.progress.step, time.time() - self.started
+        eta = elapsed / max(1, step - self.start_step) * (run.total_steps - step)
+        means = {f"loss_{t}": round(sum(v) / len(v), 4) for t, v in self.window.items() if v}
+        lr = run.scheduler.get_last_lr()[0]
+        run.progress.losses.append({"step": step, "lr": lr, **means})
+        self.window = {}
+        losses = " ".join(f"{k}={v:.3f}" for k, v in means.items())
+        print(f"epoch {epoch + 1} step {step}/{run.total_steps} {losses} lr={lr:.2e} "
+              f"{self.tokens / max(elapsed, 1e-9):.0f} tok/s eta {eta / 60:.1f} min",
+              file=sys.stderr, flush=True)

@@ -26,7 +26,8 @@ import freeze
 import heads
 import lr_groups
 import mpnet
-from data import IGNORE, read_reviews
+from data import read_reviews
+from heads import IGNORE
 from tools.layer_parity import TOLERANCE as LAYER_TOLERANCE, compare, our_hidden_states, report
 
 ROOT = Path(__file__).resolve().parent.parent

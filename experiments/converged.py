@@ -128,7 +128,7 @@ def paired_comparison(cell_a: str, cell_b: str) -> dict:
 
     import data
     from eval import load_run
-    from train import TrainConfig, precision
+    from train_config import TrainConfig, precision
 
     result = {"cells": [cell_a, cell_b]}
     models = {cell: load_run(ROOT / "runs" / f"converged-{cell}") for cell in (cell_a, cell_b)}

@@ -5,7 +5,7 @@ study ran it, against the earlier budget in epochs, on sets with few classes.
     python experiments/fewshot_defaults.py --table-only
 
 Rows, one JSON per (row, set, seed) cell in experiments/results/fewshot_defaults/:
-  defaults   python train.py --task-a SET --task-b none --per-class 8 --seed S   (freeze.recipe: 400 steps)
+  defaults   python train.py --task-a SET --task-b none --per-class 8 --seed S   (recipes.py: 400 steps)
   epochs     the recipe before: --recipe none --val-fraction 0 --head-lr 0.01 --epochs 10 (10 passes, which
              is 400 steps only for Banking77's 77 classes: 10 steps for SST-2, 30 for TREC-6)
   top-4, gradual, backbone   default flags with --freeze top-4, gradual or backbone

@@ -36,7 +36,7 @@ from cells import cell  # noqa: E402
 
 RESULTS = HERE / "results" / "linear_probe"
 SEEDS = (0, 1, 2)
-# --recipe none: these flags as written, no refit (the study behind freeze.recipe's heads-only defaults)
+# --recipe none: these flags as written, no refit (the study behind recipes.py's heads-only defaults)
 RECIPE = ["--recipe", "none", "--task-a", "banking77", "--task-b", "none", "--max-train", "0", "--freeze", "backbone",
           "--epochs", "200", "--patience", "10", "--schedule", "constant", "--warmup", "0", "--head-lr", "3e-3",
           "--batch-size", "16", "--log-every", "100000"]

@@ -1,4 +1,4 @@
-"""Scenario recipes (freeze.recipe), measured: heads on a frozen backbone with default flags, against the
+"""Scenario recipes (recipes.py), measured: heads on a frozen backbone with default flags, against the
 defaults before the recipes and against scikit-learn's logistic regression on the same embeddings.
 
     python experiments/recipes.py                  # every missing cell, most important first
@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from cells import cell, frozen_embeddings  # noqa: E402
 from reliability import run_folder  # noqa: E402
-from train_state import TrainConfig  # noqa: E402
+from train_config import TrainConfig  # noqa: E402
 
 RESULTS = HERE / "results" / "recipes"
 WORK = ROOT / "runs" / "recipes"

@@ -40,11 +40,15 @@ with tempfile.TemporaryDirectory() as tmp:
     tokens = sum(len(ids) for p, rows in batches for ids in run.tokenizer.encode([run.pools[p].texts[i] for i in rows]))
     import freeze
     seconds = []
+    if hasattr(train, "make_batch"):  # the step takes a Batch (since #49); older checkouts take rows
+        step = lambda p, rows: train.train_step(run, train.make_batch(run, p, rows))
+    else:
+        step = lambda p, rows: train.train_step(run, p, rows)
     for r in range(rounds + 1):  # round 0 warms up (AdamW's state, the allocator) and is dropped
         freeze.train_mode(run.model)
         start = time.perf_counter()
         for p, rows in batches:
-            train.train_step(run, p, rows)
+            step(p, rows)
         if r:
             seconds.append(time.perf_counter() - start)
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()

@@ -2,13 +2,14 @@
 and what stops it cleanly.
 
     with locked(out):                                                    # one train.py per folder
-        info = check_before_start(out, resume, config, defaults, precision)  # before anything loads
-        start_fresh(out, info, tokenizer_file)                               # run.json, tokenizer.json
+        saved = check_before_start(out, resume, config, defaults, precision) # before anything loads
+        check_resume_matches(saved, run_info(cfg, backbone, train_sets), out)  # --resume: same data
+        start_fresh(out, run_info(...), tokenizer_file)                      # run.json, tokenizer.json
         restore(run)                                                         # --resume: last.safetensors
         with SignalGuard() as signals: ...                                   # SIGINT/SIGTERM/SIGHUP ...
             stop_if_signalled(run, signals)                                  # ... save, then stop
         save_best(run, record); save_last(run)                               # best and last checkpoints
-        skip_update(run)                                                     # the NaN guard: a non-finite step
+        update_is_finite(run, loss, norm)                                    # the NaN guard: a non-finite step
     raise diverged(...)                                                  # the NaN guard's last word
 
 It depends on nothing of the loop: the checks take plain values (dicts, paths, numbers), and saving
@@ -22,21 +23,27 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import random
 import shlex
 import shutil
 import signal
 import sys
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
+import data
+import recipes
+from mpnet import MPNetConfig
 from reliability.checkpoint import (all_finite, load_training_state, read_progress, save_training_state, save_weights,
                                     sync_folder, write_atomic)
-from speed.hardware import describe
+from speed.hardware import describe, precision_of
 from train_state import Progress, Run
+from weights.fetch import weights_dir
 
 # Flags that may change between a run and its resume: they do not change what is computed.
 MAY_DIFFER_ON_RESUME = {"out", "data_dir", "device", "log_every", "save_every", "max_bad_steps", "overwrite"}
@@ -211,6 +218,92 @@ def keep_refit(out: Path) -> None:
     sync_folder(out)
 
 
+def run_info(cfg, backbone, train_sets: dict) -> dict:
+    """run.json: what eval.py and predict.py need to rebuild the model (the config, the backbone's
+    config, each task's label names), and what a resume must match (data_sha256: the data files).
+    "recipe" names the scenario whose defaults the command line used (recipes.py).
+    cfg: the run's train_config.TrainConfig; backbone: its MPNetConfig."""
+    tasks = {t: {"dataset": ds.name, "label_names": ds.label_names} for t, ds in train_sets.items()}
+    for t, name in data.task_datasets(cfg).items():
+        if data.is_user_file(name):
+            tasks[t]["test_rows"] = TEST_ROWS.format(task=t)
+    extra = [cfg.test_a, cfg.test_b, cfg.labels_a, cfg.labels_b]
+    return {"config": asdict(cfg), "backbone": asdict(backbone), "tasks": tasks,
+            "precision": precision_of(cfg.dtype, cfg.device),
+            "recipe": recipes.recipe(cfg).name if cfg.recipe == "auto" else "none",
+            "data_sha256": data.fingerprints(list(train_sets.values()), extra)}
+
+
+@contextmanager
+def locked_or_exit(out: Path, enabled: bool = True) -> Iterator[None]:
+    """locked(), with a folder in use reported in one line (exit 1)."""
+    try:
+        with locked(out, enabled):
+            yield
+    except FolderInUse as e:
+        sys.exit(f"error: {e}")
+
+
+def prepare(cfg, resume: bool, recipe_line: str = "") -> tuple[dict, dict, dict]:
+    """Before the model loads: the flags against the folder (check_before_start), the seeds, the
+    data (data.load_tasks), on --resume the data against run.json, and the run's first lines.
+    -> (train, validation, test) sets. A problem exits in one line. cfg: a TrainConfig."""
+    try:
+        saved = check_flags(cfg, resume, defaults=type(cfg)())
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        train_sets, val_sets, final_sets = data.load_tasks(cfg)
+        if resume:
+            check_data(cfg, saved, train_sets)  # what the checkpoint was made from
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    sizes = ", ".join(f"{t}={ds.name}: {len(ds)} train / {len(val_sets.get(t, ()))} val / "
+                      f"{len(final_sets[t])} {final_sets[t].split}" for t, ds in train_sets.items())
+    print(f"tasks: {sizes}", file=sys.stderr)
+    if recipe_line:
+        print(recipe_line, file=sys.stderr)
+    mode = "bf16 autocast" if precision_of(cfg.dtype, cfg.device) == "bf16" else "fp32"
+    plain = "; --plain: no speed path" if cfg.plain else ""
+    print(f"CPU: {describe()}; {mode} on {cfg.device}{plain}", file=sys.stderr)
+    return train_sets, val_sets, final_sets
+
+
+@contextmanager
+def stop_cleanly(cfg, defaults: dict) -> Iterator[None]:
+    """Around training: a signal's stop prints the command that resumes the run and exits with
+    128 + the signal's number; the NaN guard's stop exits in one line. defaults: what the command
+    line gives each flag not typed (recipes.scenario_defaults), which the command leaves out."""
+    try:
+        yield
+    except Interrupted as e:
+        command = resume_command(asdict(cfg), defaults)
+        print(f"{e}\nresume with:\n  {command}", file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)
+    except Diverged as e:
+        sys.exit(f"error: {e}")
+
+
+def check_flags(cfg, resume: bool, defaults) -> dict | None:
+    """check_before_start for a TrainConfig (and its class's defaults); run.json's content on resume."""
+    return check_before_start(Path(cfg.out), resume, asdict(cfg), asdict(defaults),
+                              precision_of(cfg.dtype, cfg.device))
+
+
+def check_data(cfg, saved: dict, train_sets: dict) -> None:
+    """--resume: the run.json this run would write matches the saved one (check_resume_matches); the
+    backbone's config is the fetched checkpoint's, with the flags' attention dropout."""
+    backbone = replace(MPNetConfig.of_weights(), attention_probs_dropout_prob=cfg.attention_dropout)
+    check_resume_matches(saved, run_info(cfg, backbone, train_sets), Path(cfg.out))
+
+
+def start(cfg, backbone, train_sets: dict, final_sets: dict) -> None:
+    """A fresh run's folder (start_fresh): run.json, the tokenizer, and the test rows of the tasks
+    on your own data files."""
+    test_rows = {t: final_sets[t] for t, name in data.task_datasets(cfg).items() if data.is_user_file(name)}
+    start_fresh(Path(cfg.out), run_info(cfg, backbone, train_sets), weights_dir() / "tokenizer.json", test_rows)
+
+
 def check_resume_matches(info: dict, now: dict, out: Path) -> None:
     """What sets the parameter shapes (tasks, label names, backbone config) must be what the run saved.
     now: the run.json this run would write."""
@@ -316,14 +409,21 @@ def write_best(run: Run, weights: dict) -> None:
     run.unsaved_best = None
 
 
-def skip_update(run: Run) -> None:
-    """The NaN guard: a step with a non-finite loss or gradient norm makes no update (its batch is spent
-    and the schedule advances, as a skipped mixed-precision step does); --max-bad-steps in a row stop."""
+def update_is_finite(run: Run, loss: torch.Tensor, norm: torch.Tensor) -> bool:
+    """The NaN guard, between clipping and the optimizer step: True if the loss and the gradient norm
+    are finite on every process (one all-reduce under torchrun, so that all decide alike). Else the
+    step makes no update (its batch is spent and the schedule advances, as a skipped mixed-precision
+    step does), and --max-bad-steps such steps in a row stop the run."""
+    progress, step = run.progress, run.progress.step + 1  # the step being taken
+    bad = run.world.sum([float(not (torch.isfinite(loss) and torch.isfinite(norm)))])[0]
+    if not bad:
+        progress.bad_in_row = 0
+        return True
     run.optimizer.zero_grad(set_to_none=True)
-    progress = run.progress
     progress.skipped += 1
     progress.bad_in_row += 1
-    print(f"step {progress.step}: non-finite loss or gradient norm, update skipped "
+    print(f"step {step}: non-finite loss or gradient norm, update skipped "
           f"({progress.bad_in_row} in a row, {progress.skipped} in all)", file=sys.stderr, flush=True)
     if progress.bad_in_row >= run.cfg.max_bad_steps:
-        raise diverged(run.out, progress.step, progress.bad_in_row, run.scheduler.get_last_lr())
+        raise diverged(run.out, step, progress.bad_in_row, run.scheduler.get_last_lr())
+    return False

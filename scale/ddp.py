@@ -126,7 +126,7 @@ def loss_normalizers(world: World, pool, rows: list[int], class_weights: dict | 
     None in a single process: each task's loss is then its plain mean."""
     if world.size == 1:
         return None
-    from data import IGNORE
+    from heads import IGNORE
 
     totals = {}
     for task, labels in pool.labels.items():

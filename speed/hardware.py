@@ -137,6 +137,11 @@ def encoder_precision(dtype: str | torch.dtype | None, device: str | torch.devic
     return ("bf16" if resolve_dtype(dtype, device) == torch.bfloat16 else "fp32"), "as asked"
 
 
+def precision_of(dtype: str, device: str) -> str:
+    """What a training --dtype means here: "bf16" (autocast) or "fp32" (resolve_dtype below)."""
+    return "bf16" if resolve_dtype(dtype, device) == torch.bfloat16 else "fp32"
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:
     """'auto' -> bf16 where native, else fp32; 'fp32'/'bf16' or a torch dtype as asked.
 

@@ -1,6 +1,7 @@
 """The training speed path: one call after the model and optimizer are built, the same arithmetic.
 
-    clip_grad_norm = speed_up(model, optimizer, ...)   # what train.py does, unless --plain
+    install(run, val_sets)                              # what train.py does, unless --plain
+    clip_grad_norm = speed_up(model, optimizer, ...)    # the same, on a model and optimizer
     ...
     loss.backward()
     norm = clip_grad_norm(model.parameters(), max_norm)  # the same contract as torch.nn.utils.clip_grad_norm_
@@ -117,3 +118,18 @@ def speed_up(model: MultiTaskModel, optimizer: torch.optim.Optimizer, tokenizer=
         layer.attn.__class__ = WrittenOutAttention  # a subclass that adds no state: only attend() changes
     grad_norm = None if ddp else install_grad_hooks(model, model.backbone.embeddings)
     return SpeedPath(folded_clip(optimizer, grad_norm), cache_s)
+
+
+def install(run, val_sets: dict) -> None:
+    """train.py's call (unless --plain): speed_up() on the run's model and optimizer, its clipping as
+    the run's clip_grad_norm. It caches the frozen bottom's outputs when there is one to skip and
+    nothing will thaw (every rank caches every pool). run: a train_state.Run, after freezing."""
+    trainable = any(p.requires_grad for p in run.model.parameters())
+    cache = trainable and not run.cfg.no_cache and run.unfreezer is None
+    speed = speed_up(run.model, run.optimizer, run.tokenizer,
+                     train_texts=[t for p in run.pools for t in p.texts] if cache else None,
+                     val_texts=[t for ds in val_sets.values() for t in ds.texts], autocast=run.bf16,
+                     ddp=run.world.size > 1)
+    run.clip_grad_norm = speed.clip_grad_norm
+    if speed.cache_s:  # a cache was filled in this process (on resume too): its time
+        run.progress.cache_s = speed.cache_s

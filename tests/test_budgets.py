@@ -73,10 +73,10 @@ def test_a_run_stopped_by_its_token_budget_resumes_to_the_same_weights(tmp_path,
     cfg = config(tmp_path / "split", epochs=3, batch_size=2, max_tokens=150, eval_every=2, save_every=1)
     real_step = train_mod.train_step
 
-    def crash_at_step_5(run, pool_idx, rows):
+    def crash_at_step_5(run, batch):
         if run.progress.step == 4:
             raise RuntimeError("simulated crash")
-        return real_step(run, pool_idx, rows)
+        return real_step(run, batch)
 
     monkeypatch.setattr(train_mod, "train_step", crash_at_step_5)
     with pytest.raises(RuntimeError):

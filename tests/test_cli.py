@@ -11,6 +11,7 @@ import torch
 import eval as eval_mod
 from speed import hardware
 import train as train_mod
+from reliability import run_folder
 
 ROOT_DIR = Path(__file__).resolve().parent.parent
 
@@ -65,7 +66,7 @@ def test_eval_refuses_weights_from_another_model_config(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, run / "best.safetensors")
-    info = train_mod.run_info(cfg, model.backbone.cfg, tasks())
+    info = run_folder.run_info(cfg, model.backbone.cfg, tasks())
     info["backbone"]["intermediate_size"] = 128  # run.json from a different model
     (run / "run.json").write_text(json.dumps(info))
     with pytest.raises(ValueError, match=r"best.safetensors does not fit the model that .*run.json describes "

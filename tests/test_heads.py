@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.utils.class_weight import compute_class_weight
 
-from data import IGNORE
+from heads import IGNORE
 from heads import MultiTaskModel, balanced_class_weights, multitask_loss
 from mpnet import MPNet, MPNetConfig, mean_pool
 

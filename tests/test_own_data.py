@@ -100,12 +100,12 @@ def test_resume_refuses_a_data_file_that_changed(tmp_path):
     path.write_text("text,label\n" + "".join(f"sentence {i},{'ab'[i % 2]}\n" for i in range(20)))
     cfg = train_mod.TrainConfig(task_a=str(path), task_b="none", out=str(tmp_path / "run"))
     backbone = MPNetConfig()
-    info = train_mod.run_info(cfg, backbone, data.load_tasks(cfg)[0])
-    run_folder.check_resume_matches(info, train_mod.run_info(cfg, backbone, data.load_tasks(cfg)[0]), tmp_path)
+    info = run_folder.run_info(cfg, backbone, data.load_tasks(cfg)[0])
+    run_folder.check_resume_matches(info, run_folder.run_info(cfg, backbone, data.load_tasks(cfg)[0]), tmp_path)
     path.write_text(path.read_text().replace("sentence 3,b", "sentence 3,a").replace("sentence 5,b", "sentence 5,a")
                     .replace("sentence 4,a", "sentence 4,b").replace("sentence 6,a", "sentence 6,b"))
     with pytest.raises(ValueError, match=r"mine.csv is not the file the run started with"):
-        run_folder.check_resume_matches(info, train_mod.run_info(cfg, backbone, data.load_tasks(cfg)[0]), tmp_path)
+        run_folder.check_resume_matches(info, run_folder.run_info(cfg, backbone, data.load_tasks(cfg)[0]), tmp_path)
 
 
 def test_stratified_split_keeps_every_label_on_both_sides_and_depends_on_the_seed_only(tmp_path):

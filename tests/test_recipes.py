@@ -1,4 +1,4 @@
-"""Scenario recipes (freeze.recipe): the command line fills only the flags not typed, and --refit fits
+"""Scenario recipes (recipes.py): the command line fills only the flags not typed, and --refit fits
 fresh heads on train + validation for the epoch count that early stopping picked."""
 import shlex
 from dataclasses import asdict, replace
@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import freeze
+import recipes
 import train as train_mod
 from data import LabelledTexts
 from reliability import run_folder
@@ -24,8 +24,8 @@ def test_the_default_job_takes_trainconfigs_own_defaults(tmp_path, monkeypatch):
 
 def test_heads_only_takes_the_linear_probe_recipe_and_says_so():
     cfg, _, line = train_mod.parse_args(["--freeze", "backbone", "--task-b", "none"])
-    _, recipe = freeze.recipe("backbone")
-    assert {k: getattr(cfg, k) for k in recipe} == recipe and cfg.refit and cfg.schedule == "constant"
+    filled = recipes.heads_only(train_mod.TrainConfig(freeze="backbone", task_b="none"))
+    assert cfg == filled and cfg.refit and cfg.schedule == "constant"
     assert line.startswith("recipe for heads only on cached embeddings") and "--refit" in line
 
 
@@ -50,7 +50,7 @@ def test_few_shot_takes_the_few_shot_studys_budget_in_steps_whatever_the_number_
 
 def test_a_resume_command_gives_back_the_same_config(tmp_path):
     cfg, _, _ = train_mod.parse_args(["--freeze", "backbone", "--no-refit", "--epochs", "200", "--out", str(tmp_path)])
-    command = run_folder.resume_command(asdict(cfg), train_mod.scenario_defaults(cfg))
+    command = run_folder.resume_command(asdict(cfg), recipes.scenario_defaults(cfg))
     assert "--no-refit" in command and "--epochs" not in command  # 200 is the recipe's own
     assert train_mod.parse_args(shlex.split(command)[2:])[:2] == (cfg, True)
 

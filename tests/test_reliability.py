@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from reliability import checkpoint, run_folder
 import train as train_mod
+from mpnet import MPNetConfig
 from reliability.checkpoint import load_training_state, read_progress
 from test_train import config, tasks, tiny_model, tokenizer  # noqa: F401  (the real tokenizer fixture)
 
@@ -54,9 +55,9 @@ def step_hook(monkeypatch, at_step, action):
     """Call action() right after optimizer step `at_step` of the next run."""
     real_step = train_mod.train_step
 
-    def step(run, pool_idx, rows):
-        result = real_step(run, pool_idx, rows)
-        if run.progress.step == at_step:
+    def step(run, batch):
+        result = real_step(run, batch)
+        if run.progress.step + 1 == at_step:  # the loop counts the step once it returns
             action()
         return result
 
@@ -75,7 +76,7 @@ def resume(cfg, tokenizer):  # noqa: F811
 def test_signal_mid_epoch_saves_then_resume_equals_uninterrupted(tmp_path, tokenizer, monkeypatch, straight, sig):  # noqa: F811
     cfg, handler_before = run_cfg(tmp_path), signal.getsignal(sig)
     step_hook(monkeypatch, MID, lambda: signal.raise_signal(sig))
-    with pytest.raises(train_mod.Interrupted) as stopped:
+    with pytest.raises(run_folder.Interrupted) as stopped:
         train_mod.train(cfg, tiny_model(), tokenizer, tasks(), tasks())
     assert stopped.value.signum == sig and stopped.value.step == MID
     assert read_progress(tmp_path / "run" / "last.safetensors")["step"] == MID
@@ -94,7 +95,7 @@ def test_a_signal_during_validation_stops_right_after_it(tmp_path, tokenizer, mo
         return real_accuracies(*args, **kwargs)
 
     monkeypatch.setattr(train_mod, "accuracies", accuracies)
-    with pytest.raises(train_mod.Interrupted) as stopped:
+    with pytest.raises(run_folder.Interrupted) as stopped:
         train_mod.train(cfg, tiny_model(), tokenizer, tasks(), tasks())
     assert stopped.value.step == 4 and read_progress(tmp_path / "run" / "last.safetensors")["step"] == 4
     monkeypatch.undo()
@@ -332,10 +333,10 @@ def test_resume_without_a_checkpoint_says_what_is_missing(tmp_path, capsys):
 def write_unfinished_run(tmp_path, tokenizer, monkeypatch, **kw):  # noqa: F811
     cfg = run_cfg(tmp_path, **kw)
     step_hook(monkeypatch, 2, lambda: signal.raise_signal(signal.SIGTERM))
-    with pytest.raises(train_mod.Interrupted):
+    with pytest.raises(run_folder.Interrupted):
         train_mod.train(cfg, tiny_model(), tokenizer, tasks(), tasks())
     monkeypatch.undo()
-    info = train_mod.run_info(cfg, tiny_model().backbone.cfg, tasks())
+    info = run_folder.run_info(cfg, tiny_model().backbone.cfg, tasks())
     (Path(cfg.out) / "run.json").write_text(json.dumps(info))
     return cfg
 
@@ -351,11 +352,11 @@ def test_resume_with_other_flags_lists_the_differences(tmp_path, tokenizer, monk
     other_labels = tasks()
     other_labels["a"].label_names = ["w", "x", "y", "z"]
     with pytest.raises(ValueError, match=r"the data or model differ from .*run.json: tasks"):
-        run_folder.check_resume_matches(info, train_mod.run_info(cfg, tiny_model().backbone.cfg, other_labels), tmp_path)
-    bigger = train_mod.MPNetConfig(**(vars(info_backbone := tiny_model().backbone.cfg) | {"num_hidden_layers": 4}))
+        run_folder.check_resume_matches(info, run_folder.run_info(cfg, tiny_model().backbone.cfg, other_labels), tmp_path)
+    bigger = MPNetConfig(**(vars(info_backbone := tiny_model().backbone.cfg) | {"num_hidden_layers": 4}))
     assert bigger != info_backbone
     with pytest.raises(ValueError, match=r"differ from .*run.json: backbone"):
-        run_folder.check_resume_matches(info, train_mod.run_info(cfg, bigger, tasks()), tmp_path)
+        run_folder.check_resume_matches(info, run_folder.run_info(cfg, bigger, tasks()), tmp_path)
 
 
 def test_a_run_resumes_in_the_precision_it_started_in(tmp_path, tokenizer, monkeypatch):  # noqa: F811
@@ -445,7 +446,7 @@ def test_a_non_finite_step_is_skipped_and_counted(tmp_path, tokenizer, monkeypat
 
 def test_max_bad_steps_in_a_row_stop_the_run_naming_step_lr_and_checkpoint(tmp_path, tokenizer, monkeypatch):  # noqa: F811
     nan_loss_at(monkeypatch, set(range(6, 20)))
-    with pytest.raises(train_mod.Diverged) as e:
+    with pytest.raises(run_folder.Diverged) as e:
         train_mod.train(run_cfg(tmp_path, max_bad_steps=3), tiny_model(), tokenizer, tasks(), tasks())
     message = str(e.value)
     assert message.startswith("stopped at step 8: 3 steps in a row had a non-finite loss or gradient norm")
@@ -459,7 +460,7 @@ def test_non_finite_weights_are_never_saved(tmp_path, tokenizer, monkeypatch):  
 
     model = tiny_model()
     step_hook(monkeypatch, 6, poison)
-    with pytest.raises(train_mod.Diverged, match="weights became non-finite by step 8; not saved"):
+    with pytest.raises(run_folder.Diverged, match="weights became non-finite by step 8; not saved"):
         train_mod.train(run_cfg(tmp_path), model, tokenizer, tasks(), tasks())
     for name in ("best", "last"):
         saved = load_file(tmp_path / "run" / f"{name}.safetensors")
@@ -471,7 +472,7 @@ def test_a_huge_learning_rate_ends_cleanly(tmp_path, tokenizer):  # noqa: F811
     """--lr 1e4: either the run finishes with finite weights or it stops with Diverged; never a NaN checkpoint."""
     try:
         train_mod.train(run_cfg(tmp_path, lr=1e4, head_lr=1e4), tiny_model(), tokenizer, tasks(), tasks())
-    except train_mod.Diverged:
+    except run_folder.Diverged:
         pass
     for name in ("best", "last"):
         path = tmp_path / "run" / f"{name}.safetensors"

@@ -88,7 +88,7 @@ def test_tiny_model_overfits_a_few_batches(tmp_path, tokenizer):
 def test_save_then_load_gives_identical_logits(tmp_path, tokenizer):
     cfg = config(tmp_path, epochs=2)
     model = tiny_model()
-    run_folder.start_fresh(tmp_path / "run", train_mod.run_info(cfg, model.backbone.cfg, tasks()),
+    run_folder.start_fresh(tmp_path / "run", run_folder.run_info(cfg, model.backbone.cfg, tasks()),
                            fetch() / "tokenizer.json")  # run.json and tokenizer.json, as main() writes them
     train_mod.train(cfg, model, tokenizer, tasks(), tasks())
     model.load_state_dict(load_file(tmp_path / "run" / "best.safetensors"))
@@ -187,11 +187,11 @@ def test_a_run_without_attention_dropout_passes_the_resume_check(tmp_path):
     model = tiny_model()
     checkpoint = model.backbone.cfg  # what config.json says (0.1), as main() reads it on --resume
     model.backbone.set_attention_dropout(cfg.attention_dropout)
-    info = train_mod.run_info(cfg, model.backbone.cfg, tasks())
-    now = train_mod.run_info(cfg, replace(checkpoint, attention_probs_dropout_prob=0.0), tasks())
+    info = run_folder.run_info(cfg, model.backbone.cfg, tasks())
+    now = run_folder.run_info(cfg, replace(checkpoint, attention_probs_dropout_prob=0.0), tasks())
     run_folder.check_resume_matches(info, now, tmp_path)
     with pytest.raises(ValueError, match="the data or model differ"):  # the checkpoint's own config would not
-        run_folder.check_resume_matches(info, train_mod.run_info(cfg, checkpoint, tasks()), tmp_path)
+        run_folder.check_resume_matches(info, run_folder.run_info(cfg, checkpoint, tasks()), tmp_path)
 
 
 @pytest.mark.numerics

@@ -221,7 +221,7 @@ def train_engines(run, batches: list, hf_available: bool) -> dict:
     def ours() -> None:
         freeze.train_mode(run.model)
         for pool_idx, rows in batches:
-            train.train_step(run, pool_idx, rows)
+            train.train_step(run, train.make_batch(run, pool_idx, rows))
 
     def forward_only() -> None:
         run.model.eval()

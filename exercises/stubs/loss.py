@@ -5,7 +5,7 @@
 import torch
 import torch.nn.functional as F
 
-from data import IGNORE  # -100: this example has no label for this task
+from heads import IGNORE  # -100: this example has no label for this task
 
 
 def multitask_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor],

@@ -1,0 +1,90 @@
+"""A train.py run folder read back for eval.py and predict.py: run.json is input, not trust.
+
+    model, tokenizer, info = load_run("runs/default")
+
+run.json's sizes are bounded before anything is built from them, the numbers no tensor shape checks
+must agree with the backbone's own config.json, test_rows must name a file inside the folder, and
+best.safetensors must be float32 and fit the model run.json describes. Each problem is one
+ValueError naming the file and what is wrong.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# run.json is input, not trust: the sizes that decide how much gets built, bounded before anything is.
+BACKBONE_LIMITS = {"vocab_size": 1_000_000, "hidden_size": 8192, "num_hidden_layers": 96, "num_attention_heads": 128,
+                   "intermediate_size": 65536, "max_position_embeddings": 65536, "relative_attention_num_buckets": 1024}
+
+
+# Numbers no tensor shape checks: a run.json that changed them would load and silently compute another model.
+FIXED_BY_THE_CHECKPOINT = ("layer_norm_eps", "pad_token_id", "relative_attention_max_distance")
+
+
+def check_run_info(info: dict) -> None:
+    """Raise ValueError unless run.json's sizes are sane, the numbers no shape checks agree with the
+    backbone's own config.json, and its test_rows stay inside the run folder."""
+    from mpnet import MPNetConfig
+
+    if not isinstance(info, dict) or not all(isinstance(info.get(k), dict) for k in ("config", "backbone", "tasks")):
+        raise ValueError("expected a JSON object holding the objects config, backbone and tasks")
+    for task, spec in info["tasks"].items():
+        names = spec.get("label_names") if isinstance(spec, dict) else None
+        if not (isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names)):
+            raise ValueError(f"task {task}'s label_names must be a list of at least 2 strings")
+    for key, limit in BACKBONE_LIMITS.items():
+        value = info["backbone"].get(key)
+        if value is not None and (isinstance(value, bool) or not (isinstance(value, int) and 0 < value <= limit)):
+            raise ValueError(f"backbone {key} is {value!r}, expected an integer in 1..{limit:,}")
+    reference = MPNetConfig.of_weights()
+    for key in FIXED_BY_THE_CHECKPOINT:
+        if key in info["backbone"] and info["backbone"][key] != getattr(reference, key):
+            raise ValueError(f"backbone {key} is {info['backbone'][key]!r}, but the backbone's config.json says "
+                             f"{getattr(reference, key)!r}")
+    if not isinstance(info["config"].get("normalize", False), bool):
+        raise ValueError(f"config normalize is {info['config']['normalize']!r}, expected true or false")
+    for task, spec in info["tasks"].items():
+        rows = spec.get("test_rows")
+        if rows is not None and (not isinstance(rows, str) or Path(rows).name != rows or rows in ("", ".", "..")):
+            raise ValueError(f"task {task}'s test_rows {rows!r} must name a file inside the run folder")
+
+
+def load_run(folder: str | Path):
+    """A trained MultiTaskModel, its tokenizer and run.json from a train.py output folder."""
+    import torch
+    from safetensors.torch import load_file
+
+    from heads import MultiTaskModel
+    from mpnet import MPNet, MPNetConfig, Tokenizer
+
+    folder = Path(folder)
+    info_path, weights_path = folder / "run.json", folder / "best.safetensors"
+    for p in (info_path, weights_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"{p} not found: is {folder} a train.py output folder?")
+    try:
+        info = json.loads(info_path.read_text())
+        check_run_info(info)
+        with torch.device("meta"):
+            model = MultiTaskModel(MPNet(MPNetConfig(**info["backbone"])),
+                                   {t: len(v["label_names"]) for t, v in info["tasks"].items()},
+                                   normalize=info["config"]["normalize"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{info_path} is not a train.py run.json ({type(e).__name__}: {e})") from None
+    try:
+        weights = load_file(weights_path)
+    except Exception as e:  # safetensors raises its own error type for damaged files
+        raise ValueError(f"{weights_path} is not a readable safetensors file ({e})") from None
+    wrong_dtype = sorted(k for k, v in weights.items() if v.dtype != torch.float32)
+    if wrong_dtype:
+        raise ValueError(f"{weights_path}: {wrong_dtype[0]} is {weights[wrong_dtype[0]].dtype}, expected float32 "
+                         f"(train.py saves float32 weights); was the file converted or written by another tool?")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in weights.items()}
+    if found != expected:
+        name = sorted(set(expected) ^ set(found)) or sorted(k for k in expected if expected[k] != found[k])
+        raise ValueError(f"{weights_path} does not fit the model that {info_path} describes (first difference: "
+                         f"{name[0]}: {found.get(name[0], 'absent')} in the weights, {expected.get(name[0], 'absent')} "
+                         f"expected); were the files copied from different runs?")
+    model.load_state_dict(weights, assign=True)
+    return model.eval(), Tokenizer(folder / "tokenizer.json"), info
