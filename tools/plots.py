@@ -151,13 +151,13 @@ def plot_attention(encoder, sentence: str, out: Path) -> None:
 
 
 def plot_lr_groups(out: Path, base_lr: float = 5e-5, head_lr: float = 1e-4, layers: int = 12) -> None:
-    from lr_groups import layer_lr
+    from lr_groups import layer_lr, parse
 
     plt = pyplot()
     depths = list(range(layers + 1))
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for spec in ("flat", "tiers", "llrd:0.9", "llrd:0.8", "ulmfit"):
-        lrs = [layer_lr(spec, d, layers, base_lr) for d in depths]
+        lrs = [layer_lr(parse(spec), d, layers, base_lr) for d in depths]
         ax.plot(depths + [layers + 1], lrs + [2 * base_lr if spec == "tiers" else head_lr], marker="o", label=spec)
     ax.set_yscale("log")
     ax.set_xticks(depths + [layers + 1], ["emb"] + [str(i) for i in range(layers)] + ["heads"])
