@@ -57,7 +57,8 @@ class LabelledTexts:
     texts: list[str]
     labels: list[int]
     label_names: list[str]
-    source: str = ""  # file the texts came from: tasks read from one file share examples
+    source: str = ""  # the file and the splits made of it: tasks of one source share examples
+    file: str = ""    # the data file itself, whatever its name holds ('#' too): resumes check it
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -78,7 +79,7 @@ def _checked(name: str, split: str, path: Path, rows: list[tuple[int, str, str]]
         labels.append(index[label])
     if not texts:
         raise ValueError(f"{path}: no examples for {name}/{split}")
-    return LabelledTexts(name, split, texts, labels, label_names, source=f"{path}")
+    return LabelledTexts(name, split, texts, labels, label_names, source=f"{path}", file=f"{path}")
 
 
 def read_table(path: Path, columns: list[str], delimiter: str = "\t") -> list[tuple[int, dict[str, str]]]:
@@ -200,7 +201,7 @@ def load(name: str, split: str, folder: str | os.PathLike | None = None) -> Labe
 def fingerprints(sets: list[LabelledTexts], extra: list[str | None] = ()) -> dict[str, str]:
     """{file: sha256} of every file the datasets were read from, and of the `extra` files (test and label
     files): run.json keeps them, and a resume refuses data that changed under the saved sampler."""
-    paths = sorted({ds.source.split("#")[0] for ds in sets} | {p for p in extra if p})
+    paths = sorted({ds.file for ds in sets if ds.file} | {p for p in extra if p})
     return {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths if Path(p).is_file()}  # (in-memory sets: none)
 
 
@@ -348,7 +349,7 @@ def split_off(ds: LabelledTexts, fraction: float, seed: int) -> tuple[LabelledTe
     def pick(rows: list[int], split: str) -> LabelledTexts:
         rows = sorted(rows)
         return LabelledTexts(ds.name, split, [ds.texts[i] for i in rows], [ds.labels[i] for i in rows],
-                             ds.label_names, ds.source + f"#{split}")
+                             ds.label_names, ds.source + f"#{split}", file=ds.file)
     return pick(order[n_val:], "train"), pick(order[:n_val], "val")
 
 
@@ -365,7 +366,7 @@ def per_class_sample(ds: LabelledTexts, k: int, seed: int) -> LabelledTexts:
         rows += rng.sample(members, min(k, len(members)))
     rows.sort()
     return LabelledTexts(ds.name, ds.split, [ds.texts[i] for i in rows], [ds.labels[i] for i in rows],
-                         ds.label_names, ds.source + f"#{k}-per-class")
+                         ds.label_names, ds.source + f"#{k}-per-class", file=ds.file)
 
 
 def task_datasets(cfg) -> dict[str, str]:

@@ -20,7 +20,6 @@ test-a.jsonl / test-b.jsonl for a run on your own data (the rows eval.py scores 
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import random
@@ -39,6 +38,7 @@ import torch
 import data
 import recipes
 from mpnet import MPNetConfig
+from reliability.lock import InUse, holding
 from reliability.checkpoint import (all_finite, load_training_state, read_progress, save_training_state, save_weights,
                                     sync_folder, write_atomic)
 from speed.hardware import describe, precision_of
@@ -73,33 +73,21 @@ def diverged(out: Path, step: int, bad_in_row: int, lrs: list[float]) -> Diverge
                     + ". Lower --lr or check the data.")
 
 
-class FolderInUse(Exception):
-    """Another process holds the run folder's lock."""
+FolderInUse = InUse  # another process holds the run folder's lock (reliability/lock.py)
 
 
 @contextmanager
 def locked(out: Path, enabled: bool = True) -> Iterator[None]:
-    """An exclusive lock on the run folder while the run lasts (fcntl.flock on out/.lock, released by
-    the OS if the process dies): a second train.py on the same --out, say a requeued job while the
-    first is still in its grace period, is refused before it reads or writes anything there.
-    enabled=False: a torchrun rank other than 0, whose rank 0 holds the lock."""
+    """An exclusive lock on the run folder while the run lasts (out/.lock, reliability/lock.py): a
+    second train.py on the same --out, say a requeued job while the first is still in its grace
+    period, is refused before it reads or writes anything there. enabled=False: a torchrun rank
+    other than 0, whose rank 0 holds the lock."""
     if not enabled:
         yield
         return
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise FolderInUse(f"{out} is in use by another train.py (PID {holder}); wait for it to end, "
-                              f"or pick another --out") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        yield  # leaving the with-block closes the file, which releases the lock
+    with holding(out / ".lock", out, owner="train.py", flag="--out"):
+        yield
 
 
 class SignalGuard:
@@ -310,14 +298,20 @@ def check_resume_matches(info: dict, now: dict, out: Path) -> None:
     diffs = [f"{key}: {now[key]} (run.json: {info.get(key)})" for key in ("tasks", "backbone") if info.get(key) != now[key]]
     if diffs:
         raise ValueError(f"--resume: the data or model differ from {out}/run.json: {'; '.join(diffs)}")
-    # The data files, compared by content rather than path (a --data-dir may move); runs from before
-    # run.json recorded data_sha256 are not checked.
+    # Each data file against the digest saved for it: the same path, or, when a --data-dir moved,
+    # the same file name. Runs from before run.json recorded data_sha256 are not checked.
     saved = info.get("data_sha256")
-    changed = [path for path, digest in now["data_sha256"].items() if saved is not None and digest not in saved.values()]
-    if changed:
-        raise ValueError(f"--resume: {changed[0]} is not the file the run started with (its sha256 differs from "
-                         f"{out}/run.json's); the saved sampler positions would point at other rows. Restore the "
-                         f"file, or start a fresh run with another --out")
+    if saved is None:
+        return
+    by_name = {}
+    for path, digest in saved.items():
+        by_name.setdefault(Path(path).name, []).append(digest)
+    for path, digest in now["data_sha256"].items():
+        expected = [saved[path]] if path in saved else by_name.get(Path(path).name, list(saved.values()))
+        if digest not in expected:
+            raise ValueError(f"--resume: {path} is not the file the run started with (its sha256 differs "
+                             f"from {out}/run.json's); the saved sampler positions would point at other "
+                             f"rows. Restore the file, or start a fresh run with another --out")
 
 
 def start_fresh(out: Path, info: dict, tokenizer_file: Path, test_rows: dict | None = None) -> None:

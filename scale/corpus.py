@@ -41,6 +41,7 @@ import json
 import os
 import sys
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -50,6 +51,7 @@ import torch
 from data import refuse_lone_surrogates
 from reliability.checkpoint import sync_folder, write_atomic
 from reliability.flags import int_at_least
+from reliability.lock import InUse, holding
 from speed.memory import bound_kernel_cache, release_freed_memory
 from weights.fetch import sha256_of
 
@@ -122,7 +124,27 @@ class Shards:
 def embed_file(encoder, source: Path, output: Path, field: str | None = None, dtype: str = "float32",
                batch_size: int = 32, chunk_size: int = CHUNK) -> int:
     """Embed every sentence of `source` into the .npy file `output`; returns N. Resumes, and shards
-    over torchrun's processes, as the module docstring describes."""
+    over torchrun's processes, as the module docstring describes. One job writes an output at a time:
+    another one on the same output raises reliability.lock.InUse (output_lock)."""
+    with output_lock(Path(output)):
+        return embed_locked(encoder, source, output, field, dtype, batch_size, chunk_size)
+
+
+@contextmanager
+def output_lock(output: Path):
+    """The lock beside the output (.emb.npy.lock, as weights/fetch.py's) that one job holds while it
+    writes: rank 0's under torchrun, whose other ranks write only the chunks of rank 0's job."""
+    if Shards().rank != 0:
+        yield
+        return
+    with holding(output.with_name(f".{output.name}.lock"), output, owner="scale.corpus job",
+                 flag="--output"):
+        yield
+
+
+def embed_locked(encoder, source: Path, output: Path, field: str | None, dtype: str, batch_size: int,
+                 chunk_size: int) -> int:
+    """embed_file, with the output's lock held."""
     shards = Shards()
     n = count_sentences(source, field)
     if n == 0:
@@ -174,7 +196,7 @@ def embed_file(encoder, source: Path, output: Path, field: str | None = None, dt
             raise RuntimeError(f"chunks {sorted(missing)[:5]} were not embedded; run the command again to finish")
         os.replace(partial, output)
         sync_folder(output.parent)  # the rename itself is on disk before the records that allow it go
-        for p in partial.parent.glob(partial.name + ".done-*"):
+        for p in done_records(partial):
             p.unlink()
     shards.barrier()
     return n
@@ -194,9 +216,16 @@ def prepare(partial: Path, settings: dict) -> None:
     np.lib.format.open_memmap(partial, mode="w+", dtype=settings["dtype"], shape=(settings["rows"], settings["dim"]))
 
 
+def done_records(partial: Path) -> list[Path]:
+    """Every file named after the partial's records (.done-...), found by prefix, not by a glob: an
+    output name may hold the glob's own characters ([, *, ?)."""
+    prefix = partial.name + ".done-"
+    return sorted(p for p in partial.parent.iterdir() if p.name.startswith(prefix))
+
+
 def done_files(partial: Path) -> list[Path]:
     """Each rank's record, .done-RANK; not the temporary file a killed write left (.done-RANK.XXXX.tmp)."""
-    return sorted(p for p in partial.parent.glob(partial.name + ".done-*") if p.name.rsplit("-", 1)[1].isdigit())
+    return [p for p in done_records(partial) if p.name.rsplit("-", 1)[1].isdigit()]
 
 
 def done_file(partial: Path, rank: int) -> Path:
@@ -245,15 +274,22 @@ def main(argv: list[str] | None = None) -> None:
         total = count_sentences(args.input, args.field)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    bound_kernel_cache()
-    if args.compile:
-        from speed.compiled import BREAKEVEN, compiled_encoder
+    with ExitStack() as stack:
+        try:  # before the model loads: a second job on this output stops here, in one line
+            stack.enter_context(output_lock(args.output))
+        except InUse as e:
+            sys.exit(f"error: {e}")
+        bound_kernel_cache()
+        if args.compile:
+            from speed.compiled import BREAKEVEN, compiled_encoder
 
-        print(f"--compile: {total:,} sentences; the compile pays for itself above {BREAKEVEN}", file=sys.stderr)
-        encoder = compiled_encoder()
-    else:
-        encoder = load_encoder(dtype=args.dtype)
-    n = embed_file(encoder, args.input, args.output, args.field, args.output_dtype, args.batch_size, args.chunk_size)
+            print(f"--compile: {total:,} sentences; the compile pays for itself above {BREAKEVEN}",
+                  file=sys.stderr)
+            encoder = compiled_encoder()
+        else:
+            encoder = load_encoder(dtype=args.dtype)
+        n = embed_locked(encoder, args.input, args.output, args.field, args.output_dtype, args.batch_size,
+                         args.chunk_size)
     print(f"{n:,} embeddings in {args.output}", file=sys.stderr)
 
 

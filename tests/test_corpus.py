@@ -192,7 +192,7 @@ def test_a_full_disk_while_rows_are_written_records_nothing_and_the_rerun_finish
     real_open, opened = builtins.open, []
 
     def open_that_fills(path, mode="r", *args, **kwargs):
-        if sys._getframe(1).f_code.co_name == "embed_file":  # the rows' positioned write into emb.npy.partial
+        if sys._getframe(1).f_code.co_name == "embed_locked":  # the rows' write into emb.npy.partial
             opened.append(path)
             if len(opened) == 2:
                 raise OSError(errno.ENOSPC, "No space left on device")

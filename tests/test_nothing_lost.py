@@ -1,0 +1,193 @@
+"""The second reliability pass (#52): each test is named after what it protects, and fails on the code
+before the fix. Concurrent writers, hostile names, the resume fingerprint."""
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import data
+from reliability import run_folder
+from reliability.lock import InUse, holding
+from scale import corpus
+
+ROOT = Path(__file__).resolve().parent.parent
+
+HOLD = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {root!r})
+from reliability.lock import holding
+with holding(Path(sys.argv[1]), Path(sys.argv[2]), owner="test", flag="--out"):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def hold_in_another_process(lock: Path, output: Path, seconds: float = 30) -> subprocess.Popen:
+    """A process that holds `lock` until it is killed (or `seconds` pass); returns once it holds it."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD.format(root=str(ROOT)), str(lock), str(output), str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+class FakeEncoder:
+    """What embed_file needs of an encoder: encode() and model.cfg, with rows that name their text."""
+
+    class model:  # noqa: N801
+        class cfg:  # noqa: N801
+            hidden_size = 4
+
+        @staticmethod
+        def state_dict():
+            return {"w": torch.zeros(2)}
+
+    @staticmethod
+    def encode(sentences, batch_size=32):
+        return torch.tensor([[len(s), sum(map(ord, s)) % 97, 1.0, 0.0] for s in sentences])
+
+
+# ----------------------------------------------------------------------------- concurrent writers
+def test_a_second_corpus_job_on_the_same_output_is_refused_in_one_line(tmp_path):
+    source = tmp_path / "s.txt"
+    source.write_text("a\nb\nc\n")
+    output = tmp_path / "emb.npy"
+    holder = hold_in_another_process(tmp_path / ".emb.npy.lock", output)
+    try:
+        started = time.time()
+        second = subprocess.run([sys.executable, "-m", "scale.corpus", "--input", str(source), "--output", str(output)],
+                                cwd=ROOT, capture_output=True, text=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert second.returncode == 1
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is in use by another" in lines[0] and f"PID {holder.pid}" in lines[0]
+    assert time.time() - started < 20  # refused before the model loads
+    assert not output.exists() and not (tmp_path / "emb.npy.partial").exists()  # nothing written
+
+
+def test_concurrent_corpus_jobs_never_mix_their_rows(tmp_path):
+    """Two jobs race for one output 100 times (threads; flock locks open files, not processes): the
+    output always holds one job's rows whole, and the loser always gets InUse."""
+    import threading
+
+    source = tmp_path / "s.txt"
+    source.write_text("".join(f"sentence {i}\n" for i in range(40)))
+    want = {dtype: FakeEncoder.encode([f"sentence {i}" for i in range(40)]).numpy().astype(dtype)
+            for dtype in ("float32", "float16")}
+    for trial in range(100):
+        output = tmp_path / f"emb-{trial}.npy"
+        outcomes = {}
+
+        def job(dtype: str) -> None:
+            try:
+                corpus.embed_file(FakeEncoder(), source, output, dtype=dtype, chunk_size=5)
+                outcomes[dtype] = "wrote"
+            except InUse:
+                outcomes[dtype] = "refused"
+
+        threads = [threading.Thread(target=job, args=(d,)) for d in ("float32", "float16")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        got = np.load(output)
+        assert any(got.dtype == w.dtype and np.array_equal(got, w) for w in want.values()), trial
+        assert sorted(outcomes.values()) in (["refused", "wrote"], ["wrote", "wrote"]), outcomes  # one after the other
+
+
+def test_a_held_run_folder_is_refused_with_the_holders_pid(tmp_path):
+    holder = hold_in_another_process(tmp_path / ".lock", tmp_path)
+    try:
+        with pytest.raises(run_folder.FolderInUse, match=f"in use by another train.py \\(PID {holder.pid}\\)"):
+            with run_folder.locked(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# ----------------------------------------------------------------------------- hostile names
+def test_a_symlinked_lock_is_refused_and_its_target_left_alone(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's own words\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").symlink_to(victim)
+    with pytest.raises(InUse, match="symbolic link"):
+        with run_folder.locked(out):
+            pass
+    assert victim.read_text() == "the user's own words\n"
+
+
+def test_a_hard_linked_lock_is_refused(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine\n")
+    os.link(victim, tmp_path / ".lock")
+    with pytest.raises(InUse, match="other links"):
+        with holding(tmp_path / ".lock", tmp_path, owner="train.py", flag="--out"):
+            pass
+    assert victim.read_text() == "mine\n"
+
+
+@pytest.mark.parametrize("name", ["emb[v2].npy", "emb[12].npy", "emb*.npy", "emb?.npy"])
+def test_output_names_with_glob_characters_finish_and_touch_no_other_job(tmp_path, name):
+    source = tmp_path / "s.txt"
+    source.write_text("".join(f"line {i}\n" for i in range(7)))
+    other = tmp_path / "emb1.npy.partial.done-0"  # another job's resume record, which a glob of emb[12] matches
+    other.write_text("{}")
+    output = tmp_path / name
+    assert corpus.embed_file(FakeEncoder(), source, output, chunk_size=3) == 7
+    assert np.array_equal(np.load(output), FakeEncoder.encode([f"line {i}" for i in range(7)]).numpy())
+    assert other.read_text() == "{}"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(name + ".")]  # no partial or record left
+
+
+# ----------------------------------------------------------------------------- the resume fingerprint
+def test_a_hash_in_a_data_path_keeps_the_data_check(tmp_path):
+    folder = tmp_path / "d#1"
+    folder.mkdir()
+    path = folder / "t.csv"
+    path.write_text("text,label\n" + "".join(f"row {i},{'xy'[i % 2]}\n" for i in range(10)))
+    rows = data.read_user_rows(path, "text", "label")
+    ds = data.user_dataset(path, rows, ["x", "y"], "train")
+    train, _ = data.split_off(data.per_class_sample(ds, 3, 0), 0.2, 0)
+    assert data.fingerprints([train]) == {str(path): hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def fingerprint_info(files: dict[str, bytes], tmp_path: Path) -> dict:
+    paths = {}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+        paths[name] = str(tmp_path / name)
+    return {"tasks": {}, "backbone": {}, "data_sha256": {p: hashlib.sha256((tmp_path / n).read_bytes()).hexdigest()
+                                                         for n, p in paths.items()}}
+
+
+def test_swapped_train_and_test_contents_are_refused_on_resume(tmp_path):
+    saved = fingerprint_info({"train.csv": b"train rows", "test.csv": b"test rows"}, tmp_path)
+    swapped = fingerprint_info({"train.csv": b"test rows", "test.csv": b"train rows"}, tmp_path)
+    with pytest.raises(ValueError, match="train.csv is not the file the run started with"):
+        run_folder.check_resume_matches(saved, swapped, tmp_path)
+
+
+def test_train_replaced_by_a_copy_of_test_is_refused_on_resume(tmp_path):
+    saved = fingerprint_info({"train.csv": b"train rows", "test.csv": b"test rows"}, tmp_path)
+    copied = fingerprint_info({"train.csv": b"test rows", "test.csv": b"test rows"}, tmp_path)
+    with pytest.raises(ValueError, match="train.csv is not the file"):
+        run_folder.check_resume_matches(saved, copied, tmp_path)
+
+
+def test_a_moved_data_dir_still_resumes(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    saved = fingerprint_info({"train.csv": b"train rows", "test.csv": b"test rows"}, tmp_path / "old")
+    moved = fingerprint_info({"train.csv": b"train rows", "test.csv": b"test rows"}, tmp_path / "new")
+    run_folder.check_resume_matches(saved, moved, tmp_path)  # the same files by name and content
