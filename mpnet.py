@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weights.fetch import FILES, fetch, is_complete, weights_dir
+from weights.fetch import FILES, fetch, is_complete, may_fetch_into, weights_dir
 
 
 # ----------------------------------------------------------------------------- 1. config
@@ -405,12 +405,12 @@ class SentenceEncoder(nn.Module):
             if dtype in ("int8", "auto"):
                 hint = " (int8 and auto live in the speed path: speed.load_encoder)"
             raise ValueError(f"dtype must be 'fp32', 'bf16' or None, not {dtype!r}{hint}")
-        folder = weights_dir(path)
-        if not is_complete(folder) and path is not None:
+        folder = weights_dir(path)  # path, else $MPNET_WEIGHTS_DIR, else the project's own folder
+        if not is_complete(folder) and (path is not None or not may_fetch_into(folder)):
             raise FileNotFoundError(f"{folder} does not hold all-mpnet-base-v2's "
                                     f"{', '.join(FILES)} (model.safetensors at its full size); "
                                     f"nothing there was changed. Leave path out to use, and if "
-                                    f"needed fetch, the default folder")
+                                    f"needed fetch, the default folder or an empty one")
         if not is_complete(folder):
             print(f"all-mpnet-base-v2 weights not found in {folder} (need {', '.join(FILES)}); "
                   f"fetching them now.", file=sys.stderr)

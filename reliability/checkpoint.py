@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -40,22 +41,39 @@ FORMAT = "mpnet-train-checkpoint/1"
 def write_atomic(write: Callable[[Path], None], path: Path) -> None:
     """write(tmp) then rename onto path; the data is on disk before the rename makes it visible.
 
-    The temporary file has a name of its own in the same folder (mkstemp), so two writers never write
-    into one file, and a write that fails removes it: only a kill -9 leaves one behind, and nothing
-    reads it."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    The temporary file sits in a scratch folder of its own beside the path (mkdtemp, .NAME.XXXX.tmp):
+    two writers never write into one file, and a writer that itself goes through a temporary file, as
+    safetensors' save_file does from 0.8 on, leaves that one in the scratch folder too, never beside
+    the output. A write that fails removes the folder: only a kill -9 leaves one behind, and a fresh
+    run removes it (run_folder.start_fresh). The file gets the mode open() would give it, 0666 less
+    the umask, whatever mode the writer chose."""
+    scratch = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp = scratch / path.name
     try:
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make run folders unreadable to a group that shares them
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
         raise
+    scratch.rmdir()
     sync_folder(path.parent)
+
+
+def umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def scratch_left_by(path: Path) -> list[Path]:
+    """What a killed write_atomic of `path` can leave: its scratch folder, or (before the scratch
+    folders) a NAME.XXXX.tmp file beside it. Found by prefix, so any name works."""
+    names = (f".{path.name}.", f"{path.name}.")
+    return [p for p in path.parent.iterdir() if p.name.startswith(names) and p.name.endswith(".tmp")]
 
 
 def all_finite(state: dict[str, torch.Tensor]) -> bool:

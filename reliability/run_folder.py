@@ -40,7 +40,7 @@ import recipes
 from mpnet import MPNetConfig
 from reliability.lock import InUse, holding
 from reliability.checkpoint import (all_finite, load_training_state, read_progress, save_training_state, save_weights,
-                                    sync_folder, write_atomic)
+                                    scratch_left_by, sync_folder, write_atomic)
 from speed.hardware import describe, precision_of
 from train_state import Progress, Run
 from weights.fetch import weights_dir
@@ -48,6 +48,9 @@ from weights.fetch import weights_dir
 # Flags that may change between a run and its resume: they do not change what is computed.
 MAY_DIFFER_ON_RESUME = {"out", "data_dir", "device", "log_every", "save_every", "max_bad_steps", "overwrite"}
 TEST_ROWS = "test-{task}.jsonl"  # your own data's test rows; run.json names the file for each task
+# The files a run writes into its folder: the ones it may replace, and whose scratch it may remove.
+OWNED = ("run.json", "tokenizer.json", "best.safetensors", "last.safetensors", "metrics.jsonl",
+         "losses.jsonl", "state.pt", TEST_ROWS.format(task="a"), TEST_ROWS.format(task="b"))
 REFIT = "refit"  # --refit's own run, inside the run folder (train.refit)
 
 
@@ -142,6 +145,11 @@ def check_before_start(out: Path, resume: bool, config: dict, defaults: dict, pr
     config, defaults: the run's flags and their defaults (dataclasses.asdict of train.TrainConfig);
     precision: what --dtype means on this CPU, "fp32" or "bf16"."""
     last, info_path = out / "last.safetensors", out / "run.json"
+    if not resume and not info_path.is_file() and not config.get("overwrite"):  # not a run folder:
+        foreign = [name for name in OWNED if (out / name).exists()]
+        if foreign:
+            raise ValueError(f"{out} holds {', '.join(foreign)} but no run.json, so no train.py run wrote "
+                             f"them, and a fresh run there would replace them; move them, or pick another --out")
     if not resume:
         progress = read_progress(last) if last.is_file() else None
         if progress and not progress.get("done"):
@@ -314,6 +322,19 @@ def check_resume_matches(info: dict, now: dict, out: Path) -> None:
                              f"rows. Restore the file, or start a fresh run with another --out")
 
 
+def remove_scratch(folder: Path) -> None:
+    """What a kill -9 during one of the run's own writes left (checkpoint.write_atomic), and nothing
+    else: a fresh run and a resume, holding the folder's lock, remove it."""
+    if not folder.is_dir():
+        return
+    for name in OWNED:
+        for debris in scratch_left_by(folder / name):
+            if debris.is_dir():
+                shutil.rmtree(debris)
+            else:
+                debris.unlink()
+
+
 def start_fresh(out: Path, info: dict, tokenizer_file: Path, test_rows: dict | None = None) -> None:
     """A fresh run: remove a finished run's outputs (check_before_start refuses unfinished ones), so that
     no file of the old run can be mistaken for the new one's; then write run.json, the tokenizer, and
@@ -322,8 +343,7 @@ def start_fresh(out: Path, info: dict, tokenizer_file: Path, test_rows: dict | N
     for folder in (out, out / REFIT):
         for name in ("best.safetensors", "last.safetensors", "metrics.jsonl", "losses.jsonl", "state.pt"):
             (folder / name).unlink(missing_ok=True)
-        for debris in folder.glob("*.tmp"):  # what a kill -9 during a write left (checkpoint.write_atomic)
-            debris.unlink()
+        remove_scratch(folder)
     write_atomic(lambda p: p.write_text(json.dumps(info, indent=2)), out / "run.json")
     write_atomic(lambda p: shutil.copyfile(tokenizer_file, p), out / "tokenizer.json")
     for task, ds in (test_rows or {}).items():
@@ -354,6 +374,8 @@ def save_jsonl(out: Path, name: str, records: list[dict]) -> None:
 # ----------------------------------------------------------------------------- the run's state on disk
 def restore(run: Run) -> None:
     """--resume: the weights, optimizer, schedule, sampler, random state and progress of last.safetensors."""
+    if run.world.main:
+        remove_scratch(run.out)
     weights, optimizer_state, state = load_training_state(run.out / "last.safetensors")
     run.model.load_state_dict({k: v.to(run.device) for k, v in weights.items()})
     run.optimizer.load_state_dict(optimizer_state)

@@ -191,3 +191,71 @@ def test_a_moved_data_dir_still_resumes(tmp_path):
     saved = fingerprint_info({"train.csv": b"train rows", "test.csv": b"test rows"}, tmp_path / "old")
     moved = fingerprint_info({"train.csv": b"train rows", "test.csv": b"test rows"}, tmp_path / "new")
     run_folder.check_resume_matches(saved, moved, tmp_path)  # the same files by name and content
+
+
+# ----------------------------------------------------------------------------- files a run does not own
+def test_a_safetensors_save_leaves_nothing_beside_it_and_takes_the_umask_mode(tmp_path):
+    """safetensors >= 0.8 saves through a temporary file of its own: it must land in the writer's
+    scratch folder, not beside the output, and the output must get the mode the umask gives."""
+    from reliability.checkpoint import save_weights
+
+    old = os.umask(0o077)
+    try:
+        save_weights(tmp_path / "best.safetensors", {"w": torch.ones(3)})
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.safetensors"]
+    assert (tmp_path / "best.safetensors").stat().st_mode & 0o777 == 0o600  # umask 077: not world-readable
+    save_weights(tmp_path / "best.safetensors", {"w": torch.ones(3)})
+    assert (tmp_path / "best.safetensors").stat().st_mode & 0o777 == 0o666 & ~old
+
+
+def test_a_fresh_run_removes_its_own_scratch_and_nothing_else(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    scratch = out / ".last.safetensors.k3x9a1.tmp"  # a save killed mid-write
+    scratch.mkdir()
+    (scratch / "last.safetensors").write_bytes(b"\0" * 64)
+    (out / "best.safetensors.q1w2e3.tmp").write_bytes(b"old-style scratch")
+    mine = [out / "notes.tmp", out / "draft.json.tmp"]  # the user's own files
+    for path in mine:
+        path.write_text("keep me")
+    source = tmp_path / "tokenizer-source.json"
+    source.write_text("{}")
+    run_folder.start_fresh(out, {"config": {}}, source)
+    assert not scratch.exists() and not (out / "best.safetensors.q1w2e3.tmp").exists()
+    assert all(path.read_text() == "keep me" for path in mine)
+
+
+def test_a_fresh_run_never_replaces_files_no_run_wrote(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "tokenizer.json").write_text("my own tokenizer")
+    (out / "metrics.jsonl").write_text("my own metrics\n")
+    config, defaults = {"overwrite": False}, {}
+    with pytest.raises(ValueError, match="tokenizer.json, metrics.jsonl but no run.json"):
+        run_folder.check_before_start(out, False, config, defaults, "fp32")
+    assert (out / "tokenizer.json").read_text() == "my own tokenizer"
+    run_folder.check_before_start(out, False, {"overwrite": True}, defaults, "fp32")  # asked: allowed
+
+
+def test_mpnet_weights_dir_at_a_users_folder_is_never_fetched_into(tmp_path, monkeypatch):
+    import mpnet
+
+    fetched = []
+    monkeypatch.setattr(mpnet, "fetch", lambda folder: fetched.append(folder))
+    mine = tmp_path / "my-export"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"model_type": "mpnet", "mine": true}')
+    (mine / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in mine.iterdir()}
+    monkeypatch.setenv("MPNET_WEIGHTS_DIR", str(mine))
+    with pytest.raises(FileNotFoundError, match="nothing there was changed"):
+        mpnet.SentenceEncoder.from_pretrained()
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == before and not fetched
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("MPNET_WEIGHTS_DIR", str(empty))
+    with pytest.raises(Exception):  # the stand-in fetched nothing, so loading then fails
+        mpnet.SentenceEncoder.from_pretrained()
+    assert fetched == [empty]  # an empty folder of yours is a place to fetch into

@@ -80,6 +80,15 @@ def weights_dir(path: str | os.PathLike | None = None) -> Path:
     return Path(os.environ.get(ENV_VAR) or DEFAULT_DIR)
 
 
+def may_fetch_into(folder: Path) -> bool:
+    """Whether a fetch that SentenceEncoder.from_pretrained starts may write into `folder`: the
+    project's own folder, or one that is absent or empty. A folder of yours that holds other files,
+    say $MPNET_WEIGHTS_DIR pointing at your own export, is never fetched into: its files stay."""
+    if folder.resolve() == DEFAULT_DIR.resolve() or not folder.exists():
+        return True
+    return folder.is_dir() and not any(folder.iterdir())
+
+
 def is_complete(directory: Path, sentence_transformers: bool = False) -> bool:
     """All files present (with ST_FILES too if asked), each at its pinned size: a cut transfer never
     passes. (The hashes are checked at fetch time, and by `python weights/fetch.py --verify`.)"""
