@@ -76,6 +76,18 @@ def scratch_left_by(path: Path) -> list[Path]:
     return [p for p in path.parent.iterdir() if p.name.startswith(names) and p.name.endswith(".tmp")]
 
 
+def read_json_object(path: Path) -> dict:
+    """A JSON file that must hold one object (run.json): bad JSON, a list, or nesting deep enough to
+    exhaust the parser's recursion is one ValueError naming the file, not a traceback."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} is not readable JSON ({type(e).__name__})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not the object a run writes")
+    return value
+
+
 def all_finite(state: dict[str, torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())
 

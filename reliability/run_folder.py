@@ -39,8 +39,9 @@ import data
 import recipes
 from mpnet import MPNetConfig
 from reliability.lock import InUse, holding
-from reliability.checkpoint import (all_finite, load_training_state, read_progress, save_training_state, save_weights,
-                                    scratch_left_by, sync_folder, write_atomic)
+from reliability.checkpoint import (all_finite, load_training_state, read_json_object, read_progress,
+                                    save_training_state, save_weights, scratch_left_by, sync_folder,
+                                    write_atomic)
 from speed.hardware import describe, precision_of
 from train_state import Progress, Run
 from weights.fetch import weights_dir
@@ -163,7 +164,7 @@ def check_before_start(out: Path, resume: bool, config: dict, defaults: dict, pr
         missing = " and ".join(str(p.name) for p in (last, info_path) if not p.is_file())
         raise ValueError(f"--resume: {out} has no {missing}, so there is nothing to resume; "
                          f"run without --resume to start a fresh run there")
-    info = json.loads(info_path.read_text())
+    info = read_json_object(info_path)
     # A run keeps the precision it started in (run.json's "precision"; older runs did not record it).
     # --dtype auto gives bf16 on one CPU and fp32 on another, so a run started with auto may resume
     # with the --dtype that names its own precision, and must where auto would now give the other.

@@ -9,8 +9,9 @@ ValueError naming the file and what is wrong.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from reliability.checkpoint import read_json_object
 
 # run.json is input, not trust: the sizes that decide how much gets built, bounded before anything is.
 BACKBONE_LIMITS = {"vocab_size": 1_000_000, "hidden_size": 8192, "num_hidden_layers": 96, "num_attention_heads": 128,
@@ -63,7 +64,7 @@ def load_run(folder: str | Path):
         if not p.is_file():
             raise FileNotFoundError(f"{p} not found: is {folder} a train.py output folder?")
     try:
-        info = json.loads(info_path.read_text())
+        info = read_json_object(info_path)
         check_run_info(info)
         with torch.device("meta"):
             model = MultiTaskModel(MPNet(MPNetConfig(**info["backbone"])),
@@ -79,6 +80,10 @@ def load_run(folder: str | Path):
     if wrong_dtype:
         raise ValueError(f"{weights_path}: {wrong_dtype[0]} is {weights[wrong_dtype[0]].dtype}, expected float32 "
                          f"(train.py saves float32 weights); was the file converted or written by another tool?")
+    not_finite = sorted(k for k, v in weights.items() if not torch.isfinite(v).all())
+    if not_finite:
+        raise ValueError(f"{weights_path}: {not_finite[0]} holds NaN or infinite values; train.py never "
+                         f"saves those, so the file was damaged or written by another tool")
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in weights.items()}
     if found != expected:

@@ -259,3 +259,29 @@ def test_mpnet_weights_dir_at_a_users_folder_is_never_fetched_into(tmp_path, mon
     with pytest.raises(Exception):  # the stand-in fetched nothing, so loading then fails
         mpnet.SentenceEncoder.from_pretrained()
     assert fetched == [empty]  # an empty folder of yours is a place to fetch into
+
+
+# ----------------------------------------------------------------------------- one line, not a traceback
+@pytest.mark.parametrize("content", ["[]", "[" * 100_000 + "]" * 100_000, "{not json"])
+def test_a_run_json_that_is_not_an_object_is_one_line_on_resume(tmp_path, content):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.safetensors").write_bytes(b"")
+    (out / "run.json").write_text(content)
+    with pytest.raises(ValueError, match="run.json (holds a JSON list|is not readable JSON)"):
+        run_folder.check_before_start(out, True, {"dtype": "fp32"}, {}, "fp32")
+
+
+def test_nan_weights_in_best_are_refused_when_a_run_loads(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from reliability.saved_run import load_run
+    from test_reliability import tiny_run_folder
+
+    out = tiny_run_folder(tmp_path)
+    weights = load_file(out / "best.safetensors")
+    name = sorted(weights)[3]
+    weights[name][0] = float("nan")
+    save_file(weights, out / "best.safetensors")
+    with pytest.raises(ValueError, match=f"{name} holds NaN or infinite values"):
+        load_run(out)
