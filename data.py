@@ -277,7 +277,10 @@ def read_label_names(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
-    names = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    # A line ends at a line feed alone, as in every other reader here: not at \r or U+2028.
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        lines = f.read().split("\n")
+    names = [line.strip() for line in lines if line.strip()]
     if len(set(names)) != len(names) or len(names) < 2:
         raise ValueError(f"{path}: a labels file needs at least 2 distinct labels, one a line, no repeats")
     return names

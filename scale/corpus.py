@@ -73,23 +73,23 @@ def read_sentences(path: Path, field: str | None) -> Iterator[str]:
     """One sentence a line, or with `field` the value of that key in each line's JSON object. Lines end
     at a line feed (CRLF is fine), so sentence i is line i as `wc -l` counts it. (predict.py reads its
     --input text files through this too.)"""
-    number = 0
-    with open(path, encoding="utf-8-sig", newline="\n") as f:
-        try:
-            for number, line in enumerate(f, 1):
-                line = line.removesuffix("\n").removesuffix("\r")
-                if field is None:
-                    yield line
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{number}: not a JSON object ({e.msg}); JSONL needs one object a line") from None
-                if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                    raise ValueError(f"{path}:{number}: no string field {field!r} in this line's JSON object")
-                yield refuse_lone_surrogates(record[field], f"{path}:{number}")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not UTF-8 text after line {number} ({e.reason}); re-save it as UTF-8") from None
+    with open(path, "rb") as f:  # bytes, decoded line by line: an error names its own line
+        for number, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # utf-8-sig: drops a BOM
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{number}: not UTF-8 text ({e.reason}); re-save it as UTF-8") from None
+            line = line.removesuffix("\n").removesuffix("\r")
+            if field is None:
+                yield line
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not a JSON object ({e.msg}); JSONL needs one object a line") from None
+            if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                raise ValueError(f"{path}:{number}: no string field {field!r} in this line's JSON object")
+            yield refuse_lone_surrogates(record[field], f"{path}:{number}")
 
 
 def weights_sha256(encoder) -> str:

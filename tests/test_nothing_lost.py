@@ -285,3 +285,18 @@ def test_nan_weights_in_best_are_refused_when_a_run_loads(tmp_path):
     save_file(weights, out / "best.safetensors")
     with pytest.raises(ValueError, match=f"{name} holds NaN or infinite values"):
         load_run(out)
+
+
+# ----------------------------------------------------------------------------- the readers
+@pytest.mark.parametrize("bad_line", [2, 5001])
+def test_a_utf8_error_names_its_own_line(tmp_path, bad_line):
+    path = tmp_path / "s.txt"
+    path.write_bytes(b"".join(b"fine line %d\n" % i for i in range(1, bad_line)) + b"caf\xe9\n" + b"after\n")
+    with pytest.raises(ValueError, match=f"s.txt:{bad_line}: not UTF-8 text"):
+        list(corpus.read_sentences(path, None))
+
+
+def test_the_labels_file_splits_at_line_feeds_only(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_bytes("\ufeffa\rb\r\nc\u2028d\n\nlast".encode())
+    assert data.read_label_names(path) == ["a\rb", "c\u2028d", "last"]
