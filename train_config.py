@@ -134,10 +134,9 @@ def check_specs(cfg: TrainConfig) -> None:
     if (cfg.test_a and not data.is_user_file(cfg.task_a)) or (cfg.test_b and not data.is_user_file(cfg.task_b)):
         raise ValueError("--test-a/--test-b go with your own data files; built-in datasets bring "
                          "their test split")
-    spec = freeze.parse(cfg.freeze, MPNetConfig().num_hidden_layers)
-    if spec.head is not None and spec.head not in data.task_datasets(cfg):
-        raise ValueError(f"--freeze {cfg.freeze}: no head named {spec.head!r}; heads: "
-                         f"{', '.join(data.task_datasets(cfg))}")
+    spec, heads = freeze.parse(cfg.freeze, MPNetConfig().num_hidden_layers), data.task_datasets(cfg)
+    if spec.head is not None and spec.head not in heads:
+        raise ValueError(f"--freeze {cfg.freeze}: no head named {spec.head!r}; heads: {', '.join(heads)}")
     if cfg.refit and spec.name != "backbone":  # it restarts the heads alone: the backbone stays
         raise ValueError(f"--refit fits fresh heads on a frozen backbone, so it needs --freeze "
                          f"backbone, not {cfg.freeze}")

@@ -41,8 +41,9 @@ class FeatureCache:
     """Outputs of the frozen bottom for a list of texts, keyed by each text's token ids.
 
     install() makes it the model's embed(): a batch whose every row was cached reads its features
-    here and runs only what trains (it packs the backbone: speed/packing.py); any other batch (new text: the test set, say) takes the model's
-    own path. Both give the same numbers, since the bottom is frozen.
+    here and runs only what trains; any other batch (new text: the test set, say) takes the model's
+    own path. Both give the same numbers, since the bottom is frozen. It packs the backbone
+    (speed/packing.py), whose layer ranges it runs.
     """
 
     def __init__(self, model: MultiTaskModel, tokenizer, texts: list[str], autocast: bool = False,

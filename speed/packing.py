@@ -35,11 +35,6 @@ class Packing:
     B: int
     L: int
 
-    @classmethod
-    def of(cls, attention_mask: torch.Tensor, mask: torch.Tensor) -> "Packing":
-        B, L = attention_mask.shape
-        return cls(mask, attention_mask.flatten().nonzero().squeeze(1), B, L)
-
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, D) -> (T, D), the real tokens only."""
         return x.flatten(0, 1).index_select(0, self.keep)
@@ -72,12 +67,11 @@ class PackedMPNet(MPNet):
 
         start, stop, packed: run only layers [start, stop), starting from `packed`, the (T, hidden)
         real-token states that enter layer `start` (input_ids is then not read)."""
-        if packed is None:
-            x = self.embeddings(input_ids)
-            packing = Packing.of(attention_mask, self.attention_mask(attention_mask, x.dtype))
-            packed = packing.pack(x)
-        else:
-            packing = Packing.of(attention_mask, self.attention_mask(attention_mask, packed.dtype))
+        B, L = attention_mask.shape
+        keep = attention_mask.flatten().nonzero().squeeze(1)
+        if packed is None:  # (B, L, D) -> (T, D), the real tokens only
+            packed = self.embeddings(input_ids).flatten(0, 1).index_select(0, keep)
+        packing = Packing(self.attention_mask(attention_mask, packed.dtype), keep, B, L)
         for layer in self.layers[start:stop]:
             packed = layer(packed, packing)
         return packing.unpack(packed)

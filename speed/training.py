@@ -103,7 +103,7 @@ def speed_up(model: MultiTaskModel, optimizer: torch.optim.Optimizer, tokenizer=
     set to save a table lookup); val_texts join it when the whole backbone is frozen, so that a
     validation costs milliseconds."""
     cache_s = 0.0
-    pack(model.backbone)  # first: the feature cache runs the packed model's layer ranges
+    pack(model.backbone)  # the per-token layers on the real tokens only (packing.py)
     frozen = frozen_prefix(model)
     if train_texts is not None and frozen > 1:
         texts = list(train_texts)
