@@ -10,7 +10,8 @@ Two kinds of data:
 
 A dataset name picks the file and the label column:
   reviews-topic, reviews-sentiment (splits train/test)   sst2 (train/dev/test)
-  banking77 (train/test)   trec, trec-fine (train/test)   STS-B pairs: read_stsb()
+  banking77 (train/test)   trec, trec-fine (train/test)
+  stsb: STS-B's scored sentence pairs (train/dev/test), a pair task (SentencePairs)
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import json
 import os
 import random
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -62,6 +63,34 @@ class LabelledTexts:
 
     def __len__(self) -> int:
         return len(self.texts)
+
+
+@dataclass
+class SentencePairs:
+    """One pair task's examples: sentence pairs and a gold score each. Scored pairs (sentence1,
+    sentence2, score) train with CoSENT; positive pairs (anchor, positive) with in-batch negatives,
+    each scored 1."""
+    name: str
+    split: str
+    first: list[str]
+    second: list[str]
+    scores: list[float]
+    loss: str                 # "cosent" or "in-batch" (heads.PAIR_LOSSES)
+    source: str = ""
+    file: str = ""
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+    @property
+    def texts(self) -> list[str]:
+        """Every sentence: the first ones, then the second ones (as a PairPool holds them)."""
+        return self.first + self.second
+
+    def take(self, rows: list[int], split: str, tag: str) -> "SentencePairs":
+        """The pairs at these rows, as another split (tag: what the source records about it)."""
+        return SentencePairs(self.name, split, [self.first[i] for i in rows], [self.second[i] for i in rows],
+                             [self.scores[i] for i in rows], self.loss, self.source + tag, self.file)
 
 
 def _checked(name: str, split: str, path: Path, rows: list[tuple[int, str, str]],
@@ -109,6 +138,10 @@ def table_rows(path: Path, columns: list[str], delimiter: str = "\t") -> Iterato
             header = next(reader, None)
             if header is None:
                 raise ValueError(f"{path}: the file is empty; it needs a header line naming the columns")
+            twice = sorted({c for c in header if header.count(c) > 1})
+            if twice:
+                raise ValueError(f"{path}:1: the header names {', '.join(map(repr, twice))} twice; "
+                                 f"each column needs its own name")
             missing = [c for c in columns if c not in header]
             if missing:
                 raise ValueError(f"{path}:1: no column {', '.join(map(repr, missing))}; the header has "
@@ -327,18 +360,101 @@ def read_stsb(split: str, folder: str | os.PathLike | None = None) -> list[tuple
     path = data_dir(folder) / "stsb" / f"sts-{split}.tsv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (STS-B splits are train, dev, test)")
-    pairs = []
-    for line, r in read_table(path, ["sentence1", "sentence2", "score"]):
-        try:
-            score = float(r["score"])
-        except ValueError:
-            score = float("nan")
-        if not 0 <= score <= 5:  # also refuses nan
-            raise ValueError(f"{path}:{line}: score {r['score']!r} is not a number from 0 to 5")
-        pairs.append((r["sentence1"], r["sentence2"], score))
-    if not pairs:
-        raise ValueError(f"{path} holds no rows")
-    return pairs
+    pairs = read_pairs(path, (0.0, 5.0))
+    return list(zip(pairs.first, pairs.second, pairs.scores))
+
+
+def load_stsb(split: str, folder: str | os.PathLike | None = None) -> SentencePairs:
+    """STS-B as a pair task: its dev split validates, its test split is scored once at the end."""
+    path = data_dir(folder) / "stsb" / f"sts-{split}.tsv"
+    if split not in ("train", "dev", "test"):
+        raise ValueError(f"stsb has splits train, dev, test, not {split!r}")
+    return replace(read_pairs(path, (0.0, 5.0)), name="stsb", split=split)
+
+
+# The columns of a pair file, as sentence-transformers' datasets name them.
+SCORED_PAIR = ("sentence1", "sentence2", "score")  # CoSENT
+POSITIVE_PAIR = ("anchor", "positive")             # in-batch negatives
+
+
+def columns_of(path: str | os.PathLike) -> list[str]:
+    """A user file's column names: a CSV's or TSV's header, a JSONL file's first record's keys."""
+    path = Path(path)
+    with open(path, encoding="utf-8-sig", newline="\n", errors="replace") as f:
+        if path.suffix.lower() == ".jsonl":
+            first = next((line for line in f if line.strip()), "{}")
+            try:
+                record = json.loads(first)
+            except json.JSONDecodeError:
+                return []
+            return list(record) if isinstance(record, dict) else []
+        delimiter = "," if path.suffix.lower() == ".csv" else "\t"
+        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+        return next(csv.reader(f, delimiter=delimiter, quoting=quoting), [])
+
+
+def is_pair_file(path: str | os.PathLike, text_column: str = "text") -> bool:
+    """A file of sentence pairs: it names a pair column (sentence1, sentence2, anchor, positive) and
+    not the classification text column."""
+    columns = columns_of(path)
+    return text_column not in columns and bool(set(columns) & set(SCORED_PAIR[:2] + POSITIVE_PAIR))
+
+
+def user_records(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+    """(line, {column: value}) of a .csv, .tsv (table_rows) or .jsonl file, each record checked for
+    the columns. A JSONL value keeps its JSON type."""
+    if path.suffix.lower() != ".jsonl":
+        yield from table_rows(path, list(columns), "," if path.suffix.lower() == ".csv" else "\t")
+        return
+    with open(path, encoding="utf-8-sig", newline="\n") as f:
+        for line, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except (json.JSONDecodeError, RecursionError) as e:
+                raise ValueError(f"{path}:{line}: not a JSON object ({getattr(e, 'msg', 'nested too deeply')})") from None
+            missing = [c for c in columns if not isinstance(record, dict) or c not in record]
+            if missing:
+                raise ValueError(f"{path}:{line}: no field {', '.join(map(repr, missing))}"
+                                 + (f"; this record has {', '.join(map(repr, record))}" if isinstance(record, dict) else ""))
+            yield line, record
+
+
+def read_pairs(path: str | os.PathLike, score_range: tuple[float, float]) -> SentencePairs:
+    """A pair file: sentence1, sentence2, score (CoSENT; each score inside score_range) or anchor,
+    positive (in-batch negatives). Every problem is one line naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    columns = columns_of(path)
+    scored = SCORED_PAIR[0] in columns or SCORED_PAIR[1] in columns
+    wanted = SCORED_PAIR if scored else POSITIVE_PAIR
+    if not set(wanted) <= set(columns):
+        raise ValueError(f"{path}:1: a pair file needs the columns {', '.join(SCORED_PAIR)} (scored pairs) or "
+                         f"{', '.join(POSITIVE_PAIR)} (positive pairs); it has {', '.join(map(repr, columns))}")
+    low, high = score_range
+    first, second, scores = [], [], []
+    for line, r in user_records(path, wanted):
+        a, b = r[wanted[0]], r[wanted[1]]
+        if not (isinstance(a, str) and isinstance(b, str)) or not a.strip() or not b.strip():
+            raise ValueError(f"{path}:{line}: {wanted[0]!r} and {wanted[1]!r} must be non-empty texts")
+        score = 1.0
+        if scored:
+            try:
+                score = float(r["score"]) if not isinstance(r["score"], bool) else float("nan")
+            except (TypeError, ValueError):
+                score = float("nan")
+            if not low <= score <= high:  # also refuses nan
+                raise ValueError(f"{path}:{line}: score {r['score']!r} is not a number from {low:g} to "
+                                 f"{high:g} (--score-range)")
+        first.append(refuse_lone_surrogates(a, f"{path}:{line}"))
+        second.append(refuse_lone_surrogates(b, f"{path}:{line}"))
+        scores.append(score)
+    if not first:
+        raise ValueError(f"{path} holds no pairs")
+    return SentencePairs(str(path), "train", first, second, scores, "cosent" if scored else "in-batch",
+                         source=str(path), file=str(path))
 
 
 # ----------------------------------------------------------------------------- the tasks of one run
@@ -351,6 +467,8 @@ def split_off(ds: LabelledTexts, fraction: float, seed: int) -> tuple[LabelledTe
 
     def pick(rows: list[int], split: str) -> LabelledTexts:
         rows = sorted(rows)
+        if isinstance(ds, SentencePairs):
+            return ds.take(rows, split, f"#{split}")
         return LabelledTexts(ds.name, split, [ds.texts[i] for i in rows], [ds.labels[i] for i in rows],
                              ds.label_names, ds.source + f"#{split}", file=ds.file)
     return pick(order[n_val:], "train"), pick(order[:n_val], "val")
@@ -378,24 +496,65 @@ def task_datasets(cfg) -> dict[str, str]:
 
 
 def load_tasks(cfg) -> tuple[dict, dict, dict]:
-    """-> (train, validation, evaluation) datasets, each {task: LabelledTexts}, for train_config.TrainConfig's
-    data flags (--task-a/-b, --max-train, --per-class, --val-fraction, --max-val and your own files')."""
+    """-> (train, validation, evaluation) datasets, each {task: LabelledTexts or SentencePairs}, for
+    train_config.TrainConfig's data flags (--task-a/-b, --max-train, --per-class, --val-fraction,
+    --max-val and your own files'). STS-B validates on its dev split; other tasks hold out a share."""
     train, val, final, splits = {}, {}, {}, {}
     for task, name in task_datasets(cfg).items():
-        if is_user_file(name):
+        held_out = None
+        if is_pair_task(name, cfg.text_column):
+            full, held_out, final[task] = load_pair_task(cfg, task, name)
+        elif is_user_file(name):
             full, final[task] = load_user_task(cfg, task, name, splits)
         else:
             full = load(name, "train", cfg.data_dir)
             final[task] = load(name, EVAL_SPLIT[name], cfg.data_dir)
         if cfg.max_train and len(full) > cfg.max_train:
             full, _ = split_off(full, 1 - cfg.max_train / len(full), cfg.seed + 1)
-        if cfg.per_class:
+        if cfg.per_class and isinstance(full, LabelledTexts):
             full = per_class_sample(full, cfg.per_class, cfg.seed + 2)
-        train[task], val[task] = split_off(full, cfg.val_fraction, cfg.seed)
+        if held_out is None:
+            train[task], val[task] = split_off(full, cfg.val_fraction, cfg.seed)
+        else:
+            train[task], val[task] = full, held_out
         if cfg.max_val and len(val[task]) > cfg.max_val:
             _, val[task] = split_off(val[task], cfg.max_val / len(val[task]), cfg.seed)
     val = {task: ds for task, ds in val.items() if len(ds)}  # --val-fraction 0: no validation, the last epoch is kept
     return train, val, final
+
+
+PAIR_DATASETS = {"stsb": load_stsb}
+
+
+def is_pair_task(name: str, text_column: str = "text") -> bool:
+    """--task-a/-b names a pair task: STS-B, or a file of sentence pairs (is_pair_file)."""
+    return name in PAIR_DATASETS or (is_user_file(name) and Path(name).is_file()
+                                     and is_pair_file(name, text_column))
+
+
+def score_bounds(text: str) -> tuple[float, float]:
+    low, high = text.split(":")
+    return float(low), float(high)
+
+
+def load_pair_task(cfg, task: str, name: str) -> tuple[SentencePairs, SentencePairs | None, SentencePairs]:
+    """A pair task -> (training pairs, validation pairs or None to hold out a share, test pairs).
+    STS-B brings all three; your file brings the training pairs, and its test pairs are
+    --test-a/-b, else a seeded share of the file (--test-fraction)."""
+    if name in PAIR_DATASETS:
+        train, dev, test = (PAIR_DATASETS[name](split, cfg.data_dir) for split in ("train", "dev", "test"))
+        return train, dev, test
+    bounds = score_bounds(cfg.score_range)
+    pairs, test_file = read_pairs(name, bounds), cfg.test_a if task == "a" else cfg.test_b
+    if test_file:
+        test = read_pairs(test_file, bounds)
+        if test.loss != pairs.loss:
+            raise ValueError(f"{test_file}: its columns say {test.loss} pairs, but {name} holds {pairs.loss} pairs")
+        return pairs, None, replace(test, split="test")
+    rest, test = split_off(pairs, cfg.test_fraction, cfg.seed + 3)
+    if not len(test) or len(rest) < 2:
+        raise ValueError(f"{name}: {len(pairs)} pairs are too few to hold out a test share; give a test file")
+    return replace(rest, split="train"), None, replace(test, split="test")
 
 
 def load_user_task(cfg, task: str, path: str, splits: dict) -> tuple[LabelledTexts, LabelledTexts]:
@@ -433,12 +592,32 @@ class Pool:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def sentences(self, rows: list[int]) -> list[int]:
+        """The texts an example at each of these rows brings: one each."""
+        return rows
+
+
+@dataclass
+class PairPool(Pool):
+    """A pair task's examples. texts and ids hold every first sentence, then every second one, so
+    that pair i is texts i and len(self) + i; the pair's score is the label of both."""
+
+    def __len__(self) -> int:
+        return len(self.texts) // 2
+
+    def sentences(self, rows: list[int]) -> list[int]:
+        """Both texts of each pair: the batch's first sentences, then their partners in order."""
+        return rows + [len(self) + i for i in rows]
+
 
 def make_pools(tasks: dict[str, LabelledTexts], tokenizer) -> list[Pool]:
     """One pool per source file, each text tokenised once. Tasks read from the same file and split
     (reviews-topic and reviews-sentiment) share one pool whose examples carry both labels."""
     by_source: dict[tuple[str, str], Pool] = {}
     for task, ds in tasks.items():
+        if isinstance(ds, SentencePairs):  # a pool of its own
+            by_source[(task, "pairs")] = PairPool(ds.texts, tokenizer.encode(ds.texts), {task: ds.scores * 2})
+            continue
         key = (ds.source, ds.split)
         if key not in by_source:
             by_source[key] = Pool(list(ds.texts), tokenizer.encode(ds.texts))
@@ -448,14 +627,16 @@ def make_pools(tasks: dict[str, LabelledTexts], tokenizer) -> list[Pool]:
         pool.labels[task] = list(ds.labels)
     for pool in by_source.values():
         for task in tasks:
-            pool.labels.setdefault(task, [IGNORE] * len(pool))
+            pool.labels.setdefault(task, [IGNORE] * len(pool.texts))
     return list(by_source.values())
 
 
 def collate(tokenizer, pool: Pool, rows: list[int]) -> dict[str, torch.Tensor]:
-    """Pad a batch to its own longest sentence; labels per task (IGNORE = no label)."""
-    batch = tokenizer.pad([pool.ids[i] for i in rows])
-    batch["labels"] = {task: torch.tensor([labels[i] for i in rows]) for task, labels in pool.labels.items()}
+    """Pad a batch to its own longest sentence; labels per task (IGNORE = no label). The rows of a
+    pair pool bring both their sentences (PairPool.sentences)."""
+    texts = pool.sentences(rows)
+    batch = tokenizer.pad([pool.ids[i] for i in texts])
+    batch["labels"] = {task: torch.tensor([labels[i] for i in texts]) for task, labels in pool.labels.items()}
     return batch
 
 

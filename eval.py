@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from metrics import cosines, pearson, rankdata, retrieval, spearman  # noqa: F401 (eval.spearman)
 from reliability.flags import device
 from reliability.saved_run import load_run  # run.json checked, the weights against it
 
@@ -91,31 +94,6 @@ def confident_mistakes(texts: list[str], y_true: np.ndarray, probs: np.ndarray,
 
 
 # ----------------------------------------------------------------------------- correlation (STS-B)
-def rankdata(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n; tied values share the mean of the ranks they span (as scipy's 'average')."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    sorted_x = x[order]
-    # start a new group wherever the sorted value changes
-    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
-    ends = np.r_[starts[1:], len(x)]
-    ranks = np.empty(len(x))
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + 1 + e) / 2  # mean of ranks s+1 .. e
-    return ranks
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a = np.asarray(a, dtype=np.float64) - np.mean(a)
-    b = np.asarray(b, dtype=np.float64) - np.mean(b)
-    return float((a @ b) / np.sqrt((a @ a) * (b @ b)))
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rho: the Pearson correlation of the ranks."""
-    return pearson(rankdata(a), rankdata(b))
-
-
 def stsb_spearman(encoder, split: str = "test", data_dir: str | None = None,
                   batch_size: int = 32) -> float:
     """Cosine similarity of each pair's embeddings, Spearman against the gold scores, x100."""
@@ -134,19 +112,28 @@ def stsb_spearman(encoder, split: str = "test", data_dir: str | None = None,
 def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "test",
                         data_dir: str | None = None, device: str = "cpu") -> str:
     """Reports for a train.py run: on a named dataset, or (dataset=None) on each task's saved test
-    rows (a run on your own data saves them as test-a.jsonl / test-b.jsonl)."""
+    rows (a run on your own data saves them as test-a.jsonl / test-b.jsonl). A classification
+    task gets its report; a pair task its correlation (scored pairs) or retrieval (positive pairs)."""
     import data
+    from train import pair_scores
 
-    ds = data.load(dataset, split, data_dir) if dataset else None  # fails before the model loads
+    if dataset in data.PAIR_DATASETS:
+        ds = data.PAIR_DATASETS[dataset](split, data_dir)  # fails before the model loads
+    else:
+        ds = data.load(dataset, split, data_dir) if dataset else None
     model, tokenizer, info = load_run(folder)
     model.to(device)
     if dataset is None:
         saved = {t: v for t, v in info["tasks"].items() if "test_rows" in v}
         if not saved:
-            raise ValueError(f"{folder} was trained on built-in datasets; name one with --dataset")
+            trained = ", ".join(v["dataset"] for v in info["tasks"].values())
+            raise ValueError(f"{folder} was trained on built-in datasets ({trained}); name one with --dataset")
         cases = []
         for task, spec in saved.items():
             path = Path(folder) / spec["test_rows"]
+            if "pair_loss" in spec:
+                cases.append((task, replace(data.read_pairs(path, (-math.inf, math.inf)), split="test")))
+                continue
             rows = data.read_user_rows(path, "text", "label")
             cases.append((task, data.user_dataset(path, rows, spec["label_names"], "test")))
     else:
@@ -155,11 +142,16 @@ def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "t
             trained = ", ".join(v["dataset"] for v in info["tasks"].values())
             raise ValueError(f"{folder} has no head for {dataset!r}; its heads were trained on: "
                              f"{trained}")
-        if ds.label_names != info["tasks"][task]["label_names"]:
+        if isinstance(ds, data.LabelledTexts) and ds.label_names != info["tasks"][task]["label_names"]:
             raise ValueError(f"{dataset}/{split} labels differ from those the head was trained on")
         cases = [(task, ds)]
     reports = []
     for task, ds in cases:
+        if isinstance(ds, data.SentencePairs):
+            scores = pair_scores(model, tokenizer, task, ds, autocast=False, with_loss=False)
+            shown = ", ".join(f"{name.rsplit('_', 1)[0]} {100 * v:.2f}" for name, v in scores.items())
+            reports.append(f"{folder}: task {task} on {ds.name} ({ds.split}, {len(ds)} pairs)\n{shown}")
+            continue
         names = ds.label_names
         probs = model.predict_proba(tokenizer, ds.texts)[task].numpy()
         y = np.array(ds.labels)
@@ -171,12 +163,12 @@ def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "t
 
 
 def main() -> None:
-    from data import DATASETS
+    from data import DATASETS, PAIR_DATASETS
 
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="a train.py output folder (uses its best.safetensors)")
-    parser.add_argument("--dataset", choices=list(DATASETS),
+    parser.add_argument("--dataset", choices=list(DATASETS | PAIR_DATASETS),
                         help="a built-in dataset to score the checkpoint on (default: a run on "
                              "your own data is scored on the test rows it saved)")
     parser.add_argument("--split", default="test", choices=["train", "dev", "test"])

@@ -394,7 +394,8 @@ class SentenceEncoder(nn.Module):
 
         path defaults to $MPNET_WEIGHTS_DIR or weights/all-mpnet-base-v2; if the files
         are missing there, they are fetched first (see weights/fetch.py). A path you pass is
-        yours: it is never fetched into, and one without the files is an error.
+        yours: it is never fetched into, and one without the files is an error. A folder that
+        `python -m tools.export` wrote from a trained run loads here (and in sentence-transformers).
         dtype: None or "fp32" (the default), or "bf16": the weights cast to bfloat16.
         For int8, or for the fastest accurate precision on this machine chosen for you, use
         speed.load_encoder(dtype="int8" or "auto"): it loads this model and then swaps modules.
@@ -406,15 +407,14 @@ class SentenceEncoder(nn.Module):
                 hint = " (int8 and auto live in the speed path: speed.load_encoder)"
             raise ValueError(f"dtype must be 'fp32', 'bf16' or None, not {dtype!r}{hint}")
         folder = weights_dir(path)  # path, else $MPNET_WEIGHTS_DIR, else the project's own folder
-        if not is_complete(folder) and (path is not None or not may_fetch_into(folder)):
-            raise FileNotFoundError(f"{folder} does not hold all-mpnet-base-v2's "
-                                    f"{', '.join(FILES)} (model.safetensors at its full size); "
-                                    f"nothing there was changed. Leave path out to use, and if "
-                                    f"needed fetch, the default folder or an empty one")
-        if not is_complete(folder):
+        if path is None and may_fetch_into(folder) and not is_complete(folder):
             print(f"all-mpnet-base-v2 weights not found in {folder} (need {', '.join(FILES)}); "
                   f"fetching them now.", file=sys.stderr)
             fetch(folder)
+        if not all((folder / name).is_file() for name in FILES):  # a folder of yours: an export, say
+            raise FileNotFoundError(f"{folder} does not hold all-mpnet-base-v2's "
+                                    f"{', '.join(FILES)}; nothing there was changed. Leave path out "
+                                    f"to use, and if needed fetch, the default folder or an empty one")
         cfg = MPNetConfig.from_json(folder / "config.json")
         model = load_checkpoint(folder / "model.safetensors", cfg)
         model = model.to(device=torch.device(device or "cpu"), dtype=precision).eval()

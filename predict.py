@@ -41,7 +41,8 @@ class Classifier:
     def __init__(self, model, tokenizer, info: dict, autocast: bool = False):
         self.model, self.tokenizer, self.info = model.eval(), tokenizer, info
         self.autocast = autocast  # bf16 autocast: what --dtype auto chose where int8 did not pass its check
-        self.label_names = {task: v["label_names"] for task, v in info["tasks"].items()}
+        self.label_names = {task: v["label_names"] for task, v in info["tasks"].items()
+                            if "label_names" in v}  # a pair task has no head, hence no labels
 
     @classmethod
     def from_checkpoint(cls, folder: str | Path, device: str = "cpu", dtype: str = "fp32") -> "Classifier":
@@ -53,6 +54,9 @@ class Classifier:
         if dtype not in ("fp32", "int8", "auto"):
             raise ValueError(f"dtype must be 'fp32', 'int8' or 'auto', not {dtype!r}")
         model, tokenizer, info = load_run(folder)  # clear errors for a folder that is not a train.py run
+        if not model.heads:
+            raise ValueError(f"{folder} trained pair tasks only, so it has no head to predict with; it is a "
+                             f"sentence encoder: export it with `python -m tools.export {folder} OUT`")
         precision = "fp32"
         if dtype != "fp32" and torch.device(device).type == "cpu":
             from speed import int8_check

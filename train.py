@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 import data
 import freeze
 import lr_groups
+import metrics
 import recipes
 from heads import MultiTaskModel, balanced_class_weights, multitask_loss
 from mpnet import SentenceEncoder
@@ -46,8 +47,10 @@ def build(cfg: TrainConfig, train_sets: dict):
     """The pretrained encoder with one fresh head per task, and its tokenizer."""
     encoder = SentenceEncoder.from_pretrained()
     encoder.model.set_attention_dropout(cfg.attention_dropout)
-    num_labels = {task: len(ds.label_names) for task, ds in train_sets.items()}
-    model = MultiTaskModel(encoder.model, num_labels, normalize=cfg.normalize)
+    num_labels = {task: len(ds.label_names) for task, ds in train_sets.items()
+                  if isinstance(ds, data.LabelledTexts)}
+    pairs = {task: ds.loss for task, ds in train_sets.items() if isinstance(ds, data.SentencePairs)}
+    model = MultiTaskModel(encoder.model, num_labels, normalize=cfg.normalize, pairs=pairs)
     return model, encoder.tokenizer
 
 
@@ -106,7 +109,7 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     class_weights = None
     if cfg.class_weights:
         class_weights = {t: balanced_class_weights(ds.labels, len(ds.label_names))
-                         for t, ds in train_sets.items()}
+                         for t, ds in train_sets.items() if isinstance(ds, data.LabelledTexts)}
     run = Run(cfg=cfg, model=model, forward=model, tokenizer=tokenizer, pools=pools,
               sampler=sampler, optimizer=optimizer, scheduler=scheduler,
               clip_grad_norm=torch.nn.utils.clip_grad_norm_, unfreezer=unfreezer,
@@ -124,9 +127,9 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
 @dataclass
 class Batch:
     """One step's examples, as this process trains on them (all of them without torchrun)."""
-    input_ids: torch.Tensor               # (B, L) token ids, right-padded
+    input_ids: torch.Tensor               # (B, L) token ids, right-padded (pairs: 2B rows)
     attention_mask: torch.Tensor          # (B, L) 1 for a real token
-    labels: dict[str, torch.Tensor]       # {task: (B,)}, -100 where a row has no label for it
+    labels: dict[str, torch.Tensor]       # {task: (B,)}, -100 where a row has no label; pairs: score
     normalizers: dict[str, float] | None  # under torchrun, each task's loss divisor (scale/ddp.py)
     tokens: int                           # real tokens in the whole step, every process's share
 
@@ -138,14 +141,15 @@ def make_batch(run: Run, pool_idx: int, rows: list[int]) -> Batch:
     return Batch(input_ids=padded["input_ids"].to(run.device),
                  attention_mask=padded["attention_mask"].to(run.device), labels=padded["labels"],
                  normalizers=loss_normalizers(run.world, pool, rows, run.class_weights),
-                 tokens=sum(len(pool.ids[i]) for i in rows))
+                 tokens=sum(len(pool.ids[i]) for i in pool.sentences(rows)))
 
 
 def train_step(run: Run, batch: Batch) -> dict[str, float]:
     """One optimizer step on one batch -> each task's mean loss."""
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=run.bf16):
         logits = run.forward(batch.input_ids, batch.attention_mask)  # {task: (B, classes)}
-    loss, per_task = multitask_loss(logits, batch.labels, class_weights=run.class_weights,
+    loss, per_task = multitask_loss(logits, batch.labels, pairs=run.model.pairs,  # pair losses
+                                    class_weights=run.class_weights,
                                     normalizers=batch.normalizers)  # missing labels (-100) ignored
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -159,10 +163,14 @@ def train_step(run: Run, batch: Batch) -> dict[str, float]:
 # ----------------------------------------------------------------------------- validation
 def accuracies(model: MultiTaskModel, tokenizer, tasks: dict[str, data.LabelledTexts],
                autocast: bool, with_loss: bool = False, world: World = World()) -> dict[str, float]:
-    """acc_<task> for each task (and loss_<task>, the mean cross-entropy, with_loss). Under torchrun
-    each rank scores every N-th example; the sums over ranks give every rank the same numbers."""
+    """acc_<task> for each task (and loss_<task>, the mean cross-entropy, with_loss); a pair task's
+    measures instead (pair_scores). Under torchrun each rank scores every N-th example; the sums
+    over ranks give every rank the same numbers."""
     metrics = {}
     for task, ds in tasks.items():
+        if isinstance(ds, data.SentencePairs):
+            metrics |= pair_scores(model, tokenizer, task, ds, autocast, with_loss)
+            continue
         rows = list(range(world.rank, len(ds), world.size))
         texts, labels = [ds.texts[i] for i in rows], torch.tensor([ds.labels[i] for i in rows])
         correct = nll = 0.0
@@ -176,6 +184,25 @@ def accuracies(model: MultiTaskModel, tokenizer, tasks: dict[str, data.LabelledT
         if with_loss:
             metrics[f"loss_{task}"] = nll / n
     return metrics
+
+
+def pair_scores(model: MultiTaskModel, tokenizer, task: str, ds: data.SentencePairs,
+                autocast: bool, with_loss: bool) -> dict[str, float]:
+    """Scored pairs: spearman_ and pearson_<task> of cosine against the gold scores; positive pairs:
+    acc1_ and mrr10_<task>, each first sentence searching all the second ones (metrics.py). With
+    with_loss, loss_<task> is 1 - Spearman (or 1 - MRR@10): the best epoch is the best-ranked one.
+    Every rank scores all the pairs (a few thousand sentences)."""
+    emb = model.encode(tokenizer, ds.texts, autocast=autocast).numpy()
+    first, second = emb[:len(ds)], emb[len(ds):]
+    if ds.loss == "cosent":
+        cos = metrics.cosines(first, second)
+        scores = {"spearman": metrics.spearman(cos, ds.scores), "pearson": metrics.pearson(cos, ds.scores)}
+    else:
+        scores = metrics.retrieval(first, second)
+    out = {f"{name}_{task}": value for name, value in scores.items()}
+    if with_loss:
+        out[f"loss_{task}"] = 1 - scores["spearman" if ds.loss == "cosent" else "mrr10"]
+    return out
 
 
 def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, started: float,
@@ -198,7 +225,7 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, star
     print(f"{when}: {record}", file=sys.stderr, flush=True)
     if metrics:  # without validation data the last epoch is kept (see train())
         loss = float(np.mean([v for k, v in metrics.items() if k.startswith("loss_")]))
-        acc = float(np.mean([v for k, v in metrics.items() if k.startswith("acc_")]))
+        acc = float(np.mean([v for k, v in metrics.items() if k.startswith("acc_")] or [0.0]))
         if progress.is_better(loss, acc):
             progress.best_loss, progress.best_acc, progress.stale = loss, acc, 0
             run_folder.save_best(run, record)
@@ -350,8 +377,9 @@ def main(argv: list[str] | None = None) -> None:
                   "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                   "peak_rss_mb": None if peak is None else round(peak),
                   "cache_s": best.get("cache_s", 0), "epoch_train_s": best.get("train_s")}
-        for task, ds in final_sets.items():  # e.g. acc_a_banking77_test
-            result[f"acc_{task}_{ds.name}_{ds.split}"] = round(100 * final[f"acc_{task}"], 2)
+        for key, value in final.items():  # e.g. acc_a_banking77_test, spearman_b_stsb_test
+            ds = final_sets[key.split("_")[-1]]
+            result[f"{key}_{ds.name}_{ds.split}"] = round(100 * value, 2)
         print(json.dumps(result))
     world.close()
 

@@ -20,7 +20,8 @@ import lr_groups
 import recipes
 from mpnet import MPNetConfig
 from reliability import run_folder
-from reliability.flags import device, fraction, int_at_least, nonnegative_float, positive_float
+from reliability.flags import (device, fraction, int_at_least, nonnegative_float, positive_float,
+                               score_range)
 from speed.hardware import precision_of
 
 
@@ -43,6 +44,8 @@ class TrainConfig:
     labels_b: str | None = None
     test_a: str | None = None           # a test file for Task A (default: a split of its file)
     test_b: str | None = None
+    # a pair file's scores lie in this range (sentence-transformers' convention: 0 to 1)
+    score_range: str = flag("0:1", parse=score_range)
     # the split's test share; its rows are saved in --out as test-a.jsonl
     test_fraction: float = flag(0.2, parse=fraction)
     epochs: int = flag(3, parse=int_at_least(1))
@@ -123,9 +126,10 @@ def check_specs(cfg: TrainConfig) -> None:
         if data.is_user_file(value):
             if not Path(value).is_file():
                 raise ValueError(f"argument {name}: no file {value}")
-        elif value not in data.DATASETS and not (name == "--task-b" and value == "none"):
+        elif value not in data.DATASETS | data.PAIR_DATASETS and not (name == "--task-b" and value == "none"):
             raise ValueError(f"argument {name}: unknown dataset {value!r}; known: "
-                             f"{', '.join(data.DATASETS)}" + (", none" if name == "--task-b" else "")
+                             f"{', '.join(data.DATASETS | data.PAIR_DATASETS)}"
+                             + (", none" if name == "--task-b" else "")
                              + f", or a path to your own {'/'.join(data.USER_FORMATS)} file")
     for name, path in (("--labels-a", cfg.labels_a), ("--labels-b", cfg.labels_b),
                        ("--test-a", cfg.test_a), ("--test-b", cfg.test_b)):
@@ -137,6 +141,12 @@ def check_specs(cfg: TrainConfig) -> None:
     spec, heads = freeze.parse(cfg.freeze, MPNetConfig().num_hidden_layers), data.task_datasets(cfg)
     if spec.head is not None and spec.head not in heads:
         raise ValueError(f"--freeze {cfg.freeze}: no head named {spec.head!r}; heads: {', '.join(heads)}")
+    pairs = [task for task, name in heads.items() if data.is_pair_task(name, cfg.text_column)]
+    if pairs and spec.name in ("all", "backbone"):  # a pair task's only parameters are the backbone's
+        raise ValueError(f"--freeze {cfg.freeze}: task {pairs[0]} is a pair task, which trains the "
+                         f"embedding itself; it needs the backbone to train (try top-K or none)")
+    if spec.head in pairs:
+        raise ValueError(f"--freeze {cfg.freeze}: task {spec.head} is a pair task and has no head")
     if cfg.refit and spec.name != "backbone":  # it restarts the heads alone: the backbone stays
         raise ValueError(f"--refit fits fresh heads on a frozen backbone, so it needs --freeze "
                          f"backbone, not {cfg.freeze}")

@@ -63,3 +63,12 @@ def device(text: str) -> str:
             raise argparse.ArgumentTypeError(f"{text!r}: only {torch.cuda.device_count()} GPU(s) visible")
         return text
     raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
+
+
+def score_range(text: str) -> str:
+    """LOW:HIGH, two finite numbers with LOW < HIGH: the range a pair file's scores must lie in."""
+    low, sep, high = text.partition(":")
+    what = "LOW:HIGH, two numbers with LOW < HIGH (say 0:1 or 0:5)"
+    if not sep or _number(float, low, what) >= _number(float, high, what):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return text

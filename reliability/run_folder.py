@@ -220,7 +220,8 @@ def run_info(cfg, backbone, train_sets: dict) -> dict:
     config, each task's label names), and what a resume must match (data_sha256: the data files).
     "recipe" names the scenario whose defaults the command line used (recipes.py).
     cfg: the run's train_config.TrainConfig; backbone: its MPNetConfig."""
-    tasks = {t: {"dataset": ds.name, "label_names": ds.label_names} for t, ds in train_sets.items()}
+    tasks = {t: {"dataset": ds.name, "label_names": ds.label_names} if isinstance(ds, data.LabelledTexts)
+             else {"dataset": ds.name, "pair_loss": ds.loss} for t, ds in train_sets.items()}
     for t, name in data.task_datasets(cfg).items():
         if data.is_user_file(name):
             tasks[t]["test_rows"] = TEST_ROWS.format(task=t)
@@ -348,7 +349,12 @@ def start_fresh(out: Path, info: dict, tokenizer_file: Path, test_rows: dict | N
     write_atomic(lambda p: p.write_text(json.dumps(info, indent=2)), out / "run.json")
     write_atomic(lambda p: shutil.copyfile(tokenizer_file, p), out / "tokenizer.json")
     for task, ds in (test_rows or {}).items():
-        lines = "".join(json.dumps({"text": t, "label": ds.label_names[y]}) + "\n" for t, y in zip(ds.texts, ds.labels))
+        if isinstance(ds, data.SentencePairs):  # the file's own columns, so that read_pairs reads it back
+            names = data.SCORED_PAIR if ds.loss == "cosent" else data.POSITIVE_PAIR
+            lines = "".join(json.dumps(dict(zip(names, row))) + "\n" for row in zip(ds.first, ds.second, ds.scores))
+        else:
+            lines = "".join(json.dumps({"text": t, "label": ds.label_names[y]}) + "\n"
+                            for t, y in zip(ds.texts, ds.labels))
         write_atomic(lambda p: p.write_text(lines, encoding="utf-8"), out / TEST_ROWS.format(task=task))
 
 

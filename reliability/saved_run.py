@@ -30,6 +30,10 @@ def check_run_info(info: dict) -> None:
     if not isinstance(info, dict) or not all(isinstance(info.get(k), dict) for k in ("config", "backbone", "tasks")):
         raise ValueError("expected a JSON object holding the objects config, backbone and tasks")
     for task, spec in info["tasks"].items():
+        if isinstance(spec, dict) and "pair_loss" in spec:
+            if spec["pair_loss"] not in ("cosent", "in-batch"):
+                raise ValueError(f"task {task}'s pair_loss must be 'cosent' or 'in-batch', not {spec['pair_loss']!r}")
+            continue
         names = spec.get("label_names") if isinstance(spec, dict) else None
         if not (isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names)):
             raise ValueError(f"task {task}'s label_names must be a list of at least 2 strings")
@@ -68,8 +72,9 @@ def load_run(folder: str | Path):
         check_run_info(info)
         with torch.device("meta"):
             model = MultiTaskModel(MPNet(MPNetConfig(**info["backbone"])),
-                                   {t: len(v["label_names"]) for t, v in info["tasks"].items()},
-                                   normalize=info["config"]["normalize"])
+                                   {t: len(v["label_names"]) for t, v in info["tasks"].items() if "label_names" in v},
+                                   normalize=info["config"]["normalize"],
+                                   pairs={t: v["pair_loss"] for t, v in info["tasks"].items() if "pair_loss" in v})
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{info_path} is not a train.py run.json ({type(e).__name__}: {e})") from None
     try:

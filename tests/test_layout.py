@@ -15,7 +15,7 @@ TIERS = [
     {"weights"},                                    # the weights fetcher
     {"mpnet"},                                      # the encoder
     {"heads"},                                      # multi-task heads
-    {"freeze", "lr_groups", "data"},                # strategies, and the data they train on
+    {"freeze", "lr_groups", "data", "metrics"},     # strategies, the data, pair metrics
     {"speed", "scale", "reliability", "recipes", "train_state"},  # the seams, the run's state
     {"train_config"},                               # the flags
     {"train"},                                      # the loop
