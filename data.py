@@ -265,30 +265,14 @@ def read_user_rows(path: str | os.PathLike, text_column: str, label_column: str)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
-    if path.suffix.lower() == ".jsonl":
-        rows = []
-        with open(path, encoding="utf-8-sig", newline="\n") as f:
-            for line, raw in enumerate(f, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    record = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{line}: not a JSON object ({e.msg})") from None
-                missing = [c for c in (text_column, label_column) if not isinstance(record, dict) or c not in record]
-                if missing:
-                    raise ValueError(f"{path}:{line}: no field {', '.join(map(repr, missing))}"
-                                     + (f"; this record has {', '.join(map(repr, record))}" if isinstance(record, dict) else ""))
-                text, label = record[text_column], record[label_column]
-                if not isinstance(text, str) or not isinstance(label, (str, int)) or isinstance(label, bool):
-                    raise ValueError(f"{path}:{line}: {text_column!r} must be a string and {label_column!r} "
-                                     f"a string or integer")
-                rows.append((line, refuse_lone_surrogates(text, f"{path}:{line}"),
-                             refuse_lone_surrogates(str(label), f"{path}:{line}")))
-    else:
-        delimiter = "," if path.suffix.lower() == ".csv" else "\t"
-        rows = [(line, r[text_column], r[label_column]) for line, r in read_table(path, [text_column, label_column],
-                                                                                  delimiter)]
+    rows = []
+    for line, record in user_records(path, (text_column, label_column)):
+        text, label = record[text_column], record[label_column]
+        if not isinstance(text, str) or not isinstance(label, (str, int)) or isinstance(label, bool):
+            raise ValueError(f"{path}:{line}: {text_column!r} must be a string and {label_column!r} "
+                             f"a string or integer")
+        rows.append((line, refuse_lone_surrogates(text, f"{path}:{line}"),
+                     refuse_lone_surrogates(str(label), f"{path}:{line}")))
     for line, text, label in rows:
         if not text.strip():
             raise ValueError(f"{path}:{line}: empty text in column {text_column!r}; remove the row or fill it in")

@@ -1,4 +1,4 @@
-"""Learn it by rebuilding it: eleven exercises checked against the real model, and find-the-bug drills.
+"""Learn it by rebuilding it: thirteen exercises checked against the real model, and find-the-bug drills.
 
     python -m exercises                  # the list
     python -m exercises check bucket     # check exercises/yours/bucket.py (made from the stub on first use)
@@ -22,7 +22,8 @@ class Exercise:
     check: Callable[[Callable], str]
 
 
-# In the design's order: the encoder (mpnet.py), the heads, freezing, layer-wise learning rates.
+# In the design's order: the encoder (mpnet.py), the heads and the pair losses, freezing, layer-wise
+# learning rates.
 EXERCISES = [
     Exercise("position_ids", "position_ids_from", "mpnet.position_ids_from",
              "position ids from padding", checks.check_position_ids),
@@ -40,6 +41,10 @@ EXERCISES = [
              "the checkpoint name map", checks.check_names),
     Exercise("loss", "multitask_loss", "heads.multitask_loss",
              "the multi-task loss, missing labels ignored", checks.check_loss),
+    Exercise("cosent", "cosent_loss", "heads.cosent_loss",
+             "CoSENT: the loss of scored pairs", checks.check_cosent),
+    Exercise("in_batch", "in_batch_negatives_loss", "heads.in_batch_negatives_loss",
+             "in-batch negatives: the loss of positive pairs", checks.check_in_batch),
     Exercise("top_k", "unfreeze_top", "freeze.unfreeze_top",
              "top-k freezing", checks.check_top_k),
     Exercise("gradual", "unfreeze_next", "freeze.GradualUnfreezer.unfreeze_next",

@@ -4,7 +4,8 @@ A check returns a one-line pass message with the figure it matched, or raises Mi
 that names the place: the sentence and token, the offset, the parameter, the call. The reference is
 always the project's own function (mpnet.py, heads.py, freeze.py, lr_groups.py), run on the real
 all-mpnet-base-v2 weights; the end-to-end figure is against sentence-transformers' own embeddings of
-the 36 parity sentences (tests/fixtures/reference.json).
+the 36 parity sentences (tests/fixtures/reference.json), and a pair loss's against its own loss class
+on the same embeddings (where sentence-transformers is installed: requirements-test.txt).
 
 Where a wrong answer matches a mistake people often make (pre-LN, the mean over padding, the
 transposed bias...), the message names that mistake too. Those recognisers are written to spot
@@ -22,6 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+import data
 import freeze
 import heads
 import lr_groups
@@ -575,3 +577,139 @@ def one_adamw_step_difference(model: heads.MultiTaskModel, ours: list[dict], the
         put_back(model, before)
     model.zero_grad(set_to_none=True)
     return max(float((after[0][n] - after[1][n]).abs().max()) for n in before)
+
+
+# ----------------------------------------------------------------------------- pair losses, heads.py
+@cache
+def stsb_embeddings(positives: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pair task's output for the first 16 STS-B training pairs (all, or those scored 4 or more: a
+    positive pair), from the real model: the mean-pooled embeddings of their first sentences and of
+    their second ones, not normalised (as heads.classify gives them), and the gold scores / 5."""
+    pairs = data.load_stsb("train")
+    rows = [i for i, score in enumerate(pairs.scores) if score >= 4.0 or not positives][:16]
+    model = heads.MultiTaskModel(encoder().model, {})
+    both = model.encode(encoder().tokenizer, [pairs.first[i] for i in rows] + [pairs.second[i] for i in rows])
+    return both[:16], both[16:], torch.tensor([pairs.scores[i] / 5 for i in rows])
+
+
+def loss_value(got: object, want: torch.Tensor, what: str, case: str, recognisers: dict[str, float]) -> None:
+    """got must be a scalar tensor with want's value. fp32 sums of up to B * B = 256 terms in another order
+    differ by ~256 x 6e-8 = 1.5e-5 relative at worst, and a loss near 0 is a difference of logits of ~scale
+    (20 x 6e-8 = 1.2e-6 absolute per rounding), so rel 1e-4, abs 1e-5 pass any right order; each mistake
+    the recognisers know moves the loss by more than that (the cases are chosen so)."""
+    if not (isinstance(got, torch.Tensor) and got.dim() == 0):
+        raise Mistake(f"{what} must return a scalar tensor (the batch's mean loss), yours returned "
+                      f"{type(got).__name__}{tuple(got.shape) if isinstance(got, torch.Tensor) else ''}")
+    value, expected = float(got.detach()), float(want.detach())
+    if not math.isclose(value, expected, rel_tol=1e-4, abs_tol=1e-5):
+        named = next((why for why, v in recognisers.items() if math.isclose(value, v, rel_tol=1e-4, abs_tol=1e-5)), "")
+        raise Mistake(f"{case}: your loss is {value:.5f}, expected {expected:.5f}{': ' + named if named else ''}")
+
+
+def loss_gradients(first: torch.Tensor, second: torch.Tensor, fn: Callable, reference: Callable, case: str,
+                   *args) -> None:
+    """The gradient reaching each embedding is the project's, to 1e-4 of the largest one."""
+    grads = []
+    for loss_fn in (fn, reference):
+        a, b = first.clone().requires_grad_(), second.clone().requires_grad_()
+        loss = loss_fn(a, b, *args)
+        if not loss.requires_grad:
+            raise Mistake(f"{case}: your loss carries no gradient; build it from the embeddings, not from floats")
+        loss.backward()
+        grads.append(torch.cat([a.grad if a.grad is not None else torch.zeros_like(a),
+                                b.grad if b.grad is not None else torch.zeros_like(b)]))
+    tol = 1e-4 * float(grads[1].abs().max())
+    if where := first_difference(grads[0], grads[1], tol):
+        side, row = ("first", where[0]) if where[0] < len(first) else ("second", where[0] - len(first))
+        raise Mistake(f"{case}: the gradient reaching pair {row}'s {side} embedding differs "
+                      f"({float(grads[0][where]):.4g}, expected {float(grads[1][where]):.4g})")
+
+
+def sentence_transformers_value(loss_class: str, first: torch.Tensor, second: torch.Tensor,
+                                scores: torch.Tensor | None, yours: torch.Tensor) -> str:
+    """What sentence-transformers' own loss gives on the same embeddings, beside yours; a line saying how to
+    get it where the library is not installed (it is a test requirement, never a run-time one)."""
+    try:
+        from sentence_transformers.sentence_transformer import losses
+    except ImportError:
+        return "; pip install -r requirements-test.txt to compare with sentence-transformers' own loss too"
+
+    class NoModel(torch.nn.Module):  # the loss classes want a model; compute_loss_from_embeddings never uses it
+        pass
+    theirs = float(getattr(losses, loss_class)(NoModel()).compute_loss_from_embeddings([first, second], scores))
+    if not math.isclose(float(yours), theirs, rel_tol=1e-4, abs_tol=1e-5):
+        raise Mistake(f"your loss is {float(yours):.5f}, sentence-transformers' {loss_class} gives {theirs:.5f} "
+                      f"on the same embeddings")
+    return f"; sentence-transformers' {loss_class} gives {theirs:.5f} on the same embeddings, yours {float(yours):.5f}"
+
+
+def cosent_mistakes(first: torch.Tensor, second: torch.Tensor, scores: torch.Tensor, scale: float) -> dict[str, float]:
+    """The values of the wrong CoSENTs people write, to name the one a learner wrote."""
+    cos = F.cosine_similarity(first, second, dim=-1)
+    dot = (first * second).sum(-1)
+
+    def softened(c: torch.Tensor, order: torch.Tensor, one: bool) -> float:
+        diff = (c[:, None] - c[None, :]).masked_fill(~order, float("-inf")).flatten()
+        return float(torch.logsumexp(torch.cat([diff.new_zeros(int(one)), diff]), dim=0))
+    lower = scores[:, None] < scores[None, :]
+    return {"the 1 inside the log is missing (log(1 + sum), not log(sum): the loss of a batch in the right order is 0)":
+                softened(scale * cos, lower, one=False),
+            "pairs of pairs with equal gold scores count too; only score_i < score_j counts (ties say nothing about order)":
+                softened(scale * cos, (scores[:, None] <= scores[None, :]).fill_diagonal_(False), one=True),
+            "score_i <= score_j counts each pair against itself (i = j), and ties; only score_i < score_j counts":
+                softened(scale * cos, scores[:, None] <= scores[None, :], one=True),
+            "the cosines are not multiplied by scale": softened(cos, lower, one=True),
+            "the sign is reversed: a pair of pairs is in the wrong order when score_i < score_j but cos_i > cos_j, "
+            "so the term is exp(scale * (cos_i - cos_j))": softened(scale * cos, scores[:, None] > scores[None, :], one=True),
+            "that is the dot product of the embeddings, not their cosine (the pair task's embeddings are not normalised)":
+                softened(scale * dot, lower, one=True)}
+
+
+def check_cosent(fn: Callable) -> str:
+    first, second, scores = stsb_embeddings(positives=False)
+    ties = int((scores[:, None] == scores[None, :]).triu(1).sum())
+    cases = [(f"16 STS-B training pairs, gold scores / 5 ({ties} ties)", first, second, scores, 20.0),
+             ("the same pairs, scale 10", first, second, scores, 10.0),
+             ("the first 4 pairs, every score 0.5 (no pair of pairs is ordered)", first[:4], second[:4],
+              torch.full((4,), 0.5), 20.0)]
+    for case, a, b, s, scale in cases:
+        got = fn(a.clone(), b.clone(), s.clone(), scale=scale)
+        want = heads.cosent_loss(a, b, s, scale=scale)
+        loss_value(got, want, "cosent_loss", case, cosent_mistakes(a, b, s, scale))
+    loss_gradients(first, second, lambda a, b: fn(a, b, scores, scale=20.0),
+                   lambda a, b: heads.cosent_loss(a, b, scores, scale=20.0), cases[0][0])
+    yours = fn(first.clone(), second.clone(), scores.clone(), scale=20.0)
+    return (f"the same loss and gradients as heads.cosent_loss in {len(cases)} cases, on the real model's embeddings of "
+            f"16 STS-B pairs" + sentence_transformers_value("CoSENTLoss", first, second, scores, yours))
+
+
+def in_batch_mistakes(anchors: torch.Tensor, positives: torch.Tensor, scale: float) -> dict[str, float]:
+    """The values of the wrong in-batch-negative losses people write."""
+    a, p = F.normalize(anchors, dim=-1), F.normalize(positives, dim=-1)
+    labels = torch.arange(len(a))
+    sims = scale * a @ p.T
+    return {"each positive picks among the anchors (positives @ anchors.T): here anchor i picks among the positives":
+                float(F.cross_entropy(scale * p @ a.T, labels)),
+            "that is the symmetric loss (anchor to positive and back, averaged); this one is anchor to positive only":
+                float((F.cross_entropy(sims, labels) + F.cross_entropy(sims.T, labels)) / 2),
+            "the cosines are not multiplied by scale": float(F.cross_entropy(a @ p.T, labels)),
+            "that is the dot product of the embeddings, not their cosine (the pair task's embeddings are not normalised)":
+                float(F.cross_entropy(scale * anchors @ positives.T, labels)),
+            "that is the sum over the batch; the loss is the mean": float(F.cross_entropy(sims, labels, reduction="sum"))}
+
+
+def check_in_batch(fn: Callable) -> str:
+    anchors, positives, _ = stsb_embeddings(positives=True)
+    cases = [("16 STS-B training pairs scored 4 or more, as (anchor, positive)", anchors, positives, 20.0),
+             ("the same pairs, scale 5 (a higher temperature: the negatives weigh more)", anchors, positives, 5.0),
+             ("the first 4 of them, scale 5 (a smaller batch: 3 negatives each, not 15)", anchors[:4], positives[:4], 5.0)]
+    for case, a, p, scale in cases:
+        got = fn(a.clone(), p.clone(), scale=scale)
+        want = heads.in_batch_negatives_loss(a, p, scale=scale)
+        loss_value(got, want, "in_batch_negatives_loss", case, in_batch_mistakes(a, p, scale))
+    loss_gradients(anchors, positives, lambda a, p: fn(a, p, scale=5.0),
+                   lambda a, p: heads.in_batch_negatives_loss(a, p, scale=5.0), cases[1][0])
+    yours = fn(anchors.clone(), positives.clone(), scale=20.0)
+    return (f"the same loss and gradients as heads.in_batch_negatives_loss in {len(cases)} cases, on the real model's "
+            f"embeddings of 16 STS-B pairs" + sentence_transformers_value("MultipleNegativesRankingLoss", anchors,
+                                                                         positives, None, yours))

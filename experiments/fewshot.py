@@ -4,6 +4,7 @@ rates should matter (ULMFiT, SetFit), rather than on full data where they are al
     python experiments/fewshot.py                      # every missing cell: K=8 first, seed by seed
     python experiments/fewshot.py --k 8 --rows heads flat
     python experiments/fewshot.py --rows setfit        # the SetFit reference, K=8 only (pip install -r requirements-bench.txt)
+    python experiments/fewshot.py --k 8 --rows contrastive   # a contrastive stage, then Banking77 (K=8 only)
     python experiments/fewshot.py --table-only
 
 Data: K = 8 or 32 training examples per class from Banking77 (77 intents) and from SST-2 (2 labels),
@@ -17,6 +18,12 @@ too). 400 steps are 10 passes over the 632 joint examples at K=8; 800 steps are 
 full-model row gets the same steps, so wall time is the cost column. Each result also keeps the
 final training loss per task: near zero means the run had converged on its small set.
 
+The contrastive row (K=8) is SetFit's and CPFT's idea done with this project's own parts: first the
+embedding is trained on pairs of the K-shot set with the same label (train.py, a pair task with
+in-batch negatives: every other pair of the batch, mostly of other labels, is a negative), then the
+trained run is exported (tools.export) and the single-task Banking77 row starts from it
+($MPNET_WEIGHTS_DIR) instead of all-mpnet-base-v2. Its wall time is both stages'.
+
 Each cell (K, seed, row) is one JSON in experiments/results/fewshot/, written when it finishes;
 cells already there are skipped, so the study completes across sessions. Its run folder (1.7 GB of
 checkpoints) is deleted once the JSON is written.
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -78,10 +86,15 @@ def rows(k: int) -> dict[str, tuple[str, list[str]]]:
 
 SETFIT = "SetFit 1.2 on all-mpnet-base-v2, one model per task (reference; see setfit_cell)"
 SETFIT_KS = (8,)  # at K=32 a SetFit seed takes over an hour on 2 cores: not part of the study
-ROW_NAMES = [*rows(8), "setfit"]
+CONTRASTIVE = ("single task: Banking77 alone, a contrastive stage first (in-batch negatives on every same-label "
+               "pair, 1 epoch, LR 2e-5), then full fine-tuning as the row above")
+CONTRASTIVE_KS = (8,)  # K=32 has 77 x 496 same-label pairs: 2,400 steps, hours here
+ROW_NAMES = [*rows(8), "contrastive", "setfit"]
 
 
-def train_cell(k: int, seed: int, name: str) -> dict:
+def train_cell(k: int, seed: int, name: str, weights: Path | None = None) -> dict:
+    """One train.py run of row name; weights: the encoder to start from ($MPNET_WEIGHTS_DIR), else
+    all-mpnet-base-v2."""
     steps = STEPS[k] * (10 if name == "heads" else 1)
     # --save-every = the budget: one checkpoint, at the end, instead of one per (tiny) epoch
     # --recipe none: every flag below as written (the study predates the scenario recipes it informed)
@@ -91,12 +104,56 @@ def train_cell(k: int, seed: int, name: str) -> dict:
     out = ROOT / "runs" / "fewshot" / f"{k}-{seed}-{name}"
     cmd = [sys.executable, str(ROOT / "train.py"), *flags, "--overwrite", "--out", str(out)]  # a cell run again replaces its folder
     print(f"== K={k} seed={seed} {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
+    env = os.environ | ({"MPNET_WEIGHTS_DIR": str(weights)} if weights else {})
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True, env=env)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     losses = [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
     final_loss = {key: record[key] for record in losses for key in record if key.startswith("loss_")}  # last of each
     shutil.rmtree(out)
     return result | {"final_train_loss": final_loss, "command": "python train.py " + " ".join(flags)}
+
+
+def same_label_pairs(texts: list[str], labels: list[int]) -> list[tuple[int, str, str]]:
+    """(label, a, b) for every unordered pair of two examples with that label (K=8, 77 labels: 77 x 28 = 2,156)."""
+    by_label: dict[int, list[str]] = {}
+    for text, label in zip(texts, labels):
+        by_label.setdefault(label, []).append(text)
+    return [(label, a, b) for label, group in by_label.items() for i, a in enumerate(group) for b in group[i + 1:]]
+
+
+def contrastive_cell(k: int, seed: int) -> dict:
+    """Stage 1: train.py on the same-label pairs of this seed's K-shot Banking77 set (train.py's own draw),
+    in-batch negatives, one epoch; its test pairs are one pair per label of the same set (a check that
+    stage 1 learnt, not a held-out score). Export. Stage 2: the single-banking77 row from that encoder."""
+    import csv
+
+    import data
+    from train_config import TrainConfig
+
+    train = data.load_tasks(TrainConfig(task_a="banking77", task_b="none", per_class=k, seed=seed,
+                                        val_fraction=0.0))[0]["a"]
+    pairs = same_label_pairs(train.texts, train.labels)
+    work = ROOT / "runs" / "fewshot" / f"{k}-{seed}-contrastive"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    check = list({label: (a, b) for label, a, b in reversed(pairs)}.values())  # each label's first pair
+    for name, rows_ in (("pairs.csv", [(a, b) for _, a, b in pairs]), ("check.csv", check)):
+        with open(work / name, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([("anchor", "positive"), *rows_])
+    stage1 = [sys.executable, str(ROOT / "train.py"), "--recipe", "none", "--task-a", str(work / "pairs.csv"),
+              "--task-b", "none", "--test-a", str(work / "check.csv"), "--val-fraction", "0", "--epochs", "1",
+              "--batch-size", "16", "--lr", "2e-5", "--warmup", "0.1", "--seed", str(seed), "--log-every", "50",
+              "--out", str(work / "stage1")]
+    print(f"== K={k} seed={seed} contrastive stage: {len(pairs)} pairs", file=sys.stderr, flush=True)
+    proc = subprocess.run(stage1, cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True)
+    first = json.loads(proc.stdout.strip().splitlines()[-1])
+    subprocess.run([sys.executable, "-m", "tools.export", str(work / "stage1"), str(work / "encoder")], cwd=ROOT,
+                   check=True, stdout=subprocess.DEVNULL)
+    second = train_cell(k, seed, "single-banking77", weights=work / "encoder")
+    shutil.rmtree(work)
+    return second | {"train_s": round(first["train_s"] + second["train_s"], 1), "stage1_train_s": first["train_s"],
+                     "stage1_pairs": len(pairs), "stage1_check": {key.split("_")[0]: v for key, v in first.items() if "_a_" in key},
+                     "stage1_command": "python " + " ".join(stage1[1:])}
 
 
 def setfit_cell(k: int, seed: int) -> dict:
@@ -149,7 +206,7 @@ def column_title(k: int, dataset: str) -> str:
 
 
 def table() -> str:
-    names = {**{n: w for n, (w, _) in rows(8).items()}, "setfit": SETFIT}
+    names = {**{n: w for n, (w, _) in rows(8).items()}, "contrastive": CONTRASTIVE, "setfit": SETFIT}
     columns = [(k, dataset) for k in KS for dataset in ("banking77", "sst2")]
     results = load_all()
     stats = {}  # (row, k, dataset) -> (mean, std, n)
@@ -164,8 +221,10 @@ def table() -> str:
         cells = []
         for k, dataset in columns:
             if (name, k, dataset) not in stats:
-                if name.startswith("single-") and not name.endswith(dataset):
+                if (name.startswith("single-") and not name.endswith(dataset)) or (name == "contrastive" and dataset != "banking77"):
                     cells.append("–")
+                elif name == "contrastive" and k not in CONTRASTIVE_KS:
+                    cells.append("not run (hours a seed here)")
                 elif name == "setfit" and k not in SETFIT_KS:
                     cells.append("not run (over an hour a seed here)")
                 else:
@@ -193,10 +252,23 @@ def table() -> str:
         f"(mean ± standard deviation of the differences over seeds). Most of the spread above is which examples "
         f"were drawn, and pairing removes it. **Bold**: a paired t-test rejects \"no difference\" at 95% "
         f"(|mean| > t · std / √n; with 3 seeds t = 4.30, so the mean must exceed 2.5 standard deviations).",
-        "", *paired, "",
+        "", *paired, "", *contrastive_line(results),
         *([f"Convergence: the largest final training loss (mean of the last 50 steps) of any cell is "
            f"{worst[0]:.3f} ({worst[1]})."] if worst else []),
         "Generated by `python experiments/fewshot.py`.", ""])
+
+
+def contrastive_line(results: dict[tuple[int, int, str], dict]) -> list[str]:
+    """The contrastive stage against the same single-task fine-tuning without it, paired by seed."""
+    diffs = [accuracy(r, "banking77") - accuracy(base, "banking77") for seed in SEEDS
+             if (r := results.get((8, seed, "contrastive"))) and (base := results.get((8, seed, "single-banking77")))]
+    if not diffs:
+        return []
+    mean, std = summary(diffs)
+    clear = len(diffs) > 1 and abs(mean) > T975[len(diffs) - 1] * std / len(diffs) ** 0.5
+    return [f"The contrastive stage minus single-task Banking77 fine-tuning without it, paired by seed, K=8: "
+            f"{'**' if clear else ''}{mean:+.2f} ± {std:.2f}{'**' if clear else ''} ({len(diffs)}; "
+            f"{', '.join(f'{d:+.2f}' for d in diffs)}).", ""]
 
 
 def paired_table(results: dict[tuple[int, int, str], dict], names: dict[str, str],
@@ -228,16 +300,22 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="*", choices=KS, default=list(KS))
     parser.add_argument("--seeds", type=int, nargs="*", default=list(SEEDS))
     parser.add_argument("--rows", nargs="*", choices=ROW_NAMES, default=ROW_NAMES[:-1],
-                        help="default: every train.py row (the SetFit row needs --rows setfit and the setfit package)")
+                        help="default: every train.py row and the contrastive one (the SetFit row needs --rows "
+                             "setfit and the setfit package)")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     if not args.table_only:
         for k in args.k:
             for seed in args.seeds:
                 for name in args.rows:
-                    if name == "setfit" and k not in SETFIT_KS:
+                    if (name == "setfit" and k not in SETFIT_KS) or (name == "contrastive" and k not in CONTRASTIVE_KS):
                         continue
-                    compute = (lambda: setfit_cell(k, seed)) if name == "setfit" else (lambda: train_cell(k, seed, name))
+                    if name == "setfit":
+                        compute = lambda: setfit_cell(k, seed)  # noqa: E731
+                    elif name == "contrastive":
+                        compute = lambda: contrastive_cell(k, seed)  # noqa: E731
+                    else:
+                        compute = lambda: train_cell(k, seed, name)  # noqa: E731
                     cell(RESULTS, f"{k}-{seed}-{name}", compute)
     text = table()
     (HERE / "fewshot.md").write_text(text)

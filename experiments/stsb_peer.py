@@ -134,7 +134,9 @@ def main() -> None:
                 cell(folder, f"{name}-seed{seed}", lambda: run(seed, args.epochs, args.max_train, args.threads))
                 print(f"{name} seed {seed}: {time.time() - started:.0f} s", file=sys.stderr, flush=True)
     text = table(folder)
-    (folder.parent / f"{folder.name}.md").write_text(text + "\n") if folder.is_dir() else None
+    if folder.is_dir():  # the default budget's table is experiments/stsb_peer.md, another budget's beside it
+        default = args.epochs == 1 and args.max_train == 1600
+        (HERE / ("stsb_peer.md" if default else f"stsb_peer_{folder.name}.md")).write_text(text + "\n")
     print(text)
 
 

@@ -35,7 +35,7 @@ def stub(exercise):
     return cli.load_function(exercise, cli.STUBS / f"{exercise.name}.py")
 
 
-def test_eleven_exercises_in_the_design_order_each_with_a_stub():
+def test_the_exercises_in_the_design_order_each_with_a_stub():
     assert [e.name for e in EXERCISES][:2] == ["position_ids", "bucket"] and len(EXERCISES) >= 10
     assert sorted(p.stem for p in cli.STUBS.glob("*.py")) == sorted(BY_NAME)
     for e in EXERCISES:
@@ -56,6 +56,8 @@ def test_the_projects_own_function_passes_with_a_figure(name):
     if name in ("position_ids", "bucket", "mask", "attention", "layer", "pooling", "names"):
         assert "vs sentence-transformers over 36 sentences" in outcome.message
         assert float(outcome.message.split("max |diff| ")[1].split()[0]) <= 1e-5
+    if name in ("cosent", "in_batch"):  # sentence-transformers is a test requirement: its loss is compared
+        assert "sentence-transformers' " in outcome.message and " gives " in outcome.message
 
 
 # ----------------------------------------------------------------------------- plausible wrong solutions
@@ -227,6 +229,34 @@ def llrd_forgets_the_heads(model, spec, base_lr, head_lr=None, weight_decay=0.01
     return [g for g in lr_groups.build(model, spec, base_lr, head_lr, weight_decay) if not g["name"].startswith("head")]
 
 
+def cosent_without_the_one(first, second, scores, scale=20.0):
+    c = scale * F.cosine_similarity(first, second, dim=-1)
+    diff = (c[:, None] - c[None, :])[scores[:, None] < scores[None, :]]
+    return torch.logsumexp(diff, dim=0)
+
+
+def cosent_counting_ties(first, second, scores, scale=20.0):
+    c = scale * F.cosine_similarity(first, second, dim=-1)
+    diff = (c[:, None] - c[None, :])[(scores[:, None] <= scores[None, :]) & ~torch.eye(len(c), dtype=torch.bool)]
+    return torch.log1p(diff.exp().sum())
+
+
+def cosent_reversed(first, second, scores, scale=20.0):
+    return heads.cosent_loss(first, second, -scores, scale)
+
+
+def in_batch_transposed(anchors, positives, scores=None, scale=20.0):
+    return heads.in_batch_negatives_loss(positives, anchors, scale=scale)
+
+
+def in_batch_summed(anchors, positives, scores=None, scale=20.0):
+    return len(anchors) * heads.in_batch_negatives_loss(anchors, positives, scale=scale)
+
+
+def in_batch_dot_product(anchors, positives, scores=None, scale=20.0):
+    return F.cross_entropy(scale * anchors @ positives.T, torch.arange(len(anchors)))
+
+
 WRONG = [  # (exercise, wrong solution, what the message must say: the place, and the mistake where it is named)
     ("position_ids", positions_from_zero, ["sentence 0, position 0", "expected 2"]),
     ("position_ids", positions_count_padding, ["(<pad>)", "padding_idx (1) itself"]),
@@ -248,6 +278,12 @@ WRONG = [  # (exercise, wrong solution, what the message must say: the place, an
     ("loss", loss_nan_for_an_unlabelled_task, ["no row has a sentiment label", "adds zero"]),
     ("loss", loss_mean_over_tasks, ["both tasks labelled", "expected"]),
     ("loss", loss_weights_ignored, ["task weights topic 1.0, sentiment 0.3"]),
+    ("cosent", cosent_without_the_one, ["16 STS-B training pairs", "the 1 inside the log"]),
+    ("cosent", cosent_counting_ties, ["ties", "only score_i < score_j counts"]),
+    ("cosent", cosent_reversed, ["the sign is reversed"]),
+    ("in_batch", in_batch_transposed, ["positives @ anchors.T"]),
+    ("in_batch", in_batch_summed, ["the sum over the batch"]),
+    ("in_batch", in_batch_dot_product, ["not their cosine"]),
     ("top_k", top_k_negative_slice, ["k=0: embeddings is trainable", "groups[-0:]"]),
     ("top_k", top_k_off_by_one, ["k=0: layer.11 is trainable, expected frozen"]),
     ("top_k", top_k_no_range_check, ["k=13: expected a ValueError"]),

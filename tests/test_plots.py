@@ -40,3 +40,9 @@ def test_each_figure_is_written(tmp_path, encoder, tokenizer):  # noqa: F811
 def test_curves_of_a_folder_without_a_run_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="losses.jsonl not found"):
         plots.plot_curves(tmp_path, tmp_path / "x.png")
+
+
+def test_scatter_needs_a_run_and_says_so_before_loading_a_model(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        plots.main(["scatter", str(tmp_path)])
+    assert "scatter needs a train.py output folder" in capsys.readouterr().err

@@ -16,6 +16,8 @@ empty is refused, so nothing of yours is replaced.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -32,8 +34,18 @@ from reliability.saved_run import load_run
 from weights.fetch import ST_FILES, weights_dir
 
 # all-mpnet-base-v2's files that a fine-tuned encoder keeps as they are (the run's tokenizer.json
-# is its own copy of the same file).
+# is its own copy of the same file; config.json gets the run's backbone sizes).
 KEPT = ("config.json",) + ST_FILES
+
+
+def run_config(base: Path, model) -> str:
+    """all-mpnet-base-v2's config.json with each size the run's backbone has (the same, for a run that
+    started from it), so that a loader builds the backbone the tensors fit."""
+    raw = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    for field in dataclasses.fields(model.backbone.cfg):
+        if field.name in raw:
+            raw[field.name] = getattr(model.backbone.cfg, field.name)
+    return json.dumps(raw, indent=2) + "\n"
 
 
 def backbone_tensors(model) -> dict[str, torch.Tensor]:
@@ -66,6 +78,7 @@ def export(run: str | os.PathLike, out: str | os.PathLike) -> Path:
         for name in KEPT:
             (scratch / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(base / name, scratch / name)
+        (scratch / "config.json").write_text(run_config(base, model), encoding="utf-8")
         shutil.copyfile(run / "tokenizer.json", scratch / "tokenizer.json")
         for path in [scratch, *scratch.rglob("*")]:  # mkdtemp's and safetensors' 0700/0600: the umask's
             os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask())

@@ -7,6 +7,7 @@
     python -m tools.plots lr-groups                # learning rate per depth for each --lr-groups spec
     python -m tools.plots curves runs/default      # loss per task and validation accuracy against step
     python -m tools.plots confusion runs/x --dataset banking77   # confusion heatmap (top confusions for many classes)
+    python -m tools.plots scatter runs/stsb        # STS-B test: cosine against gold score, before and after a pair run
 
 Each writes a PNG (--out, default docs/figures/NAME.png). matplotlib is an optional extra
 (pip install -r requirements-plots.txt); nothing else in the project imports it.
@@ -236,14 +237,44 @@ def plot_confusion(run: Path, dataset: str | None, out: Path, max_classes: int =
     save(fig, out)
 
 
+def plot_scatter(run: Path, out: Path) -> None:
+    """STS-B test pairs: the cosine of their embeddings against the gold score, for all-mpnet-base-v2 as it
+    comes and for the run's best checkpoint (a run with an stsb pair task), side by side."""
+    import data
+    import metrics
+    from eval import load_run
+    from heads import MultiTaskModel
+    from mpnet import SentenceEncoder
+
+    plt = pyplot()
+    model, tokenizer, info = load_run(run)
+    if not any(v.get("dataset") == "stsb" and "pair_loss" in v for v in info["tasks"].values()):
+        sys.exit(f"error: {run} has no stsb pair task; train one with python train.py --task-a stsb --task-b none")
+    test = data.load_stsb("test")
+    base = SentenceEncoder.from_pretrained()
+    panels = []
+    for name, (m, tok) in (("all-mpnet-base-v2, before", (MultiTaskModel(base.model, {}), base.tokenizer)),
+                           (f"after fine-tuning ({run.name})", (model, tokenizer))):
+        emb = m.encode(tok, test.first + test.second).numpy()
+        cos = metrics.cosines(emb[:len(test)], emb[len(test):])
+        panels.append((name, cos, 100 * metrics.spearman(cos, test.scores)))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, (name, cos, rho) in zip(axes, panels):
+        ax.scatter(test.scores, cos, s=4, alpha=0.35)
+        ax.set(xlabel=f"gold score (0-5), {len(test)} STS-B test pairs", title=f"{name}: Spearman {rho:.2f}")
+    axes[0].set_ylabel("cosine of the two embeddings")
+    save(fig, out)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["readme", "buckets", "bias", "attention", "lr-groups", "curves", "confusion"])
-    parser.add_argument("target", nargs="?", help="attention: the sentence; curves, confusion: the run folder")
+    parser.add_argument("what", choices=["readme", "buckets", "bias", "attention", "lr-groups", "curves", "confusion",
+                                         "scatter"])
+    parser.add_argument("target", nargs="?", help="attention: the sentence; curves, confusion, scatter: the run folder")
     parser.add_argument("--dataset", help="confusion: which task's dataset (default: the first head)")
     parser.add_argument("--out", type=Path, help="the PNG to write (default docs/figures/WHAT.png)")
     args = parser.parse_args(argv)
-    if args.what in ("curves", "confusion") and not (args.target and (Path(args.target) / "run.json").is_file()):
+    if args.what in ("curves", "confusion", "scatter") and not (args.target and (Path(args.target) / "run.json").is_file()):
         parser.error(f"{args.what} needs a train.py output folder, e.g. python -m tools.plots {args.what} runs/default")
     pyplot()  # fail now, not after loading the model, when matplotlib is missing
     out = args.out or FIGURES / f"{args.what.replace('-', '_')}.png"
@@ -271,6 +302,8 @@ def main(argv: list[str] | None = None) -> None:
         plot_lr_groups(out)
     elif args.what == "curves":
         plot_curves(Path(args.target), out)
+    elif args.what == "scatter":
+        plot_scatter(Path(args.target), FIGURES / "stsb_scatter.png" if args.out is None else out)
     else:
         plot_confusion(Path(args.target), args.dataset, out)
 

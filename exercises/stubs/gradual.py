@@ -1,4 +1,4 @@
-"""Exercise 10: the gradual unfreezing schedule (freeze.py, GradualUnfreezer.unfreeze_next).
+"""Exercise 12: the gradual unfreezing schedule (freeze.py, GradualUnfreezer.unfreeze_next).
 
     python -m exercises check gradual
 """

@@ -1,4 +1,4 @@
-"""Exercise 11: layer-wise learning-rate decay, as AdamW parameter groups (lr_groups.py).
+"""Exercise 13: layer-wise learning-rate decay, as AdamW parameter groups (lr_groups.py).
 
     python -m exercises check llrd
 """

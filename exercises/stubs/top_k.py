@@ -1,4 +1,4 @@
-"""Exercise 9: top-k freezing (freeze.py).
+"""Exercise 11: top-k freezing (freeze.py).
 
     python -m exercises check top_k
 """
