@@ -185,7 +185,8 @@ def sentences():
     return json.loads((data.ROOT / "tests" / "fixtures" / "reference.json").read_text())["sentences"]
 
 
-def test_an_exported_run_gives_its_embeddings_in_sentence_transformers_and_here(tmp_path, fine_tuned_run, tokenizer):
+def test_an_exported_run_gives_its_embeddings_in_sentence_transformers_and_here(tmp_path, fine_tuned_run, tokenizer,
+                                                                                encoder):
     st = pytest.importorskip("sentence_transformers")
     from tools.export import export
 
@@ -197,7 +198,8 @@ def test_an_exported_run_gives_its_embeddings_in_sentence_transformers_and_here(
     back = SentenceEncoder.from_pretrained(out).encode(texts)
     assert (theirs - ours).abs().max().item() <= 1e-5
     assert (back - ours).abs().max().item() <= 1e-5
-    assert (back - SentenceEncoder.from_pretrained().encode(texts)).abs().max().item() > 1e-3  # not the base model
+    assert (back - encoder.encode(texts)).abs().max().item() > 1e-3  # not the base model
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == model.backbone.cfg.num_hidden_layers
 
 
 def test_the_export_never_writes_into_a_folder_that_holds_something(tmp_path, fine_tuned_run, capsys):
