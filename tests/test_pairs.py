@@ -198,7 +198,7 @@ def test_an_exported_run_gives_its_embeddings_in_sentence_transformers_and_here(
     back = SentenceEncoder.from_pretrained(out).encode(texts)
     assert (theirs - ours).abs().max().item() <= 1e-5
     assert (back - ours).abs().max().item() <= 1e-5
-    assert (back - encoder.encode(texts)).abs().max().item() > 1e-3  # not the base model
+    assert (back[:4] - encoder.encode(texts[:4])).abs().max().item() > 1e-3  # not the base model
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == model.backbone.cfg.num_hidden_layers
 
 
