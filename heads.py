@@ -29,7 +29,7 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.normalize = normalize
-        self.pairs = dict(pairs or {})  # {task: "cosent" | "in-batch"}: the pair tasks and their losses
+        self.pairs = dict(pairs or {})  # {task: "cosent" | "in-batch"}: pair tasks, their losses
         hidden = backbone.cfg.hidden_size
         # A linear layer on the pooled embedding; softmax lives in the loss (cross-entropy).
         self.heads = nn.ModuleDict({
@@ -69,7 +69,8 @@ class MultiTaskModel(nn.Module):
         for rows in length_sorted_batches(ids, batch_size):
             batch = tokenizer.pad([ids[i] for i in rows])
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                pooled = self.embed(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+                pooled = self.embed(ids, mask)
             out[rows] = pooled.float().cpu()
         return out
 
@@ -153,7 +154,8 @@ def cosent_loss(first: torch.Tensor, second: torch.Tensor, scores: torch.Tensor,
 
 
 def in_batch_negatives_loss(anchors: torch.Tensor, positives: torch.Tensor,
-                            scores: torch.Tensor | None = None, scale: float = 20.0) -> torch.Tensor:
+                            scores: torch.Tensor | None = None,
+                            scale: float = 20.0) -> torch.Tensor:
     """In-batch negatives (MultipleNegativesRankingLoss), for (anchor, positive) pairs with no
     score. Each anchor must pick its own positive out of all the batch's positives; the other
     B - 1 are its negatives, for free. Cross-entropy over scaled cosines:

@@ -129,7 +129,7 @@ class Batch:
     """One step's examples, as this process trains on them (all of them without torchrun)."""
     input_ids: torch.Tensor               # (B, L) token ids, right-padded (pairs: 2B rows)
     attention_mask: torch.Tensor          # (B, L) 1 for a real token
-    labels: dict[str, torch.Tensor]       # {task: (B,)}, -100 where a row has no label; pairs: score
+    labels: dict[str, torch.Tensor]       # {task: (B,)}, -100: no label here; pairs: the score
     normalizers: dict[str, float] | None  # under torchrun, each task's loss divisor (scale/ddp.py)
     tokens: int                           # real tokens in the whole step, every process's share
 
@@ -196,7 +196,8 @@ def pair_scores(model: MultiTaskModel, tokenizer, task: str, ds: data.SentencePa
     first, second = emb[:len(ds)], emb[len(ds):]
     if ds.loss == "cosent":
         cos = metrics.cosines(first, second)
-        scores = {"spearman": metrics.spearman(cos, ds.scores), "pearson": metrics.pearson(cos, ds.scores)}
+        scores = {"spearman": metrics.spearman(cos, ds.scores),
+                  "pearson": metrics.pearson(cos, ds.scores)}
     else:
         scores = metrics.retrieval(first, second)
     out = {f"{name}_{task}": value for name, value in scores.items()}
