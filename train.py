@@ -166,10 +166,10 @@ def accuracies(model: MultiTaskModel, tokenizer, tasks: dict[str, data.LabelledT
     """acc_<task> for each task (and loss_<task>, the mean cross-entropy, with_loss); a pair task's
     measures instead (pair_scores). Under torchrun each rank scores every N-th example; the sums
     over ranks give every rank the same numbers."""
-    metrics = {}
+    measured = {}
     for task, ds in tasks.items():
         if isinstance(ds, data.SentencePairs):
-            metrics |= pair_scores(model, tokenizer, task, ds, autocast, with_loss)
+            measured |= pair_scores(model, tokenizer, task, ds, autocast, with_loss)
             continue
         rows = list(range(world.rank, len(ds), world.size))
         texts, labels = [ds.texts[i] for i in rows], torch.tensor([ds.labels[i] for i in rows])
@@ -180,10 +180,10 @@ def accuracies(model: MultiTaskModel, tokenizer, tasks: dict[str, data.LabelledT
             picked = probs[torch.arange(len(labels)), labels]
             nll = float(-picked.clamp(min=1e-12).log().double().sum())
         correct, nll, n = world.sum([correct, nll, len(texts)])
-        metrics[f"acc_{task}"] = correct / n
+        measured[f"acc_{task}"] = correct / n
         if with_loss:
-            metrics[f"loss_{task}"] = nll / n
-    return metrics
+            measured[f"loss_{task}"] = nll / n
+    return measured
 
 
 def pair_scores(model: MultiTaskModel, tokenizer, task: str, ds: data.SentencePairs,
@@ -215,18 +215,18 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, star
         if progress.validated_this_step():  # no second validation of the same weights
             save_at_epoch_end(run)
             return
-    metrics = accuracies(run.model, run.tokenizer, val_sets, autocast=run.bf16, with_loss=True,
+    measured = accuracies(run.model, run.tokenizer, val_sets, autocast=run.bf16, with_loss=True,
                          world=run.world)
     record = {"epoch": epoch + 1, "step": progress.step, "tokens": progress.tokens,
               "elapsed_s": round(time.time() - started, 1), "train_s": round(train_s, 1),
               "cache_s": progress.cache_s, "skipped": progress.skipped,
-              **{f"val_{k}": round(v, 4) for k, v in metrics.items()}}
+              **{f"val_{k}": round(v, 4) for k, v in measured.items()}}
     progress.history.append(record)
     when = f"epoch {epoch + 1} done" if end_of_epoch else f"validation at step {progress.step}"
     print(f"{when}: {record}", file=sys.stderr, flush=True)
-    if metrics:  # without validation data the last epoch is kept (see train())
-        loss = float(np.mean([v for k, v in metrics.items() if k.startswith("loss_")]))
-        acc = float(np.mean([v for k, v in metrics.items() if k.startswith("acc_")] or [0.0]))
+    if measured:  # without validation data the last epoch is kept (see train())
+        loss = float(np.mean([v for k, v in measured.items() if k.startswith("loss_")]))
+        acc = float(np.mean([v for k, v in measured.items() if k.startswith("acc_")] or [0.0]))
         if progress.is_better(loss, acc):
             progress.best_loss, progress.best_acc, progress.stale = loss, acc, 0
             run_folder.save_best(run, record)
