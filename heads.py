@@ -69,8 +69,8 @@ class MultiTaskModel(nn.Module):
         for rows in length_sorted_batches(ids, batch_size):
             batch = tokenizer.pad([ids[i] for i in rows])
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-                pooled = self.embed(ids, mask)
+                input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+                pooled = self.embed(input_ids, mask)
             out[rows] = pooled.float().cpu()
         return out
 

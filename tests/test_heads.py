@@ -6,6 +6,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from heads import IGNORE
 from heads import MultiTaskModel, balanced_class_weights, multitask_loss
+import mpnet
 from mpnet import MPNet, MPNetConfig, mean_pool
 
 TINY = MPNetConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
@@ -67,3 +68,22 @@ def test_class_weights_change_the_loss():
     weighted, _ = multitask_loss(logits, labels, class_weights={"a": balanced_class_weights([0, 0, 0, 0, 1, 2], 3)})
     expect = F.cross_entropy(logits["a"], labels["a"], weight=torch.tensor([0.5, 2.0, 2.0]))
     assert torch.allclose(weighted, expect) and not torch.allclose(weighted, plain)
+
+
+class WordTokenizer:
+    """Tiny-vocabulary stand-in for mpnet.Tokenizer: a word's id is its length, <s> 0, </s> 2."""
+    pad_id = 1
+    pad = mpnet.Tokenizer.pad
+
+    def encode(self, texts):
+        return [[0] + [3 + len(w) % 40 for w in t.split()] + [2] for t in texts]
+
+
+def test_encode_in_several_batches_gives_each_text_its_own_row():
+    """Five texts in batches of two, longest first, land in input order as if embedded one by one."""
+    model, tokenizer = tiny_multitask(), WordTokenizer()
+    texts = ["a bb", "ccc dddd eeeee ff", "g", "hh iii jjjj", "kkkkk l mm nnn oooo pp"]
+    rows = model.encode(tokenizer, texts, batch_size=2)
+    alone = torch.cat([model.encode(tokenizer, [t]) for t in texts])
+    torch.testing.assert_close(rows, alone, rtol=0, atol=1e-5)
+    assert model.predict_proba(tokenizer, texts, batch_size=2)["a"].shape == (5, 5)
