@@ -183,12 +183,13 @@ def layer_weights(model, trace: Trace, sentence: int, layer: int, bias: bool,
 
 def export_maps(model, trace: Trace, budget: int = EXPORT_BUDGET) -> dict[str, str]:
     """The maps for a static page, in the order a lecture shows them, until the budget is spent:
-    the model's own attention for every layer and head first, then the bias and padding left out."""
+    the model's own attention for every layer and head (both sentences, the page's first view first),
+    then with the bias and then the padding left out."""
     out, used = {}, 0
     for bias, padding in ((True, True), (False, True), (True, False)):
-        for sentence in range(len(trace.lengths)):
-            for layer in ["mean", *range(len(trace.q))]:
-                for head in ["mean", *range(trace.q[0].shape[1])]:
+        for layer in [*range(len(trace.q)), "mean"]:
+            for head in [*range(trace.q[0].shape[1]), "mean"]:
+                for sentence in range(len(trace.lengths)):
                     encoded = attention_map(model, trace, sentence, layer, head, bias, padding)
                     if used + len(encoded) > budget:
                         return out
