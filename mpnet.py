@@ -411,10 +411,11 @@ class SentenceEncoder(nn.Module):
             print(f"all-mpnet-base-v2 weights not found in {folder} (need {', '.join(FILES)}); "
                   f"fetching them now.", file=sys.stderr)
             fetch(folder)
-        if not all((folder / name).is_file() for name in FILES):  # a folder of yours: an export, say
+        if not all((folder / name).is_file() for name in FILES):  # your folder: an export, say
             raise FileNotFoundError(f"{folder} does not hold all-mpnet-base-v2's "
-                                    f"{', '.join(FILES)}; nothing there was changed. Leave path out "
-                                    f"to use, and if needed fetch, the default folder or an empty one")
+                                    f"{', '.join(FILES)}; nothing there was changed. Leave path "
+                                    f"out to use, and if needed fetch, the default folder or an "
+                                    f"empty one")
         cfg = MPNetConfig.from_json(folder / "config.json")
         model = load_checkpoint(folder / "model.safetensors", cfg)
         model = model.to(device=torch.device(device or "cpu"), dtype=precision).eval()

@@ -216,7 +216,7 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, star
             save_at_epoch_end(run)
             return
     measured = accuracies(run.model, run.tokenizer, val_sets, autocast=run.bf16, with_loss=True,
-                         world=run.world)
+                          world=run.world)
     record = {"epoch": epoch + 1, "step": progress.step, "tokens": progress.tokens,
               "elapsed_s": round(time.time() - started, 1), "train_s": round(train_s, 1),
               "cache_s": progress.cache_s, "skipped": progress.skipped,
