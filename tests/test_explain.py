@@ -89,6 +89,7 @@ def test_bad_input_is_one_line(encoder):
     # An emoji and a paragraph past the token limit are input like any other.
     view, _ = explain.explain(encoder, ["🎸 rocks", "word " * 600])
     assert view["lengths"][1] == view["max_tokens"] == 384
+    assert view["padded_to"] == 384  # the paragraph, not the filler, sets the padded batch's length
 
 
 def post(url, body):

@@ -116,7 +116,6 @@ def explain(encoder: SentenceEncoder, sentences: list[str]) -> tuple[dict, Trace
         "tokens": [[tokenizer.tok.id_to_token(i) for i in row] for row in input_ids.tolist()],
         "ids": input_ids.tolist(),
         "positions": position_ids_from(input_ids, cfg.pad_token_id).tolist(),
-        "mask": mask.tolist(),
         "lengths": lengths,
         "layers": cfg.num_hidden_layers, "heads": cfg.num_attention_heads,
         "buckets": buckets.tolist(),
@@ -130,7 +129,7 @@ def explain(encoder: SentenceEncoder, sentences: list[str]) -> tuple[dict, Trace
         padded = encoder.encode(sentences + [FILLER])  # one batch, padded to FILLER's length
         view["cosine"] = float(alone[0] @ alone[1])
         view["cosine_padded"] = float(padded[0] @ padded[1])
-        view["padded_to"] = len(tokenizer.encode([FILLER])[0])
+        view["padded_to"] = max(len(x) for x in tokenizer.encode(sentences + [FILLER]))
     return view, Trace(q, k, bias, full - bias, lengths)
 
 
