@@ -32,6 +32,7 @@ from heads import IGNORE  # the label of an example that has none for a task
 ROOT = Path(__file__).resolve().parent
 DATA_ENV = "MPNET_DATA_DIR"
 REVIEWS = ROOT / "data" / "reviews.tsv"
+LONGEST_LINE = 1 << 20  # bytes of one line a reader holds: a longer one is refused, or cut (lines_of)
 
 
 def user_data_dir() -> Path:
@@ -116,51 +117,80 @@ def read_table(path: Path, columns: list[str], delimiter: str = "\t") -> list[tu
     return list(table_rows(path, columns, delimiter))
 
 
+def lines_of(path: Path, cut: bool = False) -> Iterator[tuple[int, str, int]]:
+    """(line number, text with its line feed, its length in bytes without the line feed) for each line
+    of a UTF-8 file: the one line reader under every reader of your text. Lines end at a line feed only (CRLF is fine),
+    so line i is line i as `wc -l` counts it; a byte-order mark is dropped; bytes that are not UTF-8 are
+    an error naming their own line. No more than LONGEST_LINE bytes of a line are held in memory: a
+    longer line is an error naming it, or with `cut` its first LONGEST_LINE bytes are kept (the model
+    reads 384 tokens, some 2,000 characters of English) and the rest is skipped unread."""
+    with open(path, "rb") as f:
+        number = 0
+        while raw := f.readline(LONGEST_LINE + 1):
+            number += 1
+            length, ended = len(raw) - raw.endswith(b"\n"), raw.endswith(b"\n")
+            if length > LONGEST_LINE:
+                while not ended and (rest := f.readline(LONGEST_LINE)):  # skip the rest, a MiB at a time
+                    ended = rest.endswith(b"\n")
+                    length += len(rest) - ended
+                if not cut:
+                    raise ValueError(f"{path}:{number}: a line of {length:,} bytes; a line may hold at most "
+                                     f"{LONGEST_LINE:,} (1 MiB)")
+                raw = raw[:LONGEST_LINE]
+            try:
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                if not (length > LONGEST_LINE and e.reason == "unexpected end of data"):
+                    raise ValueError(f"{path}:{number}: not UTF-8 text ({e.reason}); re-save it as UTF-8") from None
+                text = raw[:e.start].decode("utf-8")  # the cut fell inside a character: drop its first bytes
+            yield number, text, length
+
+
 def table_rows(path: Path, columns: list[str], delimiter: str = "\t") -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, {column: value}) for each row of a CSV or TSV file with a header, streamed.
 
     TSVs are read with quoting off (a bare " is text: STS-B and TREC contain them); CSVs follow
     RFC 4180 (quoted fields may hold commas, quotes and newlines: Banking77 has them). A byte-order
-    mark, CRLF line endings and blank lines are fine, and so is a field of any length. Lines end at a
-    line feed only (CRLF is fine), so that row i is line i as `wc -l` counts it. Anything that would
-    make a row's fields ambiguous is an error naming file and line: a missing column, a row with more
-    or fewer fields than the header (in a TSV, a tab or newline inside a text), a lone carriage return
+    mark, CRLF line endings and blank lines are fine. Lines come from lines_of, so row i is line i as
+    `wc -l` counts it, and a line or a field holds at most LONGEST_LINE. Anything that would make a
+    row's fields ambiguous is an error naming file and line: a missing column, a row with more or
+    fewer fields than the header (in a TSV, a tab or newline inside a text), a lone carriage return
     outside quotes, an unterminated quote, bytes that are not UTF-8.
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
     kind = "TSV" if delimiter == "\t" else "CSV"
     quoting = csv.QUOTE_NONE if kind == "TSV" else csv.QUOTE_MINIMAL
-    csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))  # the default stops at 131,072 characters
-    with open(path, encoding="utf-8-sig", newline="\n") as f:  # utf-8-sig: drops a leading BOM
-        reader = csv.reader(f, delimiter=delimiter, quoting=quoting, strict=True)
-        try:
-            header = next(reader, None)
-            if header is None:
-                raise ValueError(f"{path}: the file is empty; it needs a header line naming the columns")
-            twice = sorted({c for c in header if header.count(c) > 1})
-            if twice:
-                raise ValueError(f"{path}:1: the header names {', '.join(map(repr, twice))} twice; "
-                                 f"each column needs its own name")
-            missing = [c for c in columns if c not in header]
-            if missing:
-                raise ValueError(f"{path}:1: no column {', '.join(map(repr, missing))}; the header has "
-                                 f"{', '.join(map(repr, header))}")
-            for fields in reader:
-                if not fields:
-                    continue  # a blank line
-                if len(fields) != len(header):
-                    raise ValueError(f"{path}:{reader.line_num}: {len(fields)} fields where the header has "
-                                     f"{len(header)}" + (" (a tab inside a text?)" if kind == "TSV" else ""))
-                yield reader.line_num, dict(zip(header, fields))
-        except csv.Error as e:
-            if "new-line character" in str(e):
-                raise ValueError(f"{path}:{reader.line_num}: a carriage return (\\r) inside a row; lines end at \\n "
-                                 f"(or \\r\\n): remove it, or quote the field in a CSV") from None
-            raise ValueError(f"{path}:{reader.line_num}: malformed {kind} ({e})") from None
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not UTF-8 text after line {reader.line_num} ({e.reason}); "
-                             f"re-save it as UTF-8") from None
+    csv.field_size_limit(LONGEST_LINE)  # characters of a field (the default stops at 131,072)
+    reader = csv.reader((text for _, text, _ in lines_of(path)), delimiter=delimiter, quoting=quoting,
+                        strict=True)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{path}: the file is empty; it needs a header line naming the columns")
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:
+            raise ValueError(f"{path}:1: the header names {', '.join(map(repr, twice))} twice; "
+                             f"each column needs its own name")
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise ValueError(f"{path}:1: no column {', '.join(map(repr, missing))}; the header has "
+                             f"{', '.join(map(repr, header))}")
+        for fields in reader:
+            if not fields:
+                continue  # a blank line
+            if len(fields) != len(header):
+                raise ValueError(f"{path}:{reader.line_num}: {len(fields)} fields where the header has "
+                                 f"{len(header)}" + (" (a tab inside a text?)" if kind == "TSV" else ""))
+            yield reader.line_num, dict(zip(header, fields))
+    except csv.Error as e:
+        if "field limit" in str(e):  # a quoted field over many lines
+            raise ValueError(f"{path}:{reader.line_num}: a field of over {LONGEST_LINE:,} characters; "
+                             f"a field may hold at most that") from None
+        if "new-line character" in str(e):
+            raise ValueError(f"{path}:{reader.line_num}: a carriage return (\\r) inside a row; lines end at \\n "
+                             f"(or \\r\\n): remove it, or quote the field in a CSV") from None
+        raise ValueError(f"{path}:{reader.line_num}: malformed {kind} ({e})") from None
 
 
 def _split_file(path_of: dict[str, str], name: str, split: str, folder: Path) -> Path:
@@ -295,9 +325,7 @@ def read_label_names(path: str | os.PathLike) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
     # A line ends at a line feed alone, as in every other reader here: not at \r or U+2028.
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        lines = f.read().split("\n")
-    names = [line.strip() for line in lines if line.strip()]
+    names = [text.strip() for _, text, _ in lines_of(path) if text.strip()]
     if len(set(names)) != len(names) or len(names) < 2:
         raise ValueError(f"{path}: a labels file needs at least 2 distinct labels, one a line, no repeats")
     return names
@@ -364,17 +392,16 @@ POSITIVE_PAIR = ("anchor", "positive")             # in-batch negatives
 def columns_of(path: str | os.PathLike) -> list[str]:
     """A user file's column names: a CSV's or TSV's header, a JSONL file's first record's keys."""
     path = Path(path)
-    with open(path, encoding="utf-8-sig", newline="\n", errors="replace") as f:
+    lines = (text for _, text, _ in lines_of(path))
+    try:  # a file that cannot be read has no columns here; its reader names the problem
         if path.suffix.lower() == ".jsonl":
-            first = next((line for line in f if line.strip()), "{}")
-            try:
-                record = json.loads(first)
-            except json.JSONDecodeError:
-                return []
+            record = json.loads(next((text for text in lines if text.strip()), "{}"))
             return list(record) if isinstance(record, dict) else []
         delimiter = "," if path.suffix.lower() == ".csv" else "\t"
         quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-        return next(csv.reader(f, delimiter=delimiter, quoting=quoting), [])
+        return next(csv.reader(lines, delimiter=delimiter, quoting=quoting), [])
+    except (ValueError, RecursionError, csv.Error):  # (json.JSONDecodeError is a ValueError)
+        return []
 
 
 def is_pair_file(path: str | os.PathLike, text_column: str = "text") -> bool:
@@ -390,19 +417,18 @@ def user_records(path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, di
     if path.suffix.lower() != ".jsonl":
         yield from table_rows(path, list(columns), "," if path.suffix.lower() == ".csv" else "\t")
         return
-    with open(path, encoding="utf-8-sig", newline="\n") as f:
-        for line, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except (json.JSONDecodeError, RecursionError) as e:
-                raise ValueError(f"{path}:{line}: not a JSON object ({getattr(e, 'msg', 'nested too deeply')})") from None
-            missing = [c for c in columns if not isinstance(record, dict) or c not in record]
-            if missing:
-                raise ValueError(f"{path}:{line}: no field {', '.join(map(repr, missing))}"
-                                 + (f"; this record has {', '.join(map(repr, record))}" if isinstance(record, dict) else ""))
-            yield line, record
+    for line, raw, _ in lines_of(path):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ValueError(f"{path}:{line}: not a JSON object ({getattr(e, 'msg', 'nested too deeply')})") from None
+        missing = [c for c in columns if not isinstance(record, dict) or c not in record]
+        if missing:
+            raise ValueError(f"{path}:{line}: no field {', '.join(map(repr, missing))}"
+                             + (f"; this record has {', '.join(map(repr, record))}" if isinstance(record, dict) else ""))
+        yield line, record
 
 
 def read_pairs(path: str | os.PathLike, score_range: tuple[float, float]) -> SentencePairs:

@@ -91,17 +91,18 @@ class Classifier:
         return results
 
 
-def read_texts(path: Path, column: str | None) -> Iterator[tuple[int, str]]:
+def read_texts(path: Path, column: str | None, say: bool = False) -> Iterator[tuple[int, str]]:
     """(line, sentence), streamed: one sentence a line (scale.corpus.read_sentences), or the named column of
     a CSV/TSV read by the training data's strict reader (data.table_rows). Lines end at a line feed, so
-    line i is line i as `wc -l` counts it; blank sentences are skipped."""
+    line i is line i as `wc -l` counts it; blank sentences are skipped. A text file's line over 1 MiB is cut
+    there (`say`: reported once), a table's is refused."""
     if column is not None:
         delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
         for line, row in table_rows(path, [column], delimiter):
             if row[column].strip():
                 yield line, row[column]
         return
-    for line, text in enumerate(read_sentences(path, None), start=1):  # the corpus command's line reader
+    for line, text in enumerate(read_sentences(path, None, say), start=1):  # the corpus command's line reader
         if text.strip():
             yield line, text
 
@@ -109,7 +110,7 @@ def read_texts(path: Path, column: str | None) -> Iterator[tuple[int, str]]:
 def predict_file(clf: Classifier, source: Path, output: Path, column: str | None, batch_size: int,
                  chunk_size: int = 2048) -> int:
     """Stream source -> JSON lines in output (written to a temp file, renamed when complete)."""
-    total = sum(1 for _ in read_texts(source, column))  # a cheap first pass: the ETA needs it
+    total = sum(1 for _ in read_texts(source, column, say=True))  # a cheap first pass: the ETA needs it
     started = time.time()
 
     def write(path: Path) -> None:

@@ -48,7 +48,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from data import refuse_lone_surrogates
+from data import LONGEST_LINE, lines_of, refuse_lone_surrogates
 from reliability.checkpoint import sync_folder, write_atomic
 from reliability.flags import int_at_least
 from reliability.lock import InUse, holding
@@ -69,27 +69,33 @@ def chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def read_sentences(path: Path, field: str | None) -> Iterator[str]:
-    """One sentence a line, or with `field` the value of that key in each line's JSON object. Lines end
-    at a line feed (CRLF is fine), so sentence i is line i as `wc -l` counts it. (predict.py reads its
-    --input text files through this too.)"""
-    with open(path, "rb") as f:  # bytes, decoded line by line: an error names its own line
-        for number, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # utf-8-sig: drops a BOM
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{number}: not UTF-8 text ({e.reason}); re-save it as UTF-8") from None
-            line = line.removesuffix("\n").removesuffix("\r")
-            if field is None:
-                yield line
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not a JSON object ({e.msg}); JSONL needs one object a line") from None
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                raise ValueError(f"{path}:{number}: no string field {field!r} in this line's JSON object")
-            yield refuse_lone_surrogates(record[field], f"{path}:{number}")
+def read_sentences(path: Path, field: str | None, say: bool = False) -> Iterator[str]:
+    """One sentence a line, or with `field` the value of that key in each line's JSON object, read by
+    data.lines_of: sentence i is line i as `wc -l` counts it, and a line over data.LONGEST_LINE bytes is
+    cut there (its first 384 tokens, all the model reads, lie far inside), which `say` reports once
+    on stderr. (predict.py reads its --input text files through this too.)"""
+    cut = []
+    for number, line, length in lines_of(path, cut=True):
+        line = line.removesuffix("\n").removesuffix("\r")
+        if length > LONGEST_LINE:
+            cut.append(number)
+            if say and len(cut) == 1:
+                print(f"{path}:{number}: a line of {length:,} bytes; its first {LONGEST_LINE:,} are read "
+                      f"(the model reads its first 384 tokens)", file=sys.stderr)
+        if field is None:
+            yield line
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ValueError(f"{path}:{number}: not a JSON object ({getattr(e, 'msg', 'nested too deeply')}); "
+                             f"JSONL needs one object a line") from None
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            raise ValueError(f"{path}:{number}: no string field {field!r} in this line's JSON object")
+        yield refuse_lone_surrogates(record[field], f"{path}:{number}")
+    if say and len(cut) > 1:
+        print(f"{path}: {len(cut):,} lines in all were cut to {LONGEST_LINE:,} bytes (the first at line {cut[0]})",
+              file=sys.stderr)
 
 
 def weights_sha256(encoder) -> str:
@@ -102,9 +108,9 @@ def weights_sha256(encoder) -> str:
     return digest.hexdigest()
 
 
-def count_sentences(path: Path, field: str | None) -> int:
+def count_sentences(path: Path, field: str | None, say: bool = False) -> int:
     """A cheap first pass: N sizes the output, and the whole input is checked before any embedding."""
-    return sum(1 for _ in read_sentences(path, field))
+    return sum(1 for _ in read_sentences(path, field, say))
 
 
 class Shards:
@@ -271,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.output is None or args.output.suffix != ".npy":
         parser.error("--input needs --output FILE.npy")
     try:
-        total = count_sentences(args.input, args.field)
+        total = count_sentences(args.input, args.field, say=True)
     except ValueError as e:
         sys.exit(f"error: {e}")
     with ExitStack() as stack:

@@ -294,6 +294,78 @@ def test_a_utf8_error_names_its_own_line(tmp_path, bad_line):
     path.write_bytes(b"".join(b"fine line %d\n" % i for i in range(1, bad_line)) + b"caf\xe9\n" + b"after\n")
     with pytest.raises(ValueError, match=f"s.txt:{bad_line}: not UTF-8 text"):
         list(corpus.read_sentences(path, None))
+    table = tmp_path / "t.csv"  # the CSV/TSV reader too (it said "after line 4989" for line 5001)
+    table.write_bytes(b"text,label\n" + b"".join(b"fine %d,pos\n" % i for i in range(2, bad_line))
+                      + b"caf\xe9,neg\nafter,pos\n")
+    with pytest.raises(ValueError, match=f"t.csv:{bad_line}: not UTF-8 text"):
+        data.read_table(table, ["text", "label"], delimiter=",")
+
+
+LONG_LINE_PEAK = """
+import resource, sys
+sys.path.insert(0, {root!r})
+from pathlib import Path
+from predict import read_texts
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+lengths = [len(text) for _, text in read_texts(Path(sys.argv[1]), None, say=True)]
+grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(lengths, grew // 1024)
+"""
+
+
+def test_a_gigabyte_line_is_cut_at_a_mebibyte_holding_no_more(tmp_path):
+    """The whole 1 GiB line once took 150 bytes of tokenizer memory per character; now the reader holds
+    at most LONGEST_LINE bytes of it, says so in one line, and reads the lines after it."""
+    path = tmp_path / "big.txt"
+    with open(path, "wb") as f:
+        f.write(b"short first\n")
+        block = b"word " * (1 << 18)  # 1.25 MiB
+        for _ in range(820):  # 1 GiB + a little: one line
+            f.write(block)
+        f.write(b"\nlast line\n")
+    run = subprocess.run([sys.executable, "-c", LONG_LINE_PEAK.format(root=str(ROOT)), str(path)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lengths, grew_mb = run.stdout.split("] ")
+    assert lengths + "]" == f"[11, {data.LONGEST_LINE}, 9]"
+    assert int(grew_mb) <= 64, f"reading the line grew the process by {grew_mb} MB"
+    said = run.stderr.strip().splitlines()
+    assert len(said) == 1 and f"big.txt:2: a line of {820 * 5 * (1 << 18):,} bytes" in said[0]
+
+
+def test_a_cut_line_tokenizes_as_the_whole_line_does(tmp_path):
+    """What the cut keeps holds the 384 tokens the model reads: the ids are the full line's."""
+    from mpnet import Tokenizer
+    from weights.fetch import fetch
+
+    tokenizer = Tokenizer(fetch() / "tokenizer.json")
+    words = "Ünïcode café naïve — a sentence of words, numbers 12345 and punctuation! "
+    text = words * (2 * data.LONGEST_LINE // len(words.encode()))
+    path = tmp_path / "long.txt"
+    path.write_text(text + "\n", encoding="utf-8")
+    (kept,) = list(corpus.read_sentences(path, None))
+    assert len(kept.encode()) <= data.LONGEST_LINE < len(text.encode())
+    assert tokenizer.encode([kept]) == tokenizer.encode([text])
+
+
+@pytest.mark.parametrize("name", ["t.csv", "t.tsv", "t.jsonl"])
+def test_a_table_line_over_a_mebibyte_is_refused_naming_it(tmp_path, name):
+    long = "x" * (data.LONGEST_LINE + 10)
+    path = tmp_path / name
+    if name.endswith(".jsonl"):
+        line = '{"text": "%s", "label": "b"}' % long
+        path.write_text('{"text": "fine", "label": "a"}\n' + line + "\n")
+    else:
+        sep = "," if name.endswith(".csv") else "\t"
+        line = f"{long}{sep}b"
+        path.write_text(f"text{sep}label\nfine{sep}a\n{line}\n")
+    number = 2 if name.endswith(".jsonl") else 3
+    with pytest.raises(ValueError, match=rf"{name}:{number}: a line of {len(line):,} bytes; a line may hold at most"):
+        data.read_user_rows(path, "text", "label")
+    if name.endswith(".csv"):  # a quoted field over many short lines is bounded too
+        path.write_text("text,label\n\"" + "x\n" * (data.LONGEST_LINE // 2 + 1) + '",a\n')
+        with pytest.raises(ValueError, match="a field of over 1,048,576 characters"):
+            data.read_user_rows(path, "text", "label")
 
 
 def test_the_labels_file_splits_at_line_feeds_only(tmp_path):
