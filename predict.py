@@ -29,8 +29,9 @@ import torch
 
 from data import table_rows
 from mpnet import SentenceEncoder, check_batch_size, check_sentences
-from reliability.checkpoint import write_atomic
+from reliability.checkpoint import disk_full, write_atomic
 from reliability.flags import device, int_at_least
+from reliability.lock import InUse, holding
 from scale.corpus import chunks, read_sentences
 from speed.memory import bound_kernel_cache, release_freed_memory
 
@@ -153,21 +154,40 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--input {args.input}: no such file")
     if args.input and args.output is None:
         parser.error("--input needs --output")
+    if args.output is not None:
+        check_output(parser, args.input, args.output)
     try:
         bound_kernel_cache()
-        clf = Classifier.from_checkpoint(args.checkpoint, args.device, args.dtype)
         if args.input:
-            n = predict_file(clf, args.input, args.output, args.column, args.batch_size)
+            lock = args.output.with_name(f".{args.output.name}.lock")  # as the corpus command's
+            with holding(lock, args.output, owner="predict.py", flag="--output"):  # before the model loads
+                clf = Classifier.from_checkpoint(args.checkpoint, args.device, args.dtype)
+                n = predict_file(clf, args.input, args.output, args.column, args.batch_size)
             print(f"{n:,} predictions in {args.output}", file=sys.stderr)
             return
+        clf = Classifier.from_checkpoint(args.checkpoint, args.device, args.dtype)
         for result in clf.predict(args.sentences, batch_size=args.batch_size):
             print(repr(result["text"]))
             for task in clf.label_names:
                 r = result[task]
                 runners_up = ", ".join(f"{name} {p:.2f}" for name, p in r["next"])
                 print(f"  task {task}: {r['label']} ({r['p']:.2f}); next: {runners_up}")
-    except (ValueError, FileNotFoundError, TypeError) as e:
+    except (ValueError, FileNotFoundError, TypeError, InUse) as e:
         sys.exit(f"error: {e}")
+    except OSError as e:
+        if (line := disk_full(e, "run the same command again", args.output)) is None:
+            raise
+        sys.exit(f"\n{line}")  # (after the progress line)
+
+
+def check_output(parser: argparse.ArgumentParser, source: Path | None, output: Path) -> None:
+    """--output must be a new or replaceable file in a folder that exists, and never the input."""
+    if output.is_dir():
+        parser.error(f"--output {output} is a folder; name a file in it, e.g. {output / 'predictions.jsonl'}")
+    if not output.parent.is_dir():
+        parser.error(f"--output {output}: no folder {output.parent}")
+    if source is not None and output.exists() and output.samefile(source):
+        parser.error(f"--output {output} is the --input file; the predictions would replace it: name another file")
 
 
 if __name__ == "__main__":

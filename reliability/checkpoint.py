@@ -22,6 +22,7 @@ tensors and a JSON header, so loading one cannot execute code.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ from safetensors.torch import save_file
 from weights.fetch import sync_folder  # the one copy: the fetcher may import nothing of the project
 
 FORMAT = "mpnet-train-checkpoint/1"
+FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk, a full quota
 
 
 def write_atomic(write: Callable[[Path], None], path: Path) -> None:
@@ -55,11 +57,24 @@ def write_atomic(write: Callable[[Path], None], path: Path) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(scratch, ignore_errors=True)
+        full = isinstance(e, OSError) and e.errno in FULL or "(os error 28)" in str(e)  # (safetensors')
+        if full:  # named after the file it was for, not the scratch
+            code = e.errno if isinstance(e, OSError) and e.errno in FULL else errno.ENOSPC
+            raise OSError(code, os.strerror(code), str(path)) from e
         raise
     scratch.rmdir()
     sync_folder(path.parent)
+
+
+def disk_full(e: BaseException, then: str, path: Path | None = None) -> str | None:
+    """The one line for a full disk (or quota), what to do `then` included; None for any other error.
+    path: the file being written, where the error does not name it."""
+    if not isinstance(e, OSError) or e.errno not in FULL:
+        return None
+    return (f"error: the disk is full (writing {e.filename or path or 'a file'}); what was written before "
+            f"is whole: free some space, then {then}")
 
 
 def umask() -> int:

@@ -39,9 +39,9 @@ import data
 import recipes
 from mpnet import MPNetConfig
 from reliability.lock import InUse, holding
-from reliability.checkpoint import (all_finite, load_training_state, read_json_object, read_progress,
-                                    save_training_state, save_weights, scratch_left_by, sync_folder,
-                                    write_atomic)
+from reliability.checkpoint import (all_finite, disk_full, load_training_state, read_json_object,
+                                    read_progress, save_training_state, save_weights, scratch_left_by,
+                                    sync_folder, write_atomic)
 from speed.hardware import describe, precision_of
 from train_state import Progress, Run
 from weights.fetch import weights_dir
@@ -234,12 +234,17 @@ def run_info(cfg, backbone, train_sets: dict) -> dict:
 
 @contextmanager
 def locked_or_exit(out: Path, enabled: bool = True) -> Iterator[None]:
-    """locked(), with a folder in use reported in one line (exit 1)."""
+    """locked(), with a folder in use, or a full disk, reported in one line (exit 1)."""
     try:
         with locked(out, enabled):
             yield
     except FolderInUse as e:
         sys.exit(f"error: {e}")
+    except OSError as e:
+        if (line := disk_full(e, "run the same command with --resume (or without, if no "
+                                  "checkpoint was saved yet)")) is None:
+            raise
+        sys.exit(line)
 
 
 def prepare(cfg, resume: bool, recipe_line: str = "") -> tuple[dict, dict, dict]:

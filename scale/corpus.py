@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from data import LONGEST_LINE, lines_of, refuse_lone_surrogates
-from reliability.checkpoint import sync_folder, write_atomic
+from reliability.checkpoint import disk_full, sync_folder, write_atomic
 from reliability.flags import int_at_least
 from reliability.lock import InUse, holding
 from speed.memory import bound_kernel_cache, release_freed_memory
@@ -276,6 +276,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--input {args.input}: no such file")
     if args.output is None or args.output.suffix != ".npy":
         parser.error("--input needs --output FILE.npy")
+    if args.output.is_dir() or not args.output.parent.is_dir():
+        parser.error(f"--output {args.output}: name a .npy file in a folder that exists")
+    if args.output.exists() and args.output.samefile(args.input):
+        parser.error(f"--output {args.output} is the --input file; name another file")
     try:
         total = count_sentences(args.input, args.field, say=True)
     except ValueError as e:
@@ -294,8 +298,13 @@ def main(argv: list[str] | None = None) -> None:
             encoder = compiled_encoder()
         else:
             encoder = load_encoder(dtype=args.dtype)
-        n = embed_locked(encoder, args.input, args.output, args.field, args.output_dtype, args.batch_size,
-                         args.chunk_size)
+        try:
+            n = embed_locked(encoder, args.input, args.output, args.field, args.output_dtype,
+                             args.batch_size, args.chunk_size)
+        except OSError as e:
+            if (line := disk_full(e, "run the same command again: it resumes", args.output)) is None:
+                raise
+            sys.exit(f"\n{line}")  # (after the progress line)
     print(f"{n:,} embeddings in {args.output}", file=sys.stderr)
 
 

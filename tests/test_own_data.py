@@ -207,6 +207,9 @@ def test_predict_refuses_a_folder_that_is_not_a_run(tmp_path):
     (["--input", "nowhere.txt", "--output", "p.jsonl"], "--input nowhere.txt: no such file"),
     (["--input", "README.md"], "--input needs --output"),
     (["hello", "--input", "README.md", "--output", "p.jsonl"], "give sentences on the command line, or --input"),
+    (["--input", "README.md", "--output", "README.md"], "is the --input file; the predictions would replace it"),
+    (["--input", "README.md", "--output", "."], "--output . is a folder; name a file in it"),
+    (["--input", "README.md", "--output", "nowhere/p.jsonl"], "--output nowhere/p.jsonl: no folder nowhere"),
 ])
 def test_predict_refuses_bad_input_flags_in_one_line_before_loading(tmp_path, capsys, monkeypatch, extra, message):
     import predict
