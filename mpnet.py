@@ -272,6 +272,10 @@ def load_checkpoint(path: str | os.PathLike, cfg: MPNetConfig) -> MPNet:
         raise ValueError(f"{path} is not a readable safetensors file ({e}). If it is truncated or "
                          f"corrupt, delete it and run `python weights/fetch.py`.") from e
 
+    layers = {name.split(".")[2] for name in tensors if name.startswith("encoder.layer.")}
+    if cfg.num_hidden_layers != len(layers):  # config.json must describe the file before it is used
+        raise ValueError(f"{path} holds {len(layers)} layers, but config.json says "
+                         f"{cfg.num_hidden_layers}")
     names = checkpoint_names(cfg)
     missing = sorted(set(names) - set(tensors))
     unexpected = sorted(set(tensors) - set(names) - SKIPPED)

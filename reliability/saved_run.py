@@ -54,6 +54,15 @@ def check_run_info(info: dict) -> None:
             raise ValueError(f"task {task}'s test_rows {rows!r} must name a file inside the run folder")
 
 
+def check_test_rows_stay_inside(folder: Path, info: dict) -> None:
+    """A task's saved test rows are a plain file of the run folder's own: a symbolic link there, which
+    could point anywhere (and have its rows printed), is refused."""
+    for task, spec in info["tasks"].items():
+        if "test_rows" in spec and (folder / spec["test_rows"]).is_symlink():
+            raise ValueError(f"task {task}'s test_rows {folder / spec['test_rows']} is a symbolic link; the "
+                             f"run's test rows must be the file train.py wrote there")
+
+
 def load_run(folder: str | Path):
     """A trained MultiTaskModel, its tokenizer and run.json from a train.py output folder."""
     import torch
@@ -70,6 +79,7 @@ def load_run(folder: str | Path):
     try:
         info = read_json_object(info_path)
         check_run_info(info)
+        check_test_rows_stay_inside(folder, info)
         with torch.device("meta"):
             model = MultiTaskModel(MPNet(MPNetConfig(**info["backbone"])),
                                    {t: len(v["label_names"]) for t, v in info["tasks"].items() if "label_names" in v},

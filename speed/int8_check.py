@@ -15,6 +15,7 @@ keyed by the sha256 of best.safetensors, so a check runs once per trained model.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -93,11 +94,32 @@ def quantize_backbone(model, tokenizer):
 
 
 def cached(path: Path, best_sha256: str) -> Verdict | None:
-    """The verdict saved at path for this best.safetensors, else None."""
+    """The verdict saved at path for this best.safetensors, else None. A file that is not one this
+    check wrote, or whose `passed` its own numbers do not give, is set aside with one line."""
     if not path.is_file():
         return None
-    verdict = Verdict(**json.loads(path.read_text()))
+    try:
+        verdict = Verdict(**json.loads(path.read_text()))
+        drops = [a - b for a, b in verdict.accuracy.values()]
+        consistent = verdict.passed is (verdict.agreement >= AGREEMENT and all(d <= ACCURACY_DROP for d in drops))
+    except (ValueError, TypeError, AttributeError, RecursionError):  # (JSONDecodeError is a ValueError)
+        consistent = False
+    if not consistent:
+        print(f"{path}: not a verdict this check wrote (its numbers do not give its 'passed'); checking again",
+              file=sys.stderr)
+        return None
     return verdict if verdict.best_sha256 == best_sha256 else None
+
+
+def keep(verdict: Verdict, path: Path) -> None:
+    """Cache the verdict in the run folder; a folder you cannot write (read-only) only costs a check
+    next time."""
+    from reliability.checkpoint import write_atomic
+
+    try:
+        write_atomic(lambda p: p.write_text(json.dumps(asdict(verdict), indent=1)), path)
+    except OSError as e:
+        print(f"cannot keep the verdict in {path} ({e.strerror}); it is checked again next time", file=sys.stderr)
 
 
 def choose(folder: str | Path, model, tokenizer, info: dict, dtype: str, reload: Callable[[], object]):
@@ -105,7 +127,6 @@ def choose(folder: str | Path, model, tokenizer, info: dict, dtype: str, reload:
     dtype "fp32", "int8" (as asked, not checked) or "auto": int8 where it is fast and agrees with fp32 on the
     run's test rows, else bf16 where it is native and agrees, else fp32. reload() gives the run's fp32 model
     again (quantisation works in place)."""
-    from reliability.checkpoint import write_atomic
     from speed.hardware import encoder_precision, native_bf16
     from weights.fetch import sha256_of
 
@@ -129,10 +150,10 @@ def choose(folder: str | Path, model, tokenizer, info: dict, dtype: str, reload:
         if int8 is None:
             int8_model = quantize_backbone(reload(), tokenizer)
             int8 = judge(best, fp32, labels(int8_model, tokenizer, sets), truth)
-            write_atomic(lambda p: p.write_text(json.dumps(asdict(int8), indent=1)), folder / CHECK_FILE)
+            keep(int8, folder / CHECK_FILE)
         if not int8.passed and try_bf16 and bf16 is None:
             bf16 = judge(best, fp32, labels(model, tokenizer, sets, autocast=True), truth, precision="bf16")
-            write_atomic(lambda p: p.write_text(json.dumps(asdict(bf16), indent=1)), folder / BF16_CHECK_FILE)
+            keep(bf16, folder / BF16_CHECK_FILE)
     if int8.passed:
         if int8_model is None:  # the cached verdict: quantise now
             int8_model = quantize_backbone(model, tokenizer)

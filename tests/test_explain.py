@@ -32,7 +32,8 @@ def reference_attentions():
     transformers = pytest.importorskip("transformers")
     from weights.fetch import weights_dir
 
-    model = transformers.MPNetModel.from_pretrained(str(weights_dir()), attn_implementation="eager")
+    model = transformers.MPNetModel.from_pretrained(str(weights_dir()), attn_implementation="eager",
+                                                  use_safetensors=True)
     def attentions(encoder, sentences):
         batch = encoder.tokenizer.pad(encoder.tokenizer.encode(sentences))
         with torch.inference_mode():

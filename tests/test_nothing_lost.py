@@ -485,3 +485,59 @@ def test_two_predicts_into_one_output_the_second_is_refused(tmp_path, capsys):
         holder.kill()
     assert f"is in use by another predict.py (PID {holder.pid})" in str(stop.value.code)
     assert not output.exists()
+
+
+def test_a_config_json_with_absurd_sizes_is_refused_before_anything_is_built(tmp_path):
+    """A same-size config.json edited to 1e8 layers made from_pretrained(path) build names for 1e8
+    layers (a hang); the layer count must match the weights file's first."""
+    import json as json_module
+
+    from mpnet import FILES, SentenceEncoder
+    from weights.fetch import fetch
+
+    source = fetch()
+    for name in FILES:
+        (tmp_path / name).symlink_to(source / name)
+    config = json_module.loads((source / "config.json").read_text())
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "config.json").write_text(json_module.dumps(config | {"num_hidden_layers": 100_000_000}))
+    started = time.time()
+    with pytest.raises(ValueError, match="holds 12 layers, but config.json says 100000000"):
+        SentenceEncoder.from_pretrained(tmp_path)
+    assert time.time() - started < 30
+
+
+def test_a_symlinked_test_rows_file_pointing_outside_is_refused(tmp_path):
+    import json as json_module
+
+    from reliability.saved_run import load_run
+    from test_reliability import tiny_run_folder
+
+    out = tiny_run_folder(tmp_path)
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text('{"text": "a private line", "label": "q"}\n')
+    (out / "test-a.jsonl").symlink_to(secret)
+    info = json_module.loads((out / "run.json").read_text())
+    info["tasks"]["a"]["test_rows"] = "test-a.jsonl"
+    (out / "run.json").write_text(json_module.dumps(info))
+    with pytest.raises(ValueError, match="test-a.jsonl is a symbolic link"):
+        load_run(out)
+
+
+def test_layer_parity_never_unpickles_a_bin_placed_in_the_weights_folder(tmp_path):
+    """transformers' from_pretrained(folder) would torch.load a pytorch_model.bin found there; the
+    tool asks for the safetensors file alone."""
+    import pickle
+
+    from test_reliability import Payload
+    from tools.layer_parity import reference_hidden_states
+    from weights.fetch import fetch
+
+    for name in ("config.json", "tokenizer.json"):
+        (tmp_path / name).symlink_to(fetch() / name)
+    marker = tmp_path / "code-ran"
+    (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps(Payload(str(marker))))
+    batch = {"input_ids": torch.tensor([[0, 9, 2]]), "attention_mask": torch.tensor([[1, 1, 1]])}
+    with pytest.raises(OSError):  # no model.safetensors: refused, the .bin never opened
+        reference_hidden_states(batch, tmp_path)
+    assert not marker.exists()

@@ -333,3 +333,42 @@ def test_auto_without_vnni_serves_fp32_and_checks_nothing(tiny_run, cpu):
                                                reload=lambda: load_run(tiny_run)[0])
     assert int8_layers(served) == 0 and precision == "fp32" and why.startswith("fp32 (no VNNI")
     assert not (tiny_run / int8_check.CHECK_FILE).exists()
+
+
+def test_a_forged_cached_verdict_is_checked_again(tiny_run, cpu, monkeypatch, capsys):
+    """int8-check.json said passed with agreement 0.0, and int8 was served: now a verdict whose numbers
+    do not give its `passed` is set aside and the check runs again."""
+    from eval import load_run
+    from speed import int8_check
+    from weights.fetch import sha256_of
+
+    cpu("avx2", "avx512_vnni")
+    forged = {"best_sha256": sha256_of(tiny_run / "best.safetensors"), "rows": 20, "agreement": 0.0,
+              "accuracy": {"a": [50.0, 0.0]}, "passed": True}
+    (tiny_run / int8_check.CHECK_FILE).write_text(json.dumps(forged))
+    monkeypatch.setattr(int8_check, "AGREEMENT", 1.01)  # the real check cannot pass
+    model, tokenizer, info = load_run(tiny_run)
+    served, precision, why = int8_check.choose(tiny_run, model, tokenizer, info, "auto",
+                                               reload=lambda: load_run(tiny_run)[0])
+    assert precision == "fp32" and int8_layers(served) == 0 and why.startswith("fp32, int8 did not pass")
+    assert "not a verdict this check wrote" in capsys.readouterr().err
+
+
+def test_auto_on_a_read_only_run_folder_serves_and_says_it_cannot_cache(tiny_run, cpu, monkeypatch, capsys):
+    import errno
+
+    from eval import load_run
+    from reliability import checkpoint
+    from speed import int8_check
+
+    def read_only(write, path):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    cpu("avx2", "avx512_vnni")
+    monkeypatch.setattr(int8_check, "AGREEMENT", 0.0)
+    monkeypatch.setattr(checkpoint, "write_atomic", read_only)  # (root ignores a chmod)
+    model, tokenizer, info = load_run(tiny_run)
+    served, precision, _ = int8_check.choose(tiny_run, model, tokenizer, info, "auto",
+                                             reload=lambda: load_run(tiny_run)[0])
+    assert precision == "int8" and int8_layers(served) > 0
+    assert "Read-only file system); it is checked again next time" in capsys.readouterr().err

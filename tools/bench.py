@@ -201,7 +201,8 @@ class HFMultiTask(torch.nn.Module):
         from weights.fetch import weights_dir
         logging.set_verbosity_error()  # its load report lists the pooler we leave out on purpose
         logging.disable_progress_bar()
-        self.backbone, self.heads = MPNetModel.from_pretrained(weights_dir(), add_pooling_layer=False), heads
+        self.backbone, self.heads = MPNetModel.from_pretrained(weights_dir(), add_pooling_layer=False,
+                                                                     use_safetensors=True), heads
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         from mpnet import mean_pool

@@ -52,7 +52,7 @@ def our_hidden_states(encoder: SentenceEncoder, batch: dict[str, torch.Tensor]) 
 def reference_hidden_states(batch: dict[str, torch.Tensor], folder: Path) -> list[torch.Tensor]:
     from transformers import MPNetModel
 
-    reference = MPNetModel.from_pretrained(folder).eval()
+    reference = MPNetModel.from_pretrained(folder, use_safetensors=True).eval()  # never a pickle .bin
     with torch.no_grad():
         out = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
     return [h * batch["attention_mask"][..., None] for h in out.hidden_states]
