@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import data
 from reliability import run_folder
@@ -137,7 +138,8 @@ def test_a_hard_linked_lock_is_refused(tmp_path):
     assert victim.read_text() == "mine\n"
 
 
-@pytest.mark.parametrize("name", ["emb[v2].npy", "emb[12].npy", "emb*.npy", "emb?.npy"])
+@pytest.mark.parametrize("name", ["emb[v2].npy", "emb[12].npy", "emb*.npy", "emb?.npy", "emb #1.npy",
+                                  "emb\nv2.npy", "-emb.npy", "émb ü.npy"])
 def test_output_names_with_glob_characters_finish_and_touch_no_other_job(tmp_path, name):
     source = tmp_path / "s.txt"
     source.write_text("".join(f"line {i}\n" for i in range(7)))
@@ -194,6 +196,45 @@ def test_a_moved_data_dir_still_resumes(tmp_path):
 
 
 # ----------------------------------------------------------------------------- files a run does not own
+def save_as_before_0_8(tensors, path, metadata=None):
+    """safetensors < 0.8: writes the path it is given, with the mode open() gives."""
+    from safetensors.torch import save
+
+    Path(path).write_bytes(save(tensors, metadata=metadata))
+
+
+def save_as_0_8(tensors, path, metadata=None):
+    """safetensors >= 0.8: its own temporary file beside the path (mode 0600), renamed onto it."""
+    from safetensors.torch import save
+
+    tmp = Path(path).with_name(Path(path).name + ".tmpAb12Cd")
+    tmp.write_bytes(save(tensors, metadata=metadata))
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+@pytest.mark.parametrize("save", [save_as_before_0_8, save_as_0_8])
+def test_a_save_leaves_the_same_files_whichever_safetensors_is_installed(tmp_path, monkeypatch, save):
+    """requirements.txt allows safetensors 0.4.3 and later; either way of saving leaves best.safetensors
+    alone, with the umask's mode, and a save that dies leaves nothing beside it."""
+    from reliability import checkpoint
+
+    monkeypatch.setattr(checkpoint, "save_file", save)
+    checkpoint.save_weights(tmp_path / "best.safetensors", {"w": torch.ones(3)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.safetensors"]
+    assert (tmp_path / "best.safetensors").stat().st_mode & 0o777 == 0o666 & ~checkpoint.umask()
+
+    def dies(tensors, path, metadata=None):
+        save(tensors, path, metadata)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_file", dies)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_weights(tmp_path / "best.safetensors", {"w": torch.zeros(3)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.safetensors"]
+    assert torch.equal(load_file(tmp_path / "best.safetensors")["w"], torch.ones(3))
+
+
 def test_a_safetensors_save_leaves_nothing_beside_it_and_takes_the_umask_mode(tmp_path):
     """safetensors >= 0.8 saves through a temporary file of its own: it must land in the writer's
     scratch folder, not beside the output, and the output must get the mode the umask gives."""
@@ -541,3 +582,87 @@ def test_layer_parity_never_unpickles_a_bin_placed_in_the_weights_folder(tmp_pat
     with pytest.raises(OSError):  # no model.safetensors: refused, the .bin never opened
         reference_hidden_states(batch, tmp_path)
     assert not marker.exists()
+
+
+def test_concurrent_writers_in_separate_processes_never_mix_an_output():
+    """The short form of tests/writer_races.py (the long form: --trials 100): two corpus jobs, two
+    predicts into one file, and a corpus job beside a train run, each raced in two processes."""
+    import writer_races
+
+    result = writer_races.run(trials=2, seed=1)
+    assert result["races"] == 6 and result["corrupt_or_mixed"] == 0
+
+
+# ----------------------------------------------------------------------------- a folder's files, before and after
+def listing(folder: Path) -> dict[str, str]:
+    """Every file under folder (links not followed): its path -> sha256 of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def plant_users_files(folder: Path) -> None:
+    """What a user may keep in a folder the project is pointed at, hostile names included."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("notes.txt", "notes.tmp", "draft.json.tmp", "emb[1].npy", "a #1 file", "line\nbreak.txt",
+                 ".hidden", "best.safetensors.bak"):
+        (folder / name).write_text(f"the user's {name}")
+
+
+def only_added(before: dict, after: dict, may_add: set[str]) -> None:
+    kept = {k: after.get(k) for k in before}
+    assert kept == before, "a file the project did not write was changed or removed"
+    added = set(after) - set(before)
+    assert added <= may_add, f"unexpected new files: {sorted(added - may_add)}"
+
+
+def test_nothing_a_user_made_is_deleted_or_replaced_by_a_run_a_resume_or_a_corpus_job(tmp_path, monkeypatch,
+                                                                                  capsys):
+    import train as train_mod
+    from heads import MultiTaskModel
+    from mpnet import MPNet, MPNetConfig, SentenceEncoder, Tokenizer
+    from test_own_data import ticket_rows, write_csv
+    from weights.fetch import fetch
+
+    csv_path = write_csv(tmp_path / "tickets.csv", ticket_rows())
+    tokenizer = Tokenizer(fetch() / "tokenizer.json")
+    tiny = MPNetConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+
+    def tiny_build(cfg, sets):
+        torch.manual_seed(0)
+        return MultiTaskModel(MPNet(tiny), {"a": 3}), tokenizer
+
+    monkeypatch.setattr(train_mod, "build", tiny_build)
+    monkeypatch.setattr(MPNetConfig, "of_weights", classmethod(lambda cls: tiny))  # what --resume compares
+    out = tmp_path / "run"
+    plant_users_files(out)
+    may_add = set(run_folder.OWNED) | {".lock", "test-a.jsonl"}
+    before = listing(out)
+    flags = ["--task-a", str(csv_path), "--task-b", "none", "--epochs", "2", "--batch-size", "8",
+             "--dtype", "fp32", "--save-every", "1", "--out", str(out)]
+    real_step = train_mod.train_step
+
+    def crash_at_step_3(run, batch):
+        if run.progress.step == 2:
+            raise RuntimeError("the machine went away")
+        return real_step(run, batch)
+
+    monkeypatch.setattr(train_mod, "train_step", crash_at_step_3)
+    with pytest.raises(RuntimeError, match="went away"):
+        train_mod.main(flags)
+    only_added(before, listing(out), may_add)
+    (out / "later notes.md").write_text("written between the crash and the resume")
+    before = listing(out)
+    monkeypatch.setattr(train_mod, "train_step", real_step)
+    train_mod.main(flags + ["--resume"])
+    after = listing(out)
+    mine = {k: v for k, v in before.items() if k not in may_add}  # the run's own files may change
+    only_added(mine, {k: v for k, v in after.items() if k in mine or k not in before}, may_add)
+
+    corpus_dir = tmp_path / "embeddings"
+    plant_users_files(corpus_dir)
+    lines = tmp_path / "lines.txt"
+    lines.write_text("".join(f"line {i}\n" for i in range(30)))
+    before = listing(corpus_dir)
+    encoder = SentenceEncoder(MPNet(tiny).eval(), tokenizer)
+    corpus.embed_file(encoder, lines, corpus_dir / "emb.npy", chunk_size=7)
+    only_added(before, listing(corpus_dir), {"emb.npy", ".emb.npy.lock"})
