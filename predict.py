@@ -161,6 +161,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.input:
             lock = args.output.with_name(f".{args.output.name}.lock")  # as the corpus command's
             with holding(lock, args.output, owner="predict.py", flag="--output"):  # before the model loads
+                if args.dtype == "auto":  # a long job: measure this machine's fastest int8 kernel first, once
+                    from speed import tune
+
+                    tune.ensure()
                 clf = Classifier.from_checkpoint(args.checkpoint, args.device, args.dtype)
                 n = predict_file(clf, args.input, args.output, args.column, args.batch_size)
             print(f"{n:,} predictions in {args.output}", file=sys.stderr)

@@ -297,6 +297,10 @@ def main(argv: list[str] | None = None) -> None:
                   file=sys.stderr)
             encoder = compiled_encoder()
         else:
+            if args.dtype == "auto":  # a long job: measure this machine's fastest precision first, once
+                from speed import tune
+
+                tune.ensure()
             encoder = load_encoder(dtype=args.dtype)
         try:
             n = embed_locked(encoder, args.input, args.output, args.field, args.output_dtype,

@@ -14,10 +14,15 @@ kind of trap: torch._int_mm is fast only where the CPU has VNNI; without it, int
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
+import sys
 import warnings
+from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -29,6 +34,8 @@ BF16_FLAGS = {"x86_64": ("avx512_bf16", "amx_bf16"), "aarch64": ("bf16",)}
 # with oneDNN capped at AVX2) and an AVX2-only EPYC (a reference loop, 10-20x slower than fp32). Not
 # measured on ARM, so ARM takes the exact fp32 route, which is never slower than fp32.
 INT8_FLAGS = {"x86_64": ("avx512_vnni", "avx_vnni", "amx_int8")}
+INT8_SCHEME = 1  # quant.py's int8 scheme: a change to it makes a saved choice (speed/tune.py) stale
+PRECISION = {"fp32": "fp32", "bf16": "bf16", "int8-onednn": "int8", "int8-fbgemm": "int8", "int8-fp32": "int8"}
 SLOW_BF16 = ("bf16 matrix multiplies are emulated on this CPU ({why}): expect bf16 to run several times slower "
              "than fp32 (measured on a 2-core AVX2-only EPYC: 9 vs 48 sentences/s). dtype='auto' picks the fast "
              "path here instead: fp32 to train, and int8 (with VNNI) or fp32 to encode.")
@@ -95,12 +102,71 @@ def native_int8() -> bool:
 def int8_kernel() -> str:
     """Where quant.Int8Linear adds up its integers on this CPU: "onednn" (torch._int_mm, fast with VNNI),
     "fbgemm" (an x86 CPU without VNNI: FBGEMM's AVX2 kernels, in every x86 build of torch), or "fp32" (exact
-    fp32 matmuls, anywhere else). The three give the same integers; only the speed differs."""
+    fp32 matmuls, anywhere else). The three give the same integers; only the speed differs. A kernel that
+    speed.tune measured fastest on this machine comes first."""
+    choice = saved()
+    if choice is not None and choice.kernel is not None:
+        return choice.kernel
     if native_int8():
         return "onednn"
     if platform.machine() == "x86_64" and "fbgemm" in torch.backends.quantized.supported_engines:
         return "fbgemm"
     return "fp32"
+
+
+# ----------------------------------------------------------------------------- the choice speed.tune measured
+@dataclass
+class Choice:
+    candidate: str                                  # one of PRECISION's keys
+    reason: str
+    key: dict                                       # what the choice holds for (machine_key)
+    sentences_per_s: dict[str, float | None] = field(default_factory=dict)  # None: not timed (why in notes)
+    min_cosine: dict[str, float | None] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    tuning_s: float = 0.0
+
+    @property
+    def precision(self) -> str:
+        return PRECISION[self.candidate]
+
+    @property
+    def kernel(self) -> str | None:
+        return self.candidate.split("-")[1] if self.precision == "int8" else None
+
+
+def machine_key() -> dict:
+    return {"cpu": cpu_name(), "flags": sorted(cpu_flags()), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "quant": INT8_SCHEME}
+
+
+def cache_file(key: dict) -> Path:
+    folder = os.environ.get("MPNET_CACHE_DIR") or (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+                                                   / "mpnet")
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(folder) / f"tune-{digest}.json"
+
+
+@lru_cache(maxsize=1)
+def saved() -> Choice | None:
+    """This machine's saved choice, or None (none yet, or one set aside with a line on stderr)."""
+    key = machine_key()
+    path = cache_file(key)
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        choice = Choice(**raw)
+        valid = choice.candidate in PRECISION and isinstance(choice.reason, str)
+    except (ValueError, TypeError, RecursionError):  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
+        valid = False
+    if not valid:
+        print(f"{path}: not a choice speed.tune wrote; set aside (python -m speed.tune measures again)",
+              file=sys.stderr)
+        return None
+    if choice.key != key:
+        print(f"{path}: made for another machine or torch ({choice.key}); set aside", file=sys.stderr)
+        return None
+    return choice
 
 
 _warned = False
@@ -128,10 +194,14 @@ def encoder_precision(dtype: str | torch.dtype | None, device: str | torch.devic
         return "int8", "as asked"
     if dtype == "auto":
         if device.type == "cpu":
+            choice = saved()
+            if choice is not None:
+                return choice.precision, f"measured on this machine by speed.tune: {choice.reason}"
             if native_int8():
                 return "int8", "int8 linear layers: the fastest path within the accuracy targets on CPUs with VNNI"
             if int8_kernel() == "fbgemm":
-                return "fp32", "no VNNI on this CPU; int8 runs on FBGEMM here, not yet timed against fp32 on such a CPU"
+                return "fp32", ("no VNNI on this CPU, so the flags table says fp32 (int8 on FBGEMM may be faster "
+                                "here: python -m speed.tune measures)")
             return "fp32", "no VNNI on this CPU, so int8 would be no faster than fp32"
         return ("bf16", "this GPU runs bf16 natively") if native_bf16(device) else ("fp32", "this GPU has no bf16")
     return ("bf16" if resolve_dtype(dtype, device) == torch.bfloat16 else "fp32"), "as asked"

@@ -245,6 +245,15 @@ class Int8Linear(nn.Module):
                 f"{KERNEL_NAMES[self.kernel]}, {len(self.outliers)} outlier input channels in fp32")
 
 
+def set_kernel(encoder, kernel: str) -> None:
+    """Sum every Int8Linear's integers on another kernel (the same integers: only the speed differs)."""
+    if kernel not in KERNEL_NAMES:
+        raise ValueError(f"kernel must be 'onednn', 'fbgemm' or 'fp32', not {kernel!r}")
+    for m in encoder.model.modules():
+        if isinstance(m, Int8Linear):
+            m.kernel, m.packed = kernel, fbgemm_pack(m.weight) if kernel == "fbgemm" else None
+
+
 def linears(layer: nn.Module) -> dict[str, nn.Linear]:
     return {name: getattr(layer.attn, name[5:]) if name.startswith("attn.") else getattr(layer, name)
             for name in LINEAR_NAMES}

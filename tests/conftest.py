@@ -1,10 +1,25 @@
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# A choice speed.tune saved on this machine would change what dtype="auto" means: the tests (and the
+# commands they start) get an empty cache folder of their own, which a test may fill.
+os.environ["MPNET_CACHE_DIR"] = tempfile.mkdtemp(prefix="mpnet-test-cache-")
+
+
+@pytest.fixture(autouse=True)
+def no_saved_choice_carried_over():
+    """hardware.saved() reads speed.tune's file once per process: each test starts from the folder as it is."""
+    if "speed.hardware" in sys.modules:
+        sys.modules["speed.hardware"].saved.cache_clear()
+    yield
+    if "speed.hardware" in sys.modules:
+        sys.modules["speed.hardware"].saved.cache_clear()
 
 
 @pytest.fixture(scope="session")

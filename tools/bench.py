@@ -77,7 +77,8 @@ def engines(compare: bool, device: str) -> list[str]:
     through oneDNN, ours-cpu-plain (SentenceEncoder.from_pretrained as it is), bf16 (and int8 on a CPU), then
     sentence-transformers: fp32 on CPU, fp16 (model.half(), its fast GPU setting) on a GPU; then, on a
     CPU, its ONNX Runtime and OpenVINO backends where installed (peers.py)."""
-    names = [f"ours-{device}-fp32", f"ours-{device}-bf16"] + (["ours-cpu-int8"] if device == "cpu" else [])
+    names = [f"ours-{device}-fp32", f"ours-{device}-bf16"]
+    names += ["ours-cpu-int8", "ours-cpu-auto"] if device == "cpu" else []
     if device == "cpu" and onednn_helps()[0]:
         names.insert(1, "ours-cpu-plain")  # mpnet.py as read (nn.Linear on MKL), beside the speed path's fp32
     if compare:
@@ -348,6 +349,10 @@ def print_encode_table(results: dict, fp32_peak: float, gpu_bf16_peak: float | N
 def bench_encode(args: argparse.Namespace) -> dict:
     """Encode throughput (interleaved rounds), start-up and peak RSS (fresh processes), cosine to fp32."""
     names = chosen_engines(args)
+    if "ours-cpu-auto" in names:  # a long job: dtype auto measures this machine first (speed/tune.py)
+        from speed import tune
+
+        tune.ensure()
     corpus, corpus_desc = load_corpus(args.data_dir, args.sentences)
     encoders = {n: load_engine(n, args.st_model) for n in names}
     tokens = sum(len(ids) for ids in SentenceEncoder.from_pretrained().tokenizer.encode(corpus))
