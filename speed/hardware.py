@@ -3,7 +3,8 @@
     from speed.hardware import describe, resolve_dtype
     print(describe())                 # "AMD EPYC (x86_64, 2 threads): avx2 avx512f avx512_bf16 ..."
     dtype = resolve_dtype("auto")     # training: bf16 where the CPU runs it natively, else fp32
-    encoder_precision("auto")         # encoding: ("int8" on a CPU with VNNI, else fp32; bf16/fp32 on a GPU, why)
+    encoder_precision("auto")         # encoding: what speed.tune measured fastest here, else the flags table:
+                                      # ("int8" on a CPU with VNNI, else fp32; bf16/fp32 on a GPU), and why
 
 Why it matters: a bf16 matrix multiply is fast only where the hardware has bf16 dot-product
 instructions (x86: AVX-512 BF16 or AMX; ARM: the BF16 extension). Elsewhere PyTorch emulates
@@ -175,13 +176,12 @@ _warned = False
 def encoder_precision(dtype: str | torch.dtype | None, device: str | torch.device = "cpu") -> tuple[str, str]:
     """The encoder's precision, "fp32", "bf16" or "int8", and why, for SentenceEncoder.from_pretrained.
 
-    'auto' picks the fastest path that keeps the model's quality (experiments/int8_layers.md) on this
-    hardware: on a CPU with VNNI, int8 linear layers (quant.py), which `bench.py --compare` measured at
-    1.29x and 1.25x native bf16 on Zen 4 and Zen 5 EPYCs (VNNI multiplies int8 at twice bf16's rate;
-    docs/encoding-speed.md); on a CPU without, fp32: int8 there
-    runs on FBGEMM (int8_kernel), and that has not yet been timed against fp32 on an AVX2-only CPU
-    (experiments/x86_int8.py --speed); on a GPU, bf16 where it has it, else fp32. Training has no int8
-    path: it uses resolve_dtype below.
+    'auto' on a CPU takes what speed.tune measured fastest on this machine among the candidates that
+    keep the model's quality (saved()). Until a choice is saved, the flags table answers at once: on a
+    CPU with VNNI, int8 linear layers (quant.py), which `bench.py --compare` measured at 1.29x and 1.25x
+    native bf16 on Zen 4 and Zen 5 EPYCs (docs/encoding-speed.md); on a CPU without, fp32 (int8 on
+    FBGEMM can be faster there: on an AVX2-only EPYC speed.tune measured it at 1.1-1.4x fp32). On a GPU,
+    bf16 where it has it, else fp32. Training has no int8 path: it uses resolve_dtype below.
     """
     device = torch.device(device)
     if dtype == "int8":
