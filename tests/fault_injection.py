@@ -134,12 +134,17 @@ def main() -> None:
     args = parser.parse_args()
     started = time.time()
     result = run(args.kills, args.seed, args.corpus) | {"seed": args.seed, "wall_s": round(time.time() - started)}
+    report(result, args.json)
+
+
+def report(result: dict, path: Path | None) -> None:
+    """Print the result; with a path, also write it there with the CPU named (tests/writer_races.py too)."""
     print(json.dumps(result))
-    if args.json:
+    if path:
         from speed.hardware import describe
 
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result | {"cpu": describe()}, indent=1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result | {"cpu": describe()}, indent=1))
 
 
 if __name__ == "__main__":

@@ -211,12 +211,9 @@ def main() -> None:
         return worker()
     started = time.time()
     result = run(args.trials, args.seed) | {"seed": args.seed, "wall_s": round(time.time() - started)}
-    print(json.dumps(result))
-    if args.json:
-        from speed.hardware import describe
+    from fault_injection import report
 
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result | {"cpu": describe()}, indent=1))
+    report(result, args.json)
 
 
 if __name__ == "__main__":
