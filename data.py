@@ -119,9 +119,9 @@ def read_table(path: Path, columns: list[str], delimiter: str = "\t") -> list[tu
 
 def lines_of(path: Path, cut: bool = False) -> Iterator[tuple[int, str, int]]:
     """(line number, text with its line feed, its length in bytes without the line feed) for each line
-    of a UTF-8 file: the one line reader under every reader of your text. Lines end at a line feed only (CRLF is fine),
-    so line i is line i as `wc -l` counts it; a byte-order mark is dropped; bytes that are not UTF-8 are
-    an error naming their own line. No more than LONGEST_LINE bytes of a line are held in memory: a
+    of a UTF-8 file: the one line reader under every reader of your text. Lines end at a line feed
+    only (CRLF is fine), so line i is line i as `wc -l` counts it; a byte-order mark is dropped; bytes
+    that are not UTF-8 are an error naming their own line. No more than LONGEST_LINE bytes of a line are held in memory: a
     longer line is an error naming it, or with `cut` its first LONGEST_LINE bytes are kept (the model
     reads 384 tokens, some 2,000 characters of English) and the rest is skipped unread."""
     with open(path, "rb") as f:

@@ -113,7 +113,8 @@ def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "t
                         data_dir: str | None = None, device: str = "cpu") -> str:
     """Reports for a train.py run: on a named dataset, or (dataset=None) on each task's saved test
     rows (a run on your own data saves them as test-a.jsonl / test-b.jsonl). A classification
-    task gets its report; a pair task its correlation (scored pairs) or retrieval (positive pairs)."""
+    task gets its report; a pair task its correlation (scored pairs) or retrieval (positive
+    pairs)."""
     import data
     from train import pair_scores
 
@@ -127,12 +128,14 @@ def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "t
         saved = {t: v for t, v in info["tasks"].items() if "test_rows" in v}
         if not saved:
             trained = ", ".join(v["dataset"] for v in info["tasks"].values())
-            raise ValueError(f"{folder} was trained on built-in datasets ({trained}); name one with --dataset")
+            raise ValueError(f"{folder} was trained on built-in datasets ({trained}); "
+                             f"name one with --dataset")
         cases = []
         for task, spec in saved.items():
             path = Path(folder) / spec["test_rows"]
             if "pair_loss" in spec:
-                cases.append((task, replace(data.read_pairs(path, (-math.inf, math.inf)), split="test")))
+                pairs = data.read_pairs(path, (-math.inf, math.inf))
+                cases.append((task, replace(pairs, split="test")))
                 continue
             rows = data.read_user_rows(path, "text", "label")
             cases.append((task, data.user_dataset(path, rows, spec["label_names"], "test")))
@@ -142,15 +145,18 @@ def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "t
             trained = ", ".join(v["dataset"] for v in info["tasks"].values())
             raise ValueError(f"{folder} has no head for {dataset!r}; its heads were trained on: "
                              f"{trained}")
-        if isinstance(ds, data.LabelledTexts) and ds.label_names != info["tasks"][task]["label_names"]:
+        if (isinstance(ds, data.LabelledTexts)
+                and ds.label_names != info["tasks"][task]["label_names"]):
             raise ValueError(f"{dataset}/{split} labels differ from those the head was trained on")
         cases = [(task, ds)]
     reports = []
     for task, ds in cases:
         if isinstance(ds, data.SentencePairs):
             scores = pair_scores(model, tokenizer, task, ds, autocast=False, with_loss=False)
-            shown = ", ".join(f"{name.rsplit('_', 1)[0]} {100 * v:.2f}" for name, v in scores.items())
-            reports.append(f"{folder}: task {task} on {ds.name} ({ds.split}, {len(ds)} pairs)\n{shown}")
+            shown = ", ".join(f"{name.rsplit('_', 1)[0]} {100 * v:.2f}"
+                              for name, v in scores.items())
+            reports.append(f"{folder}: task {task} on {ds.name} ({ds.split}, {len(ds)} pairs)\n"
+                           f"{shown}")
             continue
         names = ds.label_names
         probs = model.predict_proba(tokenizer, ds.texts)[task].numpy()

@@ -59,9 +59,10 @@ def write_atomic(write: Callable[[Path], None], path: Path) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         shutil.rmtree(scratch, ignore_errors=True)
-        full = isinstance(e, OSError) and e.errno in FULL or "(os error 28)" in str(e)  # (safetensors')
-        if full:  # named after the file it was for, not the scratch
-            code = e.errno if isinstance(e, OSError) and e.errno in FULL else errno.ENOSPC
+        code = e.errno if isinstance(e, OSError) and e.errno in FULL else None
+        if code is None and "(os error 28)" in str(e):  # safetensors' own I/O error for ENOSPC
+            code = errno.ENOSPC
+        if code is not None:  # named after the file it was for, not the scratch
             raise OSError(code, os.strerror(code), str(path)) from e
         raise
     scratch.rmdir()

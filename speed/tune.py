@@ -80,16 +80,17 @@ def measure(path=None, say=lambda line: print(line, file=sys.stderr)) -> Choice:
     from reliability.checkpoint import write_atomic
     from speed.onednn import use_where_it_helps
     from speed.packing import pack
-    from speed.quant import Int8Linear, quantize, set_kernel
+    from speed.quant import CALIBRATION, Int8Linear, quantize, set_kernel
 
     started = time.perf_counter()
     say("dtype auto: timing the candidates on this machine once (about 5 s; python -m speed.tune does it again)")
-    sentences, reference = gate_sentences()
-    if reference is None:  # a copy without the tests folder: the gate is this machine's fp32 instead
-        from speed.quant import CALIBRATION as sentences
+    sentences, truth = gate_sentences()
     encoders = {"fp32": SentenceEncoder.from_pretrained(path)}
     pack(encoders["fp32"].model)
     use_where_it_helps(encoders["fp32"])
+    if truth is None:  # a copy without the tests folder: the gate is this machine's fp32 instead
+        sentences = CALIBRATION
+        truth = encoders["fp32"].encode(sentences)
     names = candidates_here()
     if "bf16" in names:
         encoders["bf16"] = SentenceEncoder.from_pretrained(path, dtype="bf16")
@@ -100,8 +101,8 @@ def measure(path=None, say=lambda line: print(line, file=sys.stderr)) -> Choice:
     batch = sentences[:16]
     speeds, cosines, notes = {}, {}, {}
     # one layer's FFN input projection on 128 tokens: a probe that keeps the reference loop from being timed
-    x = torch.randn(128, 768)
     plain = encoders["fp32"].model.layers[0].ffn_in
+    x = torch.randn(128, plain.in_features)
     layer = int8.model.layers[0].ffn_in
     fp32_probe = probe(lambda: plain(x))
     for name in names:
@@ -120,7 +121,6 @@ def measure(path=None, say=lambda line: print(line, file=sys.stderr)) -> Choice:
                 encoder.encode(batch)  # a warm-up
             else:
                 got = encoder.encode(sentences)  # the gate, and a warm-up
-                truth = reference if reference is not None else encoders["fp32"].encode(sentences)
                 cosines[name] = float((got * truth).sum(dim=1).min())
             rounds = []
             for _ in range(3):
