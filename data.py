@@ -277,6 +277,11 @@ def is_user_file(name: str) -> bool:
     return name.lower().endswith(USER_FORMATS)
 
 
+def short_name(name: str) -> str:
+    """A dataset's name for a result key: a built-in one's own, a file's stem (mine.csv -> mine)."""
+    return Path(name).stem if is_user_file(name) else name
+
+
 def refuse_lone_surrogates(value: str, where: str) -> str:
     """value, unless it holds a lone surrogate (what JSON's \\ud800 escapes decode to): that has no UTF-8
     form, so the tokenizer would fail on it mid-run. Named at read time instead, with `where` (file:line)."""

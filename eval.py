@@ -111,10 +111,10 @@ def stsb_spearman(encoder, split: str = "test", data_dir: str | None = None,
 # ----------------------------------------------------------------------------- a trained run
 def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "test",
                         data_dir: str | None = None, device: str = "cpu") -> str:
-    """Reports for a train.py run: on a named dataset, or (dataset=None) on each task's saved test
-    rows (a run on your own data saves them as test-a.jsonl / test-b.jsonl). A classification
-    task gets its report; a pair task its correlation (scored pairs) or retrieval (positive
-    pairs)."""
+    """Reports for a train.py run: on a named dataset, or (dataset=None) each task on its own data:
+    the test rows a run on your own files saved (test-a.jsonl / test-b.jsonl), the `split` of a
+    built-in dataset. A classification task gets its report; a pair task its correlation (scored
+    pairs) or retrieval (positive pairs). The data load before the model does."""
     import data
     from train import pair_scores
 
@@ -122,24 +122,11 @@ def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "t
         ds = data.PAIR_DATASETS[dataset](split, data_dir)  # fails before the model loads
     else:
         ds = data.load(dataset, split, data_dir) if dataset else None
+    if dataset is None:
+        cases = own_test_sets(Path(folder), split, data_dir)
     model, tokenizer, info = load_run(folder)
     model.to(device)
-    if dataset is None:
-        saved = {t: v for t, v in info["tasks"].items() if "test_rows" in v}
-        if not saved:
-            trained = ", ".join(v["dataset"] for v in info["tasks"].values())
-            raise ValueError(f"{folder} was trained on built-in datasets ({trained}); "
-                             f"name one with --dataset")
-        cases = []
-        for task, spec in saved.items():
-            path = Path(folder) / spec["test_rows"]
-            if "pair_loss" in spec:
-                pairs = data.read_pairs(path, (-math.inf, math.inf))
-                cases.append((task, replace(pairs, split="test")))
-                continue
-            rows = data.read_user_rows(path, "text", "label")
-            cases.append((task, data.user_dataset(path, rows, spec["label_names"], "test")))
-    else:
+    if dataset is not None:
         task = next((t for t, v in info["tasks"].items() if v["dataset"] == dataset), None)
         if task is None:
             trained = ", ".join(v["dataset"] for v in info["tasks"].values())
@@ -168,6 +155,28 @@ def evaluate_checkpoint(folder: str, dataset: str | None = None, split: str = "t
     return "\n\n".join(reports)
 
 
+def own_test_sets(folder: Path, split: str, data_dir: str | None) -> list[tuple[str, object]]:
+    """(task, dataset) for each task of the run at folder: its saved test rows, or its built-in
+    dataset's split."""
+    import data
+    from reliability.checkpoint import read_json_object
+
+    cases = []
+    for task, spec in read_json_object(folder / "run.json")["tasks"].items():
+        if "test_rows" in spec:
+            path = folder / spec["test_rows"]
+            if "pair_loss" in spec:
+                cases.append((task, replace(data.read_pairs(path, (-math.inf, math.inf)), split="test")))
+            else:
+                rows = data.read_user_rows(path, "text", "label")
+                cases.append((task, data.user_dataset(path, rows, spec["label_names"], "test")))
+        elif spec["dataset"] in data.PAIR_DATASETS:
+            cases.append((task, data.PAIR_DATASETS[spec["dataset"]](split, data_dir)))
+        else:
+            cases.append((task, data.load(spec["dataset"], split, data_dir)))
+    return cases
+
+
 def main() -> None:
     from data import DATASETS, PAIR_DATASETS
 
@@ -175,8 +184,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="a train.py output folder (uses its best.safetensors)")
     parser.add_argument("--dataset", choices=list(DATASETS | PAIR_DATASETS),
-                        help="a built-in dataset to score the checkpoint on (default: a run on "
-                             "your own data is scored on the test rows it saved)")
+                        help="a built-in dataset to score the checkpoint on (default: each task on "
+                             "its own data: --split of a built-in dataset, the test rows a run on "
+                             "your own files saved)")
     parser.add_argument("--split", default="test", choices=["train", "dev", "test"])
     parser.add_argument("--stsb", metavar="SPLIT", choices=["train", "dev", "test"],
                         help="STS-B split")

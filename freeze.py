@@ -159,6 +159,32 @@ def train_mode(model: MultiTaskModel) -> None:
             part.eval()
 
 
+def brief(model: MultiTaskModel) -> str:
+    """One line: what trains and what is frozen, by group (summary() is the table)."""
+    rows = backbone_groups(model) + [(f"head.{t}", list(h.parameters())) for t, h in model.heads.items()]
+    trains = [name for name, params in rows if any(p.requires_grad for p in params)]
+    frozen = [name for name, params in rows if not any(p.requires_grad for p in params)]
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return (f"trains: {n:,} of {total:,} parameters: {runs_of(trains) or 'nothing'}"
+            + (f"; frozen: {runs_of(frozen)}" if frozen else ""))
+
+
+def runs_of(names: list[str]) -> str:
+    """layer.0, layer.1, ..., layer.11 -> layer.0-11: group names, consecutive layers joined."""
+    out, layers = [], []
+    for name in names + [""]:
+        if name.startswith("layer."):
+            layers.append(int(name.split(".")[1]))
+            continue
+        if layers:
+            out.append(f"layer.{layers[0]}" + (f"-{layers[-1]}" if len(layers) > 1 else ""))
+            layers = []
+        if name:
+            out.append(name)
+    return ", ".join(out)
+
+
 def summary(model: MultiTaskModel) -> str:
     """A table of trainable and frozen parameters per group."""
     rows = backbone_groups(model)

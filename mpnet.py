@@ -433,25 +433,48 @@ class SentenceEncoder(nn.Module):
         return self.tokenizer.pad(self.tokenizer.encode(check_sentences(sentences)))
 
     @torch.inference_mode()
-    def encode(self, sentences: Sequence[str], batch_size: int = 32,
-               normalize: bool = True) -> torch.Tensor:
-        """Embed sentences -> (N, hidden) float32 CPU tensor, rows in input order."""
+    def encode(self, sentences: Sequence[str], batch_size: int = 32, normalize: bool = True, *,
+               normalize_embeddings: bool = False, convert_to_numpy: bool = False,
+               convert_to_tensor: bool = False, show_progress_bar: bool = False,
+               device: str | torch.device | None = None):
+        """Embed sentences -> (N, hidden) float32 CPU tensor, rows in input order.
+
+        sentence-transformers' keywords mean what they mean there: normalize_embeddings=True
+        normalizes (as this model does by default: its Normalize module), convert_to_numpy=True
+        returns a numpy array (unless convert_to_tensor=True), device moves the model there first,
+        show_progress_bar counts the sentences done on stderr."""
         sentences, batch_size = check_sentences(sentences), check_batch_size(batch_size)
+        if device is not None:
+            self.to(device)
         ids = self.tokenizer.encode(sentences)
         out = torch.empty(len(ids), self.model.cfg.hidden_size, dtype=torch.float32)
+        done = 0
         for rows in length_sorted_batches(ids, batch_size):
             padded = self.tokenizer.pad([ids[i] for i in rows])
             batch = {k: v.to(self.device) for k, v in padded.items()}
             tokens = self.model(batch["input_ids"], batch["attention_mask"])
             pooled = mean_pool(tokens, batch["attention_mask"]).float()
-            if normalize:
+            if normalize or normalize_embeddings:
                 pooled = F.normalize(pooled, p=2, dim=1)
             out[rows] = pooled.cpu()
-        return out
+            done += len(rows)
+            if show_progress_bar:
+                print(f"\rencode: {done}/{len(ids)} sentences", end="", file=sys.stderr, flush=True)
+        if show_progress_bar:
+            print(file=sys.stderr)
+        return out.numpy() if convert_to_numpy and not convert_to_tensor else out
+
+    @staticmethod
+    def similarity(a, b) -> torch.Tensor:
+        """(N, M) cosine similarities of two sets of embeddings (tensors or numpy arrays), as
+        sentence-transformers' model.similarity: on unit embeddings, the dot products."""
+        a, b = torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32)
+        a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])  # one embedding is one row
+        return F.normalize(a, p=2, dim=1) @ F.normalize(b, p=2, dim=1).T
 
 
 # ----------------------------------------------------------------------------- 7. command line
-def main(argv: list[str]) -> None:
+def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="Embed sentences with all-mpnet-base-v2 and print "
@@ -465,7 +488,7 @@ def main(argv: list[str]) -> None:
     for s, e in zip(args.sentences, emb):
         print(f"{tuple(e.shape)}  [{', '.join(f'{v:+.4f}' for v in e[:6])}, ...]  {s!r}")
     print("\ncosine similarity:")
-    sim = emb @ emb.T
+    sim = encoder.similarity(emb, emb)
     for i, row in enumerate(sim):
         print(f"  [{i}] " + " ".join(f"{v:6.3f}" for v in row))
 

@@ -2,7 +2,8 @@
 
     python predict.py --checkpoint runs/tickets "my card never arrived" "I was charged twice"
     python predict.py --checkpoint runs/tickets --input new.txt --output preds.jsonl
-    python predict.py --checkpoint runs/tickets --input new.csv --column text --output preds.jsonl
+    python predict.py --checkpoint runs/tickets --input new.csv > preds.jsonl   # its text column
+    python predict.py --checkpoint runs/tickets --input new.csv --column body --output preds.jsonl
     python predict.py --checkpoint runs/tickets --dtype auto ...   # int8 (else bf16) where fast and checked against fp32
 
 In Python:
@@ -27,9 +28,9 @@ from typing import Iterator, Sequence
 
 import torch
 
-from data import table_rows
+from data import columns_of, table_rows
 from mpnet import SentenceEncoder, check_batch_size, check_sentences
-from reliability.checkpoint import disk_full, write_atomic
+from reliability.checkpoint import disk_full, read_json_object, write_atomic
 from reliability.flags import device, int_at_least
 from reliability.lock import InUse, holding
 from scale.corpus import chunks, read_sentences
@@ -108,26 +109,61 @@ def read_texts(path: Path, column: str | None, say: bool = False) -> Iterator[tu
             yield line, text
 
 
-def predict_file(clf: Classifier, source: Path, output: Path, column: str | None, batch_size: int,
+def table_column(path: Path, column: str | None, run_column: str | None) -> str | None:
+    """The column of a .csv/.tsv input to read: --column, else the run's own text column, `text`, or
+    the only column whose first rows are not all numbers; None for a file of lines. A table whose
+    text column is unclear is refused in one line naming its columns: a header is never a sentence."""
+    if column is not None or path.suffix.lower() not in (".csv", ".tsv"):
+        return column
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    header = columns_of(path)
+    for name in (run_column, "text"):
+        if name in header:
+            return name
+    first = [row for _, (_, row) in zip(range(100), table_rows(path, [], delimiter))]
+    texts = [c for c in header if not all(is_number(row[c]) for row in first)]
+    if len(texts) == 1:
+        return texts[0]
+    raise ValueError(f"--input {path} is a table with columns {', '.join(map(repr, header))}; name the "
+                     f"one that holds the sentences with --column")
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def predict_file(clf: Classifier, source: Path, output: Path | None, column: str | None, batch_size: int,
                  chunk_size: int = 2048) -> int:
-    """Stream source -> JSON lines in output (written to a temp file, renamed when complete)."""
+    """Stream source -> JSON lines in output (written to a temp file, renamed when complete), or on
+    stdout as they come (output None)."""
     total = sum(1 for _ in read_texts(source, column, say=True))  # a cheap first pass: the ETA needs it
     started = time.time()
 
-    def write(path: Path) -> None:
+    def write_to(out) -> None:
         done = 0
-        with open(path, "w", encoding="utf-8") as out:
-            for chunk in chunks(read_texts(source, column), chunk_size):
-                results = clf.predict([text for _, text in chunk], batch_size=batch_size)
-                for (line, _), result in zip(chunk, results):
-                    out.write(json.dumps({"line": line} | result, ensure_ascii=False) + "\n")
-                done += len(chunk)
-                release_freed_memory()
-                rate = done / (time.time() - started)
-                print(f"\r{done:,}/{total:,} sentences, {rate:.0f}/s, eta {(total - done) / rate:.0f} s",
-                      end="", file=sys.stderr, flush=True)
+        for chunk in chunks(read_texts(source, column), chunk_size):
+            results = clf.predict([text for _, text in chunk], batch_size=batch_size)
+            for (line, _), result in zip(chunk, results):
+                out.write(json.dumps({"line": line} | result, ensure_ascii=False) + "\n")
+            out.flush()
+            done += len(chunk)
+            release_freed_memory()
+            rate = done / (time.time() - started)
+            print(f"\r{done:,}/{total:,} sentences, {rate:.0f}/s, eta {(total - done) / rate:.0f} s",
+                  end="", file=sys.stderr, flush=True)
 
-    write_atomic(write, output)
+    def write(path: Path) -> None:
+        with open(path, "w", encoding="utf-8") as out:
+            write_to(out)
+
+    if output is None:
+        write_to(sys.stdout)
+    else:
+        write_atomic(write, output)
     print(file=sys.stderr)
     return total
 
@@ -138,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", required=True, help="a train.py output folder")
     parser.add_argument("--input", type=Path, help="a file of sentences: one a line, or a CSV/TSV with --column")
     parser.add_argument("--column", help="the text column of a CSV/TSV --input")
-    parser.add_argument("--output", type=Path, help="where --input's predictions go, one JSON object a line")
+    parser.add_argument("--output", type=Path, help="where --input's predictions go, one JSON object a line "
+                                                     "(default, or -: standard output)")
     parser.add_argument("--batch-size", type=int_at_least(1), default=64)
     parser.add_argument("--device", type=device, default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "int8", "auto"], default="fp32",
@@ -152,21 +189,21 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give sentences on the command line, or --input FILE (not both)")
     if args.input and not args.input.is_file():
         parser.error(f"--input {args.input}: no such file")
-    if args.input and args.output is None:
-        parser.error("--input needs --output")
+    if args.output is not None and str(args.output) == "-":
+        args.output = None  # standard output
     if args.output is not None:
         check_output(parser, args.input, args.output)
     try:
         bound_kernel_cache()
         if args.input:
+            run_column = read_json_object(Path(args.checkpoint) / "run.json").get("config", {}).get("text_column")
+            column = table_column(args.input, args.column, run_column)  # before the model loads
+            if args.output is None:
+                predict_to(args, column, sys.stdout)
+                return
             lock = args.output.with_name(f".{args.output.name}.lock")  # as the corpus command's
             with holding(lock, args.output, owner="predict.py", flag="--output"):  # before the model loads
-                if args.dtype == "auto":  # a long job: measure this machine's fastest int8 kernel first, once
-                    from speed import tune
-
-                    tune.ensure()
-                clf = Classifier.from_checkpoint(args.checkpoint, args.device, args.dtype)
-                n = predict_file(clf, args.input, args.output, args.column, args.batch_size)
+                n = predict_to(args, column, args.output)
             print(f"{n:,} predictions in {args.output}", file=sys.stderr)
             return
         clf = Classifier.from_checkpoint(args.checkpoint, args.device, args.dtype)
@@ -182,6 +219,16 @@ def main(argv: list[str] | None = None) -> None:
         if (line := disk_full(e, "run the same command again", args.output)) is None:
             raise
         sys.exit(f"\n{line}")  # (after the progress line)
+
+
+def predict_to(args: argparse.Namespace, column: str | None, output) -> int:
+    """--input's predictions into output (a file, or sys.stdout): the model loads here."""
+    if args.dtype == "auto":  # a long job: measure this machine's fastest int8 kernel first, once
+        from speed import tune
+
+        tune.ensure()
+    clf = Classifier.from_checkpoint(args.checkpoint, args.device, args.dtype)
+    return predict_file(clf, args.input, None if output is sys.stdout else output, column, args.batch_size)
 
 
 def check_output(parser: argparse.ArgumentParser, source: Path | None, output: Path) -> None:

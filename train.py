@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 import data
 import freeze
@@ -88,8 +87,9 @@ def lr_lambda(total_steps: int, warmup_steps: int, schedule: str = "linear"):
 
 # ----------------------------------------------------------------------------- a run's state, built
 def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, resume: bool,
-          world: World = World(), val_sets: dict | None = None) -> Run:
-    """Sampler, freezing, optimizer groups, schedule; on resume, as saved; then the speed path."""
+          world: World = World(), val_sets: dict | None = None, announce: bool = True) -> Run:
+    """Sampler, freezing, optimizer groups, schedule; on resume, as saved; then the speed path.
+    announce: say what trains, at what learning rates (a line each; --verbose: the tables)."""
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     device = world.device(cfg.device)
     model.to(device)
@@ -103,7 +103,9 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     groups = lr_groups.build(model, cfg.lr_groups, base_lr=cfg.lr, head_lr=cfg.head_lr,
                              weight_decay=cfg.weight_decay)
     optimizer = make_optimizer(groups)
-    print(freeze.summary(model) + "\n" + lr_groups.table(groups), file=sys.stderr)  # before warmup
+    if announce:  # the rates before warmup scales them
+        print(freeze.summary(model) if cfg.verbose else freeze.brief(model), file=sys.stderr)
+        print(lr_groups.table(groups) if cfg.verbose else lr_groups.brief(groups), file=sys.stderr)
     schedule = lr_lambda(total_steps, int(cfg.warmup * total_steps), cfg.schedule)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     class_weights = None
@@ -114,7 +116,8 @@ def setup(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
               sampler=sampler, optimizer=optimizer, scheduler=scheduler,
               clip_grad_norm=torch.nn.utils.clip_grad_norm_, unfreezer=unfreezer,
               class_weights=class_weights, total_steps=total_steps, progress=Progress(),
-              device=device, bf16=precision(cfg) == "bf16", out=Path(cfg.out), world=world)
+              device=device, bf16=precision(cfg) == "bf16", out=Path(cfg.out), world=world,
+              base=run_folder.base_of(Path(cfg.out)))  # then only what trains is saved
     if resume:
         run_folder.restore(run)
     if not cfg.plain:
@@ -206,10 +209,10 @@ def pair_scores(model: MultiTaskModel, tokenizer, task: str, ds: data.SentencePa
     return out
 
 
-def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, started: float,
+def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, meter: Meter,
                       end_of_epoch: bool = True) -> None:
     """Validation, then the best and last checkpoints: at each epoch's end, every --eval-every."""
-    progress = run.progress
+    progress, began = run.progress, time.time()
     if end_of_epoch:
         progress.epoch = epoch + 1
         if progress.validated_this_step():  # no second validation of the same weights
@@ -218,20 +221,27 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, star
     measured = accuracies(run.model, run.tokenizer, val_sets, autocast=run.bf16, with_loss=True,
                           world=run.world)
     record = {"epoch": epoch + 1, "step": progress.step, "tokens": progress.tokens,
-              "elapsed_s": round(time.time() - started, 1), "train_s": round(train_s, 1),
+              "elapsed_s": round(time.time() - meter.started, 1), "train_s": round(train_s, 1),
               "cache_s": progress.cache_s, "skipped": progress.skipped,
               **{f"val_{k}": round(v, 4) for k, v in measured.items()}}
     progress.history.append(record)
     when = f"epoch {epoch + 1} done" if end_of_epoch else f"validation at step {progress.step}"
-    print(f"{when}: {record}", file=sys.stderr, flush=True)
+    verdict = ""
     if measured:  # without validation data the last epoch is kept (see train())
         loss = float(np.mean([v for k, v in measured.items() if k.startswith("loss_")]))
         acc = float(np.mean([v for k, v in measured.items() if k.startswith("acc_")] or [0.0]))
         if progress.is_better(loss, acc):
             progress.best_loss, progress.best_acc, progress.stale = loss, acc, 0
             run_folder.save_best(run, record)
+            verdict = ", the best so far"
         else:
             progress.stale += 1
+            verdict = f", {progress.stale} without a better one" if run.cfg.patience else ""
+    scores = " ".join(f"{k}={v}" for k, v in record.items() if k.startswith("val_"))
+    print(f"{when}: {scores or 'no validation data'}{verdict} ({record['elapsed_s']} s)",
+          file=sys.stderr, flush=True)
+    meter.validation_s += time.time() - began
+    meter.validations += 1
     if end_of_epoch:
         save_at_epoch_end(run)
     else:
@@ -261,6 +271,7 @@ def train_epoch(run: Run, epoch: int, val_sets: dict, signals: SignalGuard, mete
     way. Returns the seconds it took."""
     cfg, progress = run.cfg, run.progress
     epoch_start = time.time()
+    heads_only = not any(p.requires_grad for p in run.model.backbone.parameters())  # an epoch is short
     for pool_idx, rows in run.sampler:
         batch = make_batch(run, pool_idx, rows)
         per_task = train_step(run, batch)
@@ -270,17 +281,19 @@ def train_epoch(run: Run, epoch: int, val_sets: dict, signals: SignalGuard, mete
         step = progress.step
         if run.unfreezer and step % run.unfreezer.every_steps == 0:
             unfreeze_next(run)
-        if step % cfg.log_every == 0 or step == run.total_steps:
+        if (step % cfg.log_every == 0 and not heads_only) or step == run.total_steps:
             meter.log_line(run, epoch)
         if cfg.save_every and step % cfg.save_every == 0:
             run_folder.save_last(run)
         if cfg.eval_every and step % cfg.eval_every == 0 and val_sets:
-            evaluate_and_save(run, epoch, val_sets, time.time() - epoch_start, meter.started,
+            evaluate_and_save(run, epoch, val_sets, time.time() - epoch_start, meter,
                               end_of_epoch=False)
             freeze.train_mode(run.model)
         if finished(run):
             break
         run_folder.stop_if_signalled(run, signals)
+    if heads_only and progress.step != run.total_steps:  # one line an epoch
+        meter.log_line(run, epoch)
     return time.time() - epoch_start
 
 
@@ -296,16 +309,17 @@ def unfreeze_next(run: Run) -> None:
 
 
 def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, val_sets: dict,
-          resume: bool = False, world: World = World()) -> dict:
+          resume: bool = False, world: World = World(), announce: bool = True) -> dict:
     """The loop. Returns the best validation metrics; writes checkpoints into cfg.out (rank 0)."""
-    run = setup(cfg, model, tokenizer, train_sets, resume, world, val_sets)
+    run = setup(cfg, model, tokenizer, train_sets, resume, world, val_sets, announce)
     progress = run.progress
     trainable = any(p.requires_grad for p in model.parameters())
     last_epoch = cfg.epochs
     if not trainable:
         print("nothing is trainable (freeze=all): one evaluation, no training", file=sys.stderr)
         last_epoch = progress.epoch + 1
-    meter = Meter(started=time.time(), start_step=progress.step)
+    meter = Meter(started=time.time(), start_step=progress.step,
+                  val_rows=sum(len(ds) for ds in val_sets.values()))
     with SignalGuard() as signals:
         for epoch in range(progress.epoch, last_epoch):
             if finished(run) and progress.validated_this_step():
@@ -314,7 +328,7 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
             train_s = 0.0
             if trainable and not finished(run):
                 train_s = train_epoch(run, epoch, val_sets, signals, meter)
-            evaluate_and_save(run, epoch, val_sets, train_s, meter.started)
+            evaluate_and_save(run, epoch, val_sets, train_s, meter)
             if finished(run):
                 break
             run_folder.stop_if_signalled(run, signals)
@@ -339,7 +353,8 @@ def refit(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
           file=sys.stderr)
     model.heads.load_state_dict(initial_heads)
     resume = (Path(refit_cfg.out) / "last.safetensors").is_file()  # a refit began and was stopped
-    refit_best = train(refit_cfg, model, tokenizer, everything, {}, resume=resume, world=world)
+    refit_best = train(refit_cfg, model, tokenizer, everything, {}, resume=resume, world=world,
+                       announce=False)
     if world.main:
         run_folder.keep_refit(out)
     world.barrier()
@@ -362,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
             torch.manual_seed(cfg.seed + world.rank)  # the same heads everywhere, its own dropout
         world.barrier()  # every rank has checked the folder before rank 0 changes it
         if not resume and world.main:
-            run_folder.start(cfg, model.backbone.cfg, train_sets, final_sets)  # run.json, ...
+            run_folder.start(cfg, model.backbone, train_sets, final_sets)  # run.json, ...
         start = time.time()
         with run_folder.stop_cleanly(cfg, recipes.scenario_defaults(cfg)):  # signals, the NaN guard
             best = train(cfg, model, tokenizer, train_sets, val_sets, resume=resume, world=world)
@@ -370,17 +385,21 @@ def main(argv: list[str] | None = None) -> None:
                 best = refit(cfg, model, tokenizer, train_sets, val_sets, best, initial_heads,
                              world)
         world.barrier()  # rank 0 has written best.safetensors
-        model.load_state_dict(load_file(Path(cfg.out) / "best.safetensors"))
+        run_folder.load_best(model, Path(cfg.out))  # best.safetensors
         final = accuracies(model, tokenizer, final_sets, precision(cfg) == "bf16", world=world)
         peak = peak_rss_mb()
-        result = {"out": cfg.out, "cpu": describe(), "train_s": round(time.time() - start, 1),
+        seconds = time.time() - start
+        result = {"out": cfg.out, "cpu": describe(), "train_s": round(seconds, 1),
                   "best_epoch": best.get("epoch"), "refit_rows": best.get("refit_rows"),
                   "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                   "peak_rss_mb": None if peak is None else round(peak),
                   "cache_s": best.get("cache_s", 0), "epoch_train_s": best.get("train_s")}
         for key, value in final.items():  # e.g. acc_a_banking77_test, spearman_b_stsb_test
             ds = final_sets[key.split("_")[-1]]
-            result[f"{key}_{ds.name}_{ds.split}"] = round(100 * value, 2)
+            result[f"{key}_{data.short_name(ds.name)}_{ds.split}"] = round(100 * value, 2)
+        if world.main:  # in words on stderr, then the JSON line on stdout
+            print(run_folder.summary(Path(cfg.out), final, final_sets, seconds, best.get("epoch")),
+                  file=sys.stderr)
         print(json.dumps(result))
     world.close()
 

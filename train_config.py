@@ -80,6 +80,7 @@ class TrainConfig:
     save_every: int = flag(0, parse=int_at_least(0))   # > 0: save last.safetensors every N steps
     max_bad_steps: int = flag(5, parse=int_at_least(1))  # this many non-finite steps in a row stop
     plain: bool = False                 # exactly the code in train.py: no speed path
+    verbose: bool = False               # print the full freezing and learning-rate tables
     refit: bool = False                 # after early stopping: fresh heads on train + validation
     # auto: the command line fills the flags not typed from recipes.py; none: it does not
     recipe: str = flag("auto", choices=["auto", "none"])
@@ -111,7 +112,9 @@ def parse_args(argv: list[str] | None = None, description: str | None = None
     resume = given.pop("resume")
     cfg, recipe_line = recipes.with_recipe(TrainConfig(**given), given=set(given))
     if "out" not in given and not resume:  # keep the model of an earlier `python train.py`
-        cfg = replace(cfg, out=str(run_folder.next_free(Path(cfg.out))))
+        first = Path(cfg.out)
+        cfg = replace(cfg, out=str(run_folder.next_free(first)))
+        run_folder.announce_next_free(first, Path(cfg.out))
     try:
         check_specs(cfg)
     except ValueError as e:

@@ -84,6 +84,7 @@ class Run:
     out: Path
     world: World                    # rank and process count under torchrun; 0 of 1 otherwise
     unsaved_best: dict | None = None  # with --save-every: the best weights, written with the next save_last()
+    base: dict | None = None        # run.json's base_weights: then only what trains is saved (base_weights.py)
 
 
 @dataclass
@@ -91,8 +92,11 @@ class Meter:
     """Logging's running counts: since this process started, and since the last log line."""
     started: float
     start_step: int
+    val_rows: int = 0                           # examples one validation scores (its cost, before one ran)
     tokens: int = 0                             # real tokens trained on by this process (all ranks)
     window: dict = field(default_factory=dict)  # per task: the losses since the last log line
+    validation_s: float = 0.0                   # seconds spent validating (and saving the best)
+    validations: int = 0
 
     def add(self, tokens: int, per_task: dict[str, float]) -> None:
         """One step's real tokens and each task's loss (NaN: the task had no label in the batch)."""
@@ -102,14 +106,39 @@ class Meter:
                 self.window.setdefault(task, []).append(value)
 
     def log_line(self, run: Run, epoch: int) -> None:
-        """Print the mean loss per task since the last log line; keep it for losses.jsonl."""
+        """Print the mean loss per task since the last log line, the learning rates of what trains
+        (the backbone's top one, the heads' where they differ) and the time left; keep them for
+        losses.jsonl."""
         step, elapsed = run.progress.step, time.time() - self.started
-        eta = elapsed / max(1, step - self.start_step) * (run.total_steps - step)
         means = {f"loss_{t}": round(sum(v) / len(v), 4) for t, v in self.window.items() if v}
-        lr = run.scheduler.get_last_lr()[0]
-        run.progress.losses.append({"step": step, "lr": lr, **means})
+        trains = [g for g in run.optimizer.param_groups if any(p.requires_grad for p in g["params"])]
+        backbone = [g["lr"] for g in trains if not g.get("name", "").startswith("head.")]
+        heads = [g["lr"] for g in trains if g.get("name", "").startswith("head.")]
+        lrs = {"lr": max(backbone or heads or [0.0])}
+        if backbone and heads and max(heads) != lrs["lr"]:
+            lrs["head_lr"] = max(heads)
+        run.progress.losses.append({"step": step, **lrs, **means})
         self.window = {}
-        losses = " ".join(f"{k}={v:.3f}" for k, v in means.items())
-        print(f"epoch {epoch + 1} step {step}/{run.total_steps} {losses} lr={lr:.2e} "
-              f"{self.tokens / max(elapsed, 1e-9):.0f} tok/s eta {eta / 60:.1f} min",
+        shown = " ".join(f"{k}={v:.3f}" for k, v in means.items())
+        shown += "".join(f" {k}={v:.2e}" for k, v in lrs.items())
+        bound = "<= " if run.cfg.patience else ""  # early stopping may end the run sooner
+        print(f"epoch {epoch + 1} step {step}/{run.total_steps} {shown} "
+              f"{self.tokens / max(elapsed, 1e-9):.0f} tok/s eta {bound}{self.eta(run, epoch) / 60:.1f} min",
               file=sys.stderr, flush=True)
+
+    def eta(self, run: Run, epoch: int) -> float:
+        """Seconds left: the steps left at this run's time per step (validation excluded), plus the
+        validations left at their measured time (before the first, estimated: a third of a training
+        step's time per example, as a forward pass without the backward)."""
+        steps = max(1, run.progress.step - self.start_step)
+        step_s = max(0.0, time.time() - self.started - self.validation_s) / steps
+        left = run.total_steps - run.progress.step
+        epoch_steps = max(1, len(run.sampler))
+        validations = math.ceil(run.total_steps / epoch_steps) - epoch  # this epoch's end included
+        if run.cfg.eval_every:
+            validations += left // run.cfg.eval_every
+        if self.validations:
+            per_validation = self.validation_s / self.validations
+        else:
+            per_validation = self.val_rows * step_s / (3 * run.cfg.batch_size)
+        return left * step_s + max(0, validations) * per_validation

@@ -19,10 +19,19 @@ import torch.nn.functional as F
 from mpnet import SentenceEncoder, mean_pool, position_ids_from, relative_position_bucket
 
 torch.set_printoptions(precision=4, sci_mode=False, linewidth=120)
+
+
+def heading(title: str) -> None:
+    """Each section's title in the output, so that it reads on a projector as it does here."""
+    print(f"\n{'=' * 8} {title} {'=' * max(4, 80 - len(title))}"[:100])
+
+
 encoder = SentenceEncoder.from_pretrained()  # fetches the weights on first use
 model, tokenizer, cfg = encoder.model, encoder.tokenizer, encoder.model.cfg
 pair = ["A man is playing a guitar.", "Someone plays an instrument."]
-print(cfg)
+print(f"all-mpnet-base-v2: {cfg.num_hidden_layers} layers, {cfg.num_attention_heads} heads of "
+      f"{cfg.hidden_size // cfg.num_attention_heads}, hidden size {cfg.hidden_size}, "
+      f"{cfg.vocab_size:,} tokens in the vocabulary (the whole config: print(cfg))")
 
 # %% [markdown]
 # ## 1. Tokenisation (mpnet.py section 5)
@@ -33,6 +42,7 @@ print(cfg)
 # silently gives a different model, which is why the parity tests compare token ids first.
 
 # %%
+heading('1. Tokenisation (mpnet.py section 5)')
 ids = tokenizer.encode(pair)
 for sentence, row in zip(pair, ids):
     print(sentence)
@@ -64,8 +74,9 @@ print("a literal <pad> in the text:", tokenizer.encode(["hello <pad> world"])[0]
 # that is why there are 512 + 2 = 514 rows for 512 usable positions.
 
 # %%
+heading('2. Position ids (mpnet.py section 2)')
 positions = position_ids_from(batch["input_ids"], cfg.pad_token_id)
-print(positions)
+print("position ids (padding keeps id 1; real tokens count from 2):\n", positions)
 assert positions[0, 0] == 2 and (positions[batch["attention_mask"] == 0] == 1).all()
 
 # %% [markdown]
@@ -78,6 +89,7 @@ assert positions[0, 0] == 2 and (positions[batch["attention_mask"] == 0] == 1).a
 # Here is the bucket of every (query, key) pair of a 12-token sentence:
 
 # %%
+heading('3. Relative position buckets (mpnet.py section 2)')
 L = 12
 idx = torch.arange(L)
 buckets = relative_position_bucket(idx[None, :] - idx[:, None])  # rows: query, columns: key
@@ -93,6 +105,7 @@ assert buckets[5, 5] == 0 and buckets[5, 4] == 1 and buckets[5, 6] == 17  # self
 # There are no token-type (segment) embeddings in MPNet. By hand:
 
 # %%
+heading('4. Embeddings (mpnet.py section 3)')
 emb = model.embeddings
 by_hand = F.layer_norm(emb.word[batch["input_ids"]] + emb.position[positions], (cfg.hidden_size,),
                        emb.norm.weight, emb.norm.bias, cfg.layer_norm_eps)
@@ -113,6 +126,7 @@ assert torch.allclose(by_hand, x0, atol=1e-6)
 # * Post-LN: LayerNorm(x + attention), then LayerNorm(x + W₂ GELU(W₁ x)).
 
 # %%
+heading('5. One attention layer, by hand (mpnet.py section 3, `SelfAttention` and `Layer`)')
 one = tokenizer.pad(ids[:1])
 mask = one["attention_mask"]
 L = mask.shape[1]
@@ -150,6 +164,7 @@ print("layer 0 by hand equals the module")
 # excluded), scaled to unit length, so that a dot product is the cosine similarity.
 
 # %%
+heading('6. Twelve layers, mean pooling, normalisation, similarity (mpnet.py section 6)')
 with torch.no_grad():
     tokens = model(batch["input_ids"], batch["attention_mask"])  # (2, L, 768); padded rows unread
 pooled = mean_pool(tokens, batch["attention_mask"])
@@ -190,6 +205,7 @@ assert torch.allclose(packed_tokens[real], tokens[real], atol=1e-5)
 # bucket map of section 3 here too; without it, the walkthrough skips the picture.
 
 # %%
+heading('Pictures')
 try:
     import matplotlib.pyplot as plt
 except ImportError:

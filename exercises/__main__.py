@@ -47,6 +47,7 @@ def check(name: str) -> int:
     outcome = run(exercise, fn)
     took = time.perf_counter() - started
     print(f"{'passed' if outcome.passed else 'not yet'}: {exercise.title} ({shown(path)}, {took:.0f} s)")
+    remember(exercise, path, outcome.passed)
     print(f"  {outcome.message}")
     if outcome.passed:
         print(f"  The project's own is {exercise.reference}: compare it with yours.")
@@ -66,12 +67,38 @@ def reset(names: list[str]) -> int:
     return 0
 
 
+PASSED = ".passed"  # in YOURS: one line a passed exercise, NAME and the sha256 of the file that passed
+
+
+def remember(exercise: Exercise, path: Path, passed: bool) -> None:
+    """Record (or forget) that this version of your file passed its check, for `list`."""
+    import hashlib
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    record = YOURS / PASSED
+    kept = [line for line in (record.read_text().splitlines() if record.is_file() else [])
+            if line.split(" ")[0] != exercise.name]
+    record.write_text("".join(f"{line}\n" for line in kept + ([f"{exercise.name} {digest}"] if passed else [])))
+
+
+def state_of(exercise: Exercise) -> str:
+    """not started, stub, edited, or passed (this very file passed its check; edited since: edited)."""
+    import hashlib
+
+    mine = YOURS / f"{exercise.name}.py"
+    if not mine.exists():
+        return "not started"
+    if mine.read_bytes() == (STUBS / mine.name).read_bytes():
+        return "stub"
+    record = YOURS / PASSED
+    passed = record.read_text().splitlines() if record.is_file() else []
+    return "passed" if f"{exercise.name} {hashlib.sha256(mine.read_bytes()).hexdigest()}" in passed else "edited"
+
+
 def listing() -> int:
     print("Exercises, in the design's order (python -m exercises check NAME):")
     for i, e in enumerate(EXERCISES, 1):
-        mine = YOURS / f"{e.name}.py"
-        state = "not started" if not mine.exists() else (
-            "stub" if mine.read_bytes() == (STUBS / mine.name).read_bytes() else "edited")
+        state = state_of(e)
         print(f"  {i:2}. {e.name:13} {e.title:58} {e.reference:40} [{state}]")
     print("\nDrills (python -m exercises drills): a model with one bug each; find the file and the function.")
     return 0

@@ -320,6 +320,12 @@ def check_pooling(fn: Callable) -> str:
         named = [name for name, wrong in known.items() if torch.allclose(got[s], wrong[s], atol=1e-5)]
         raise Mistake(f"sentence {s} ({n} real tokens, {L - n} padded): your pooled embedding differs by "
                       f"{float((got[s] - want[s]).abs().max()):.3g}" + (f"; it is {named[0]}" if named else ""))
+    empty = mask.clone()
+    empty[0] = 0  # the contract's third point: a sentence with no real token
+    got = fn(tokens.clone(), empty)
+    if isinstance(got, torch.Tensor) and not bool(torch.isfinite(got[0]).all()):
+        raise Mistake("a sentence with no real token (its mask all 0) gave NaN or inf: 0 / 0. Clamp the "
+                      "count of real tokens to a tiny positive value before you divide, as the contract says")
     with plugged(mpnet, "mean_pool", fn):
         return end_to_end("mean_pool")
 
@@ -364,6 +370,30 @@ def review_logits() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     return logits, {"topic": torch.tensor(topic.labels[:8]), "sentiment": torch.tensor(sentiment.labels[:8])}
 
 
+def loss_mistakes(logits: dict[str, torch.Tensor], y: dict[str, torch.Tensor],
+                  weights: dict[str, float] | None) -> dict[float, str]:
+    """The totals that the usual wrong denominators give, each with its reason."""
+    summed, labelled, rows = {}, {}, {}
+    for task, z in logits.items():
+        keep = y[task] != IGNORE
+        summed[task] = float(F.cross_entropy(z.float(), y[task], ignore_index=IGNORE, reduction="sum"))
+        labelled[task], rows[task] = int(keep.sum()), len(keep)
+    w = {t: (weights or {}).get(t, 1.0) for t in logits}
+    present = [t for t in logits if labelled[t]]
+    mistakes = {
+        sum(w[t] * summed[t] / rows[t] for t in present):
+            "each task's summed loss is divided by all the rows in the batch; divide by the rows labelled for "
+            "that task (an unlabelled row, -100, is not a zero loss: it is no example at all)",
+        sum(w[t] * summed[t] for t in present) / max(1, sum(labelled[t] for t in present)):
+            "the rows of all tasks share one denominator; each task's loss is the mean over its own labelled "
+            "rows, and then the tasks' means are summed (weighted)",
+        sum(w[t] * summed[t] / labelled[t] for t in present) / max(1, len(present)):
+            "the tasks' means are averaged; multitask_loss sums them (each times its weight), so that adding "
+            "a task does not shrink the others' gradients",
+    }
+    return {value: why for value, why in mistakes.items() if math.isfinite(value)}
+
+
 def check_loss(fn: Callable) -> str:
     logits, labels = review_logits()
     partly = {"topic": labels["topic"].clone(), "sentiment": labels["sentiment"].clone()}
@@ -388,6 +418,10 @@ def check_loss(fn: Callable) -> str:
             hint = ""
             if math.isnan(float(got.detach())):
                 hint = ": a task with no label in the batch adds zero (cross-entropy over no rows is 0 / 0 = NaN)"
+            for wrong, why in loss_mistakes(logits, y, weights).items():
+                if math.isclose(float(got.detach()), wrong, rel_tol=1e-5, abs_tol=1e-6):
+                    hint = f": {why}"
+                    break
             raise Mistake(f"{case}: your total loss is {float(got.detach()):.5f}, expected {float(want.detach()):.5f}{hint}")
         for task, value in want_parts.items():
             mine = got_parts.get(task) if isinstance(got_parts, dict) else None

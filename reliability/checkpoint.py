@@ -115,10 +115,13 @@ def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str,
 
 
 def save_training_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        scheduler, sampler, progress: dict, rng_states: list[torch.Tensor] | None = None) -> None:
+                        scheduler, sampler, progress: dict, rng_states: list[torch.Tensor] | None = None,
+                        weights: dict[str, torch.Tensor] | None = None) -> None:
     """The whole resumable state as one file (see the module docstring). rng_states: the torch RNG of
-    each process under torchrun, in rank order (default: this process's)."""
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    each process under torchrun, in rank order (default: this process's); weights: the part of the
+    model's state dict to keep (default: all of it; reliability/base_weights.py)."""
+    weights = model.state_dict() if weights is None else weights
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in weights.items()}
     opt = optimizer.state_dict()
     for index, slots in opt["state"].items():
         for key, value in slots.items():

@@ -37,7 +37,8 @@ import torch
 
 import data
 import recipes
-from mpnet import MPNetConfig
+from mpnet import MPNetConfig, checkpoint_names
+from reliability import base_weights
 from reliability.lock import InUse, holding
 from reliability.checkpoint import (all_finite, disk_full, load_training_state, read_json_object,
                                     read_progress, save_training_state, save_weights, scratch_left_by,
@@ -47,7 +48,8 @@ from train_state import Progress, Run
 from weights.fetch import weights_dir
 
 # Flags that may change between a run and its resume: they do not change what is computed.
-MAY_DIFFER_ON_RESUME = {"out", "data_dir", "device", "log_every", "save_every", "max_bad_steps", "overwrite"}
+MAY_DIFFER_ON_RESUME = {"out", "data_dir", "device", "log_every", "save_every", "max_bad_steps", "overwrite",
+                        "verbose"}
 TEST_ROWS = "test-{task}.jsonl"  # your own data's test rows; run.json names the file for each task
 # The files a run writes into its folder: the ones it may replace, and whose scratch it may remove.
 OWNED = ("run.json", "tokenizer.json", "best.safetensors", "last.safetensors", "metrics.jsonl",
@@ -188,6 +190,52 @@ def check_before_start(out: Path, resume: bool, config: dict, defaults: dict, pr
     return info
 
 
+def summary(out: Path, final: dict[str, float], final_sets: dict, seconds: float, best_epoch) -> str:
+    """The run's end in words: each task's test score by its dataset, where the model is and how
+    much room it takes, and the commands that use it next."""
+    lines = [f"finished in {seconds / 60:.1f} min; on the test rows, with the weights of the best "
+             f"validation (epoch {best_epoch}):"]
+    for key, value in final.items():  # acc_a, spearman_b, ...
+        measure, task = key.rsplit("_", 1)
+        ds = final_sets[task]
+        name = {"acc": "accuracy", "spearman": "Spearman", "pearson": "Pearson", "acc1": "top-1 retrieval",
+                "mrr10": "MRR@10"}.get(measure, measure)
+        lines.append(f"  task {task} ({data.short_name(ds.name)}, {len(ds)} {ds.split} rows): {name} {100 * value:.2f}")
+    size = folder_bytes(out)
+    kind = "the whole model"
+    if base_of(out):
+        from safetensors import safe_open
+
+        with safe_open(out / "best.safetensors", framework="pt") as f:
+            saved = sum(k.startswith(base_weights.PREFIX) for k in f.keys())
+        if saved < len(checkpoint_names(MPNetConfig(**read_json_object(out / "run.json")["backbone"]))):
+            kind = "only what trained; the frozen rest is the base weights, pinned by sha256 in run.json"
+    lines.append(f"the model is in {out} ({size / 1e6:,.1f} MB: {kind})")
+    heads = [t for t, ds in final_sets.items() if isinstance(ds, data.LabelledTexts)]
+    lines.append("next:")
+    if heads:
+        lines.append(f"  python predict.py --checkpoint {shlex.quote(str(out))} \"a sentence to classify\"")
+        lines.append(f"  python eval.py --checkpoint {shlex.quote(str(out))}")
+    lines.append(f"  python -m tools.export {shlex.quote(str(out))} exported/   # a sentence-transformers folder")
+    return "\n".join(lines)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def announce_next_free(first: Path, chosen: Path) -> None:
+    """When `python train.py` moves on to runs/default-N, say so, and how much room the earlier runs take."""
+    if chosen == first:
+        return
+    earlier = [first] + [p for p in sorted(first.parent.glob(f"{first.name}-*")) if p != chosen and p.is_dir()
+                         and p.name[len(first.name) + 1:].isdigit()]
+    size = sum(folder_bytes(p) for p in earlier)
+    print(f"{first} holds an earlier run, so this one goes to {chosen}; the {len(earlier)} earlier "
+          f"{first.name}* folders hold {size / 1e9:.2f} GB (delete the ones you no longer need, or "
+          f"pass --out)", file=sys.stderr)
+
+
 def next_free(out: Path) -> Path:
     """out itself if it holds no run, else the first of out-2, out-3, ... that holds none: running the
     default job twice keeps the first one's model (as Lightning's version_N folders do)."""
@@ -302,9 +350,32 @@ def check_data(cfg, saved: dict, train_sets: dict) -> None:
 
 def start(cfg, backbone, train_sets: dict, final_sets: dict) -> None:
     """A fresh run's folder (start_fresh): run.json, the tokenizer, and the test rows of the tasks
-    on your own data files."""
+    on your own data files. run.json pins the weights the backbone (an MPNet) came from, if it
+    came from the weights folder: then the run saves only what trains (base_weights.py)."""
     test_rows = {t: final_sets[t] for t, name in data.task_datasets(cfg).items() if data.is_user_file(name)}
-    start_fresh(Path(cfg.out), run_info(cfg, backbone, train_sets), weights_dir() / "tokenizer.json", test_rows)
+    info = run_info(cfg, backbone.cfg, train_sets)
+    base = base_weights.reference(backbone)
+    if base is not None:
+        info["base_weights"] = base
+    start_fresh(Path(cfg.out), info, weights_dir() / "tokenizer.json", test_rows)
+
+
+def base_of(out: Path) -> dict | None:
+    """run.json's base_weights, or None: no run.json (a test's loop), or a run that saves everything.
+    A --refit's own run (out/refit) has its run's."""
+    path = out / "run.json"
+    if not path.is_file() and out.name == REFIT:
+        path = out.parent / "run.json"
+    return read_json_object(path).get("base_weights") if path.is_file() else None
+
+
+def load_best(model, out: Path) -> None:
+    """best.safetensors into the model, its frozen rest (if it saved only what trained) from the base."""
+    from safetensors.torch import load_file
+
+    weights = base_weights.complete(load_file(out / "best.safetensors"), base_of(out), model.backbone.cfg,
+                                    str(out / "best.safetensors"))
+    model.load_state_dict(weights)
 
 
 def check_resume_matches(info: dict, now: dict, out: Path) -> None:
@@ -388,8 +459,12 @@ def restore(run: Run) -> None:
     """--resume: the weights, optimizer, schedule, sampler, random state and progress of last.safetensors."""
     if run.world.main:
         remove_scratch(run.out)
+    base_weights.check_unchanged(run.base, run.out)  # the frozen rest in memory is the run's base
     weights, optimizer_state, state = load_training_state(run.out / "last.safetensors")
-    run.model.load_state_dict({k: v.to(run.device) for k, v in weights.items()})
+    loaded = run.model.load_state_dict({k: v.to(run.device) for k, v in weights.items()}, strict=False)
+    if loaded.unexpected_keys or (loaded.missing_keys and run.base is None):
+        raise ValueError(f"--resume: {run.out}/last.safetensors does not fit this model (first difference: "
+                         f"{(loaded.unexpected_keys + loaded.missing_keys)[0]})")
     run.optimizer.load_state_dict(optimizer_state)
     run.scheduler.load_state_dict(state["scheduler"])
     run.sampler.load_state_dict(state["sampler"])
@@ -412,7 +487,7 @@ def save_last(run: Run) -> None:
     if run.unsaved_best is not None:  # best first: last.safetensors's record of the best must exist on disk
         write_best(run, run.unsaved_best)
     save_training_state(run.out / "last.safetensors", run.model, run.optimizer, run.scheduler, run.sampler,
-                        asdict(run.progress), rng_states)
+                        asdict(run.progress), rng_states, weights=base_weights.trained_part(run.model, run.base))
     save_jsonl(run.out, "metrics.jsonl", run.progress.history)
     save_jsonl(run.out, "losses.jsonl", run.progress.losses)
 
@@ -426,14 +501,18 @@ def save_best(run: Run, record: dict) -> None:
     run.progress.best_metrics = record
     if not run.world.main:
         return
+    weights = base_weights.trained_part(run.model, run.base)  # all of it, unless the backbone is (partly) frozen
     if run.cfg.save_every:
-        run.unsaved_best = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        run.unsaved_best = {k: v.detach().clone() for k, v in weights.items()}
     else:
-        write_best(run, run.model.state_dict())
+        write_best(run, weights)
 
 
 def write_best(run: Run, weights: dict) -> None:
-    save_weights(run.out / "best.safetensors", weights, {"epoch": str(run.progress.best_metrics["epoch"])})
+    metadata = {"epoch": str(run.progress.best_metrics["epoch"])}
+    if run.base is not None:
+        metadata["base_sha256"] = run.base["sha256"]
+    save_weights(run.out / "best.safetensors", weights, metadata)
     run.unsaved_best = None
 
 

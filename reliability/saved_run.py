@@ -9,6 +9,7 @@ ValueError naming the file and what is wrong.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from reliability.checkpoint import read_json_object
@@ -48,6 +49,10 @@ def check_run_info(info: dict) -> None:
                              f"{getattr(reference, key)!r}")
     if not isinstance(info["config"].get("normalize", False), bool):
         raise ValueError(f"config normalize is {info['config']['normalize']!r}, expected true or false")
+    base = info.get("base_weights")
+    if base is not None and not (isinstance(base, dict) and isinstance(base.get("file"), str)
+                                 and re.fullmatch(r"[0-9a-f]{64}", str(base.get("sha256")))):
+        raise ValueError(f"base_weights is {base!r}, expected {{\"file\": a path, \"sha256\": 64 hex digits}}")
     for task, spec in info["tasks"].items():
         rows = spec.get("test_rows")
         if rows is not None and (not isinstance(rows, str) or Path(rows).name != rows or rows in ("", ".", "..")):
@@ -99,6 +104,9 @@ def load_run(folder: str | Path):
     if not_finite:
         raise ValueError(f"{weights_path}: {not_finite[0]} holds NaN or infinite values; train.py never "
                          f"saves those, so the file was damaged or written by another tool")
+    from reliability.base_weights import complete
+
+    weights = complete(weights, info.get("base_weights"), model.backbone.cfg, str(weights_path))
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in weights.items()}
     if found != expected:
@@ -106,5 +114,5 @@ def load_run(folder: str | Path):
         raise ValueError(f"{weights_path} does not fit the model that {info_path} describes (first difference: "
                          f"{name[0]}: {found.get(name[0], 'absent')} in the weights, {expected.get(name[0], 'absent')} "
                          f"expected); were the files copied from different runs?")
-    model.load_state_dict(weights, assign=True)
+    model.load_state_dict(weights, assign=True)  # (the frozen rest, if any, memory-mapped from its file)
     return model.eval(), Tokenizer(folder / "tokenizer.json"), info

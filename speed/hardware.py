@@ -204,6 +204,8 @@ def encoder_precision(dtype: str | torch.dtype | None, device: str | torch.devic
                                 "here: python -m speed.tune measures)")
             return "fp32", "no VNNI on this CPU, so int8 would be no faster than fp32"
         return ("bf16", "this GPU runs bf16 natively") if native_bf16(device) else ("fp32", "this GPU has no bf16")
+    if not isinstance(dtype, torch.dtype) and dtype not in (None, "fp32", "bf16"):  # the encoder's own list
+        raise ValueError(f"dtype must be 'auto', 'fp32', 'bf16' or 'int8' (or a torch dtype), not {dtype!r}")
     return ("bf16" if resolve_dtype(dtype, device) == torch.bfloat16 else "fp32"), "as asked"
 
 

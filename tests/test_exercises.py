@@ -132,8 +132,13 @@ def pool_trusting_zero_pads(tokens, attention_mask):
     return tokens.sum(1) / attention_mask.sum(1, keepdim=True)
 
 
-def pool_written_out(tokens, attention_mask):  # right, by another route
-    return torch.stack([t[m.bool()].mean(0) for t, m in zip(tokens, attention_mask)])
+def pool_written_out(tokens, attention_mask):  # right, by another route (an empty sentence pools to 0)
+    return torch.stack([t[m.bool()].sum(0) / m.sum().clamp(min=1) for t, m in zip(tokens, attention_mask)])
+
+
+def pool_unguarded(tokens, attention_mask):  # right on every real sentence; 0 / 0 on an empty one
+    mask = attention_mask[..., None].to(tokens.dtype)
+    return (tokens * mask).sum(1) / mask.sum(1)
 
 
 def names_q_k_swapped(cfg):
@@ -163,6 +168,19 @@ def loss_nan_for_an_unlabelled_task(logits, labels, task_weights=None, class_wei
 def loss_mean_over_tasks(logits, labels, task_weights=None, class_weights=None, normalizers=None):
     total, per_task = heads.multitask_loss(logits, labels, task_weights)
     return total / len(logits), per_task
+
+
+def loss_divided_by_all_rows(logits, labels, task_weights=None, class_weights=None, normalizers=None):
+    total, per_task = 0, {}
+    for task, task_logits in logits.items():
+        if (labels[task] == heads.IGNORE).all():
+            per_task[task] = float("nan")
+            continue
+        loss = F.cross_entropy(task_logits.float(), labels[task], ignore_index=heads.IGNORE, reduction="sum")
+        loss = loss / len(labels[task])
+        per_task[task] = float(loss.detach())
+        total = total + (task_weights or {}).get(task, 1.0) * loss
+    return total, per_task
 
 
 def loss_weights_ignored(logits, labels, task_weights=None, class_weights=None, normalizers=None):
@@ -272,11 +290,13 @@ WRONG = [  # (exercise, wrong solution, what the message must say: the place, an
     ("layer", layer_tanh_gelu, ["layer 0, sentence 0", "tanh GELU"]),
     ("pooling", pool_over_pads, ["sentence 0 (9 real tokens, 12 padded)", "mean over all 21 positions"]),
     ("pooling", pool_trusting_zero_pads, ["sentence 0", "padded positions summed in"]),
+    ("pooling", pool_unguarded, ["no real token", "Clamp the count"]),
     ("names", names_q_k_swapped, ["encoder.layer.0.attention.attn.q.weight is mapped to 'layers.0.attn.k.weight'"]),
     ("names", names_with_the_pooler, ["pooler.dense.weight", "mpnet.SKIPPED"]),
     ("names", names_twelve_layers_always, ["3-layer config"]),
     ("loss", loss_nan_for_an_unlabelled_task, ["no row has a sentiment label", "adds zero"]),
-    ("loss", loss_mean_over_tasks, ["both tasks labelled", "expected"]),
+    ("loss", loss_mean_over_tasks, ["both tasks labelled", "expected", "the tasks' means are averaged"]),
+    ("loss", loss_divided_by_all_rows, ["rows 1 and 4 have no topic label", "divided by all the rows"]),
     ("loss", loss_weights_ignored, ["task weights topic 1.0, sentiment 0.3"]),
     ("cosent", cosent_without_the_one, ["16 STS-B training pairs", "the 1 inside the log"]),
     ("cosent", cosent_counting_ties, ["ties", "only score_i < score_j counts"]),
@@ -330,6 +350,19 @@ def test_an_exception_in_your_code_is_reported_with_its_line(tmp_path):
     path.write_text("def relative_position_bucket(rel, num_buckets=32, max_distance=128):\n    return rel.nope\n")
     outcome = run(BY_NAME["bucket"], cli.load_function(BY_NAME["bucket"], path))
     assert not outcome.passed and "AttributeError" in outcome.message and "line 2" in outcome.message
+
+
+def test_the_list_shows_a_passed_exercise_as_passed_until_the_file_changes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "YOURS", tmp_path / "yours")
+    cli.check("top_k")  # makes the file from the stub
+    mine = tmp_path / "yours" / "top_k.py"
+    mine.write_text("from freeze import unfreeze_top\n")  # the project's own: it passes
+    assert cli.check("top_k") == 0
+    cli.listing()
+    assert "[passed]" in [line for line in capsys.readouterr().out.splitlines() if " top_k " in line][0]
+    mine.write_text(mine.read_text() + "# changed since\n")
+    cli.listing()
+    assert "[edited]" in [line for line in capsys.readouterr().out.splitlines() if " top_k " in line][0]
 
 
 def test_check_makes_your_file_from_the_stub_and_reset_keeps_what_you_wrote(tmp_path, monkeypatch, capsys):

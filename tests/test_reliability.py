@@ -124,7 +124,7 @@ def test_checkpoints_at_each_epoch_end_or_every_n_steps_instead(tmp_path, tokeni
     a step long, and each save writes weights plus AdamW's moments)."""
     saved, real_save = [], run_folder.save_training_state
 
-    def save(path, model, optimizer, scheduler, sampler, progress, rng_states=None):
+    def save(path, model, optimizer, scheduler, sampler, progress, rng_states=None, weights=None):
         saved.append(progress["step"])
         real_save(path, model, optimizer, scheduler, sampler, progress, rng_states)
 
@@ -201,7 +201,7 @@ def test_a_save_that_dies_leaves_the_previous_checkpoint_whole(tmp_path, tokeniz
     cfg = run_cfg(tmp_path, save_every=2)
     real_save = checkpoint.save_training_state
 
-    def save(path, model, optimizer, scheduler, sampler, progress, rng_states=None):
+    def save(path, model, optimizer, scheduler, sampler, progress, rng_states=None, weights=None):
         if progress["step"] == MID:  # the save after step 6 dies; the one after step 4 went through
             if where == "while writing":
                 monkeypatch.setattr(checkpoint, "save_file", fail_writing_halfway)

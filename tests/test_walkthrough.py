@@ -19,6 +19,10 @@ def test_walkthrough_runs_and_its_asserts_hold():
     assert done.returncode == 0, done.stderr[-3000:]
     assert "layer 0 by hand equals the module" in done.stdout
     assert "a 1000-word sentence keeps 384 tokens" in done.stdout
+    lines = done.stdout.splitlines()  # on a projector: a short first line, each section under its heading
+    assert len(lines[0]) <= 130 and not lines[0].startswith("MPNetConfig(")
+    for n in range(1, 7):
+        assert any(line.startswith(f"======== {n}. ") for line in lines), n
 
 
 def test_walkthrough_runs_without_matplotlib():

