@@ -226,7 +226,6 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, mete
               **{f"val_{k}": round(v, 4) for k, v in measured.items()}}
     progress.history.append(record)
     when = f"epoch {epoch + 1} done" if end_of_epoch else f"validation at step {progress.step}"
-    verdict = ""
     if measured:  # without validation data the last epoch is kept (see train())
         loss = float(np.mean([v for k, v in measured.items() if k.startswith("loss_")]))
         acc = float(np.mean([v for k, v in measured.items() if k.startswith("acc_")] or [0.0]))
@@ -237,9 +236,9 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, mete
         else:
             progress.stale += 1
             verdict = f", {progress.stale} without a better one" if run.cfg.patience else ""
-    scores = " ".join(f"{k}={v}" for k, v in record.items() if k.startswith("val_"))
-    print(f"{when}: {scores or 'no validation data'}{verdict} ({record['elapsed_s']} s)",
-          file=sys.stderr, flush=True)
+        scores = " ".join(f"{k}={v}" for k, v in record.items() if k.startswith("val_"))
+        if not (end_of_epoch and quiet_epoch(run, epoch)) or finished(run):
+            print(f"{when}: {scores}{verdict} (at {record['elapsed_s']} s)", file=sys.stderr, flush=True)
     meter.validation_s += time.time() - began
     meter.validations += 1
     if end_of_epoch:
@@ -292,9 +291,17 @@ def train_epoch(run: Run, epoch: int, val_sets: dict, signals: SignalGuard, mete
         if finished(run):
             break
         run_folder.stop_if_signalled(run, signals)
-    if heads_only and progress.step != run.total_steps:  # one line an epoch
-        meter.log_line(run, epoch)
+    if heads_only and progress.step != run.total_steps and not quiet_epoch(run, epoch):
+        meter.log_line(run, epoch)  # a line an epoch, not a step
     return time.time() - epoch_start
+
+
+def quiet_epoch(run: Run, epoch: int) -> bool:
+    """Heads on a frozen backbone: an epoch takes a moment and a run may have hundreds, so only the
+    first three epochs and every tenth of the run are logged (and the last, however the run ends)."""
+    if any(p.requires_grad for p in run.model.backbone.parameters()):
+        return False
+    return epoch >= 3 and (epoch + 1) % max(1, run.cfg.epochs // 10) != 0
 
 
 def unfreeze_next(run: Run) -> None:

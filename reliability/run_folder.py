@@ -134,8 +134,10 @@ def stop_if_signalled(run: Run, signals: SignalGuard) -> None:
 
 
 def check_finite(model, step: int, out: Path) -> None:
-    """Non-finite weights are never saved: stop instead, pointing at the last good checkpoint."""
-    if not all_finite(model.state_dict()):
+    """Non-finite weights are never saved: stop instead, pointing at the last good checkpoint. Only the
+    trainable parameters are scanned: a frozen one never changes (a 110M-parameter scan a validation
+    would be most of an epoch of heads on cached features)."""
+    if not all_finite({name: p for name, p in model.named_parameters() if p.requires_grad}):
         raise Diverged(f"the weights became non-finite by step {step}; not saved. "
                        f"Last good checkpoint: {out / 'last.safetensors'}. Lower --lr.")
 
