@@ -30,9 +30,10 @@ def load_encoder(path=None, device: str | torch.device | None = None, dtype: str
     encoder = SentenceEncoder.from_pretrained(path, device, dtype="bf16" if precision == "bf16" else "fp32")
     pack(encoder.model)  # every precision: the per-token layers skip the padding (packing.py)
     if precision == "int8":
-        from speed.quant import quantize
+        from speed.quant import cached_ranges, quantize
+        from weights.fetch import weights_dir
 
-        quantize(encoder)
+        quantize(encoder, ranges=cached_ranges(encoder, weights_dir(path) / "model.safetensors"))
     if precision == "fp32":
         from speed.onednn import use_where_it_helps
 

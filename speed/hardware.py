@@ -140,11 +140,12 @@ def machine_key() -> dict:
             "torch": torch.__version__, "quant": INT8_SCHEME}
 
 
-def cache_file(key: dict) -> Path:
+def cache_file(key: dict, kind: str = "tune", suffix: str = ".json") -> Path:
+    """The user's cache folder's file for `key`: speed.tune's choice, or quant.py's calibration (kind)."""
     folder = os.environ.get("MPNET_CACHE_DIR") or (Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
                                                    / "mpnet")
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(folder) / f"tune-{digest}.json"
+    return Path(folder) / f"{kind}-{digest}{suffix}"
 
 
 @lru_cache(maxsize=1)

@@ -66,7 +66,9 @@ and its table, experiments/int8_layers.md.
 """
 from __future__ import annotations
 
+import hashlib
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -285,17 +287,51 @@ def input_ranges(encoder, sentences: list[str]) -> dict[tuple[int, str], torch.T
     return ranges
 
 
+def cached_ranges(encoder, weights_file: Path, calibration: list[str] = CALIBRATION) -> dict:
+    """input_ranges of the encoder loaded from weights_file, kept in the user's cache folder beside
+    speed.tune's choice: the calibration pass is 1.3-1.6 s of an int8 load on a 2-core AVX2 EPYC (one
+    169-token sentence, padded with the rest). The key holds the weights file (path, size, modification
+    time), the calibration text, and what else decides fp32's rounding here (hardware.machine_key), so a
+    cached pass gives the integers a fresh one would. A file that cannot be read is measured again."""
+    from safetensors.torch import load_file, save_file
+
+    from reliability.checkpoint import write_atomic
+    from speed.hardware import cache_file, machine_key
+
+    stat = weights_file.stat()
+    key = machine_key() | {"weights": str(weights_file.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                           "calibration": hashlib.sha256("\n".join(calibration).encode()).hexdigest()}
+    path = cache_file(key, kind="calibration", suffix=".safetensors")
+    expected = {f"{i}.{name}" for i in range(len(encoder.model.layers)) for name in LINEAR_NAMES}
+    try:
+        saved = load_file(path)
+        if set(saved) == expected:
+            return {(int(k.split(".")[0]), k.split(".", 1)[1]): v for k, v in saved.items()}
+    except Exception:  # absent, damaged or foreign (safetensors raises its own type): measured again
+        pass
+    ranges = input_ranges(encoder, calibration)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {f"{i}.{name}": v.contiguous() for (i, name), v in ranges.items()}
+        write_atomic(lambda p: save_file(tensors, p), path)
+    except OSError:
+        pass  # a read-only cache folder: measured again next time
+    return ranges
+
+
 def quantize(encoder, alpha: float = ALPHA, keep_float=KEEP_FLOAT, zero_point=ZERO_POINT,
-             calibration: list[str] = CALIBRATION, outlier_channels: int = OUTLIER_CHANNELS, make=Int8Linear):
+             calibration: list[str] = CALIBRATION, outlier_channels: int = OUTLIER_CHANNELS, make=Int8Linear,
+             ranges: dict | None = None):
     """Replace the encoder's linear layers by smoothed Int8Linear, except the (layer, name) pairs in
     keep_float; the names in zero_point get per-token zero points, and each layer's outlier_channels
     largest smoothed input channels stay fp32. alpha = 0 quantises without smoothing. In place; returns
     the encoder. Inference only. make(linear, smooth, zero_point=..., outliers=...) builds each int8
-    layer: Int8Linear, or another kernel route to compare (experiments/x86_int8.py)."""
+    layer: Int8Linear, or another kernel route to compare (experiments/x86_int8.py). ranges: the
+    calibration's input_ranges, if already known (cached_ranges)."""
     unknown = {name for _, name in keep_float} - set(LINEAR_NAMES)
     if unknown:
         raise ValueError(f"keep_float names {sorted(unknown)} are not linear layers; choose from {LINEAR_NAMES}")
-    ranges = input_ranges(encoder, calibration)
+    ranges = input_ranges(encoder, calibration) if ranges is None else ranges
     for i, layer in enumerate(encoder.model.layers):
         found = linears(layer)
         for group in SMOOTHING_GROUPS:

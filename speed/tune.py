@@ -9,7 +9,8 @@ every CPU, are timed where they will run:
     bf16          bf16 weights, only where the CPU runs bf16 natively (elsewhere it is emulated: hardware.py)
     int8-onednn   quant.Int8Linear summing on torch._int_mm (fast with VNNI, a reference loop without)
     int8-fbgemm   the same integers summed by FBGEMM's AVX2 kernels (x86)
-    int8-fp32     the same integers summed by exact fp32 matmuls (anywhere)
+    int8-fp32     the same integers summed by exact fp32 matmuls (anywhere; timed only where neither int8
+                  library is: it is fp32's matmuls plus the quantising, so never the faster of the two)
 
 Each must pass one accuracy gate before it may be chosen: on the parity fixture's sentences (up to 128
 tokens), its embeddings' smallest cosine to sentence-transformers' stored ones is at least GATE (the int8
@@ -40,6 +41,7 @@ from speed.hardware import Choice, cache_file, machine_key, saved  # noqa: F401 
 
 GATE = 0.98          # the smallest cosine to sentence-transformers a candidate may have on the fixture
 PROBE_SLOWER = 3.0   # an int8 kernel this many times slower than fp32 on one layer is not timed further
+ROUNDS = 2           # timed encodes of the batch per candidate, after a warm-up: the faster counts
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "reference.json"
 
 
@@ -61,7 +63,7 @@ def candidates_here() -> list[str]:
 
     names = ["fp32"] + (["bf16"] if native_bf16() else []) + ["int8-onednn"]
     if "fbgemm" in torch.backends.quantized.supported_engines:
-        names.append("int8-fbgemm")
+        return names + ["int8-fbgemm"]
     return names + ["int8-fp32"]
 
 
@@ -80,7 +82,8 @@ def measure(path=None, say=lambda line: print(line, file=sys.stderr)) -> Choice:
     from reliability.checkpoint import write_atomic
     from speed.onednn import use_where_it_helps
     from speed.packing import pack
-    from speed.quant import CALIBRATION, Int8Linear, quantize, set_kernel
+    from speed.quant import CALIBRATION, Int8Linear, cached_ranges, quantize, set_kernel
+    from weights.fetch import weights_dir
 
     started = time.perf_counter()
     say("dtype auto: timing the candidates on this machine once (about 5 s; python -m speed.tune does it again)")
@@ -97,7 +100,8 @@ def measure(path=None, say=lambda line: print(line, file=sys.stderr)) -> Choice:
         pack(encoders["bf16"].model)
     int8 = SentenceEncoder.from_pretrained(path)
     pack(int8.model)
-    quantize(int8, make=lambda linear, smooth, **kw: Int8Linear(linear, smooth, kernel="fp32", **kw))
+    quantize(int8, make=lambda linear, smooth, **kw: Int8Linear(linear, smooth, kernel="fp32", **kw),
+             ranges=cached_ranges(int8, weights_dir(path) / "model.safetensors"))  # the calibration load_encoder reuses
     batch = sentences[:16]
     speeds, cosines, notes = {}, {}, {}
     # one layer's FFN input projection on 128 tokens: a probe that keeps the reference loop from being timed
@@ -119,11 +123,14 @@ def measure(path=None, say=lambda line: print(line, file=sys.stderr)) -> Choice:
             if name.startswith("int8-") and gated:  # the kernels sum the same integers (tests/test_quant.py)
                 cosines[name] = cosines[gated[0]]
                 encoder.encode(batch)  # a warm-up
+            elif name == "fp32":  # the reference: its gate (parity is tests/test_parity.py's) on the batch
+                got = encoder.encode(batch)  # the gate, and a warm-up
+                cosines[name] = float((got * truth[:len(batch)]).sum(dim=1).min())
             else:
                 got = encoder.encode(sentences)  # the gate, and a warm-up
                 cosines[name] = float((got * truth).sum(dim=1).min())
             rounds = []
-            for _ in range(3):
+            for _ in range(ROUNDS):
                 t = time.perf_counter()
                 encoder.encode(batch)
                 rounds.append(time.perf_counter() - t)

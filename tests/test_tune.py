@@ -90,3 +90,29 @@ def test_measuring_here_saves_a_choice_that_passed_the_gate(capsys):
     assert all(choice.min_cosine[c] >= tune.GATE for c in timed)
     assert tune.saved() == choice and Path(os.environ["MPNET_CACHE_DIR"]).is_dir()
     assert "dtype auto: timing the candidates" in capsys.readouterr().err
+
+
+def test_the_calibration_is_kept_and_gives_the_integers_a_fresh_one_gives(monkeypatch, tmp_path):
+    """quant.cached_ranges: the second int8 load reads the calibration pass back, and quantises to the same
+    buffers bit for bit; a damaged cache file is measured again."""
+    import torch
+
+    from mpnet import SentenceEncoder
+    from speed import quant
+    from weights.fetch import fetch
+
+    weights = fetch() / "model.safetensors"
+    fresh = quant.quantize(SentenceEncoder.from_pretrained())  # the calibration pass, not cached
+    first = quant.cached_ranges(SentenceEncoder.from_pretrained(), weights)  # measured, then saved
+    saved = list(Path(os.environ["MPNET_CACHE_DIR"]).glob("calibration-*.safetensors"))
+    assert len(saved) == 1
+    monkeypatch.setattr(quant, "input_ranges", lambda *a: pytest.fail("measured again"))
+    again = quant.quantize(encoder := SentenceEncoder.from_pretrained(), ranges=quant.cached_ranges(encoder, weights))
+    assert set(first) == {(i, n) for i in range(12) for n in quant.LINEAR_NAMES}
+    ours, theirs = again.model.state_dict(), fresh.model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    saved[0].write_bytes(b"not a safetensors file")
+    calls = []
+    monkeypatch.setattr(quant, "input_ranges", lambda *a: calls.append(1) or first)
+    quant.cached_ranges(SentenceEncoder.from_pretrained(), weights)
+    assert calls == [1]
