@@ -33,7 +33,8 @@ def load_encoder(path=None, device: str | torch.device | None = None, dtype: str
         from speed.quant import cached_ranges, quantize
         from weights.fetch import weights_dir
 
-        quantize(encoder, ranges=cached_ranges(encoder, weights_dir(path) / "model.safetensors"))
+        weights = weights_dir(path) / "model.safetensors"
+        quantize(encoder, ranges=cached_ranges(encoder, weights), weights_file=weights)  # a layer at a time
     if precision == "fp32":
         from speed.onednn import use_where_it_helps
 

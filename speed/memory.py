@@ -8,6 +8,7 @@ peak grew with the length of the stream. The fixes, and what each measured, are 
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 
 
@@ -55,3 +56,39 @@ def release_freed_memory() -> None:
         ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
     except (OSError, AttributeError, TypeError):
         pass
+
+
+
+def read_tensor(path: Path, name: str):
+    """One float32 tensor of a safetensors file, read into the process's own memory rather than mapped.
+
+    mpnet.load_checkpoint maps the file, and a mapped file's pages count as resident once read: after
+    quantize() had read every fp32 weight once to make its int8 copy, all 438 MB of the file stayed
+    resident beside the int8 weights, because the embeddings that stay fp32 keep the map alive (428 MB of
+    file pages after an int8 load on the AVX2 EPYC). Read with pread instead, a weight is freed with its
+    layer, and the file's pages stay the page cache's. (The format: an 8-byte little-endian header length,
+    a JSON header of dtype, shape and byte offsets, then the data.)"""
+    import torch
+
+    stat = path.stat()
+    data_start, header = safetensors_header(str(path), stat.st_size, stat.st_mtime_ns)
+    entry = header[name]
+    if entry["dtype"] != "F32":
+        raise ValueError(f"{path}: {name} is {entry['dtype']}, expected F32")
+    start, end = entry["data_offsets"]
+    data = bytearray(end - start)
+    with open(path, "rb") as f:
+        f.seek(data_start + start)
+        f.readinto(data)
+    return torch.frombuffer(data, dtype=torch.float32).reshape(entry["shape"])
+
+
+@lru_cache(maxsize=4)
+def safetensors_header(path: str, size: int, mtime_ns: int) -> tuple[int, dict]:
+    """(where the data starts, the JSON header) of a safetensors file, read once per file version."""
+    import json
+    import struct
+
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        return 8 + length, json.loads(f.read(length))

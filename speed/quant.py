@@ -74,7 +74,8 @@ import torch
 import torch.nn as nn
 
 from speed.hardware import int8_kernel
-from speed.memory import release_freed_memory
+from mpnet import checkpoint_names
+from speed.memory import read_tensor, release_freed_memory
 
 LINEAR_NAMES = ("attn.q", "attn.k", "attn.v", "attn.o", "ffn_in", "ffn_out")
 ALPHA = 0.5
@@ -321,19 +322,28 @@ def cached_ranges(encoder, weights_file: Path, calibration: list[str] = CALIBRAT
 
 def quantize(encoder, alpha: float = ALPHA, keep_float=KEEP_FLOAT, zero_point=ZERO_POINT,
              calibration: list[str] = CALIBRATION, outlier_channels: int = OUTLIER_CHANNELS, make=Int8Linear,
-             ranges: dict | None = None):
+             ranges: dict | None = None, weights_file: Path | None = None):
     """Replace the encoder's linear layers by smoothed Int8Linear, except the (layer, name) pairs in
     keep_float; the names in zero_point get per-token zero points, and each layer's outlier_channels
     largest smoothed input channels stay fp32. alpha = 0 quantises without smoothing. In place; returns
     the encoder. Inference only. make(linear, smooth, zero_point=..., outliers=...) builds each int8
     layer: Int8Linear, or another kernel route to compare (experiments/x86_int8.py). ranges: the
-    calibration's input_ranges, if already known (cached_ranges)."""
+    calibration's input_ranges, if already known (cached_ranges). weights_file: the model.safetensors the
+    encoder was loaded from; each fp32 weight is then read from it into memory of its own, a layer at a
+    time, rather than through the map (memory.read_tensor: the peak stays that of the int8 model)."""
     unknown = {name for _, name in keep_float} - set(LINEAR_NAMES)
     if unknown:
         raise ValueError(f"keep_float names {sorted(unknown)} are not linear layers; choose from {LINEAR_NAMES}")
     ranges = input_ranges(encoder, calibration) if ranges is None else ranges
+    file_names = {ours: theirs for theirs, ours in checkpoint_names(encoder.model.cfg).items()}
     for i, layer in enumerate(encoder.model.layers):
         found = linears(layer)
+        if weights_file is not None:
+            for name, linear in found.items():
+                weight = read_tensor(weights_file, file_names[f"layers.{i}.{name}.weight"])
+                if weight.shape != linear.weight.shape or not torch.equal(weight[0], linear.weight[0]):
+                    raise ValueError(f"{weights_file} is not the file this encoder was loaded from")
+                linear.weight = nn.Parameter(weight, requires_grad=False)
         for group in SMOOTHING_GROUPS:
             w_range = torch.stack([found[n].weight.detach().float().abs().amax(dim=0) for n in group]).amax(dim=0)
             smooth = (ranges[(i, group[0])].clamp(min=1e-5) ** alpha / w_range.clamp(min=1e-5) ** (1 - alpha)).clamp(min=1e-5)

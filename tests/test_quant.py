@@ -372,3 +372,24 @@ def test_auto_on_a_read_only_run_folder_serves_and_says_it_cannot_cache(tiny_run
                                              reload=lambda: load_run(tiny_run)[0])
     assert precision == "int8" and int8_layers(served) > 0
     assert "Read-only file system); it is checked again next time" in capsys.readouterr().err
+
+
+def test_reading_each_weight_a_layer_at_a_time_quantises_to_the_same_integers(monkeypatch):
+    """quantize(weights_file=...) reads each fp32 weight with pread (memory.read_tensor), not through the map,
+    so that the file's pages leave the resident set; the int8 model is the same bit for bit."""
+    from safetensors import safe_open
+
+    from mpnet import SentenceEncoder
+    from speed import memory, quant
+    from weights.fetch import fetch
+
+    weights = fetch() / "model.safetensors"
+    with safe_open(weights, framework="pt") as f:
+        mapped = f.get_tensor("encoder.layer.3.output.dense.weight")
+    assert torch.equal(memory.read_tensor(weights, "encoder.layer.3.output.dense.weight"), mapped)
+    mapped_way = quant.quantize(SentenceEncoder.from_pretrained()).model.state_dict()
+    read_way = quant.quantize(SentenceEncoder.from_pretrained(), weights_file=weights).model.state_dict()
+    assert mapped_way.keys() == read_way.keys() and all(torch.equal(mapped_way[k], read_way[k]) for k in mapped_way)
+    monkeypatch.setattr(quant, "read_tensor", lambda path, name: torch.zeros_like(memory.read_tensor(path, name)))
+    with pytest.raises(ValueError, match="is not the file this encoder was loaded from"):
+        quant.quantize(SentenceEncoder.from_pretrained(), weights_file=weights)
