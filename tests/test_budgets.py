@@ -7,7 +7,7 @@ import torch
 import data
 import train as train_mod
 from reliability.checkpoint import read_progress
-from test_train import TEXTS, config, tasks, tiny_model, tokenizer  # noqa: F401  (the real tokenizer fixture)
+from test_train import TEXTS, config, crash_before_step, tasks, tiny_model, tokenizer  # noqa: F401  (the real tokenizer fixture)
 
 # 8 examples in one pool, batch 2: 4 steps per epoch.
 
@@ -71,14 +71,7 @@ def test_a_run_stopped_by_its_token_budget_resumes_to_the_same_weights(tmp_path,
                     straight, tokenizer, tasks(), tasks())
 
     cfg = config(tmp_path / "split", epochs=3, batch_size=2, max_tokens=150, eval_every=2, save_every=1)
-    real_step = train_mod.train_step
-
-    def crash_at_step_5(run, batch):
-        if run.progress.step == 4:
-            raise RuntimeError("simulated crash")
-        return real_step(run, batch)
-
-    monkeypatch.setattr(train_mod, "train_step", crash_at_step_5)
+    crash_before_step(monkeypatch, 5)
     with pytest.raises(RuntimeError):
         train_mod.train(cfg, tiny_model(), tokenizer, tasks(), tasks())
     monkeypatch.undo()

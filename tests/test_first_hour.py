@@ -26,6 +26,7 @@ from heads import MultiTaskModel
 from mpnet import MPNet, MPNetConfig, Tokenizer
 from reliability import base_weights
 from reliability.saved_run import load_run
+from test_train import crash_before_step
 from train_state import Meter
 from weights.fetch import fetch
 
@@ -281,14 +282,7 @@ def test_a_heads_only_run_stopped_midway_resumes_to_the_same_weights(tmp_path, m
     argv = ["--freeze", "backbone", "--max-train", "40", "--epochs", "2", "--dtype", "fp32", "--no-refit",
             "--save-every", "1", "--task-b", "none"]
     train_mod.main(argv + ["--out", str(tmp_path / "straight")])
-    real_step = train_mod.train_step
-
-    def crash_at_step_4(run, batch):
-        if run.progress.step == 3:
-            raise RuntimeError("simulated crash")
-        return real_step(run, batch)
-
-    monkeypatch.setattr(train_mod, "train_step", crash_at_step_4)
+    real_step = crash_before_step(monkeypatch, 4)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_mod.main(argv + ["--out", str(tmp_path / "split")])
     assert (tmp_path / "split" / "last.safetensors").stat().st_size < 1e6  # the heads and their moments

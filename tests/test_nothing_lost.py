@@ -639,14 +639,9 @@ def test_nothing_a_user_made_is_deleted_or_replaced_by_a_run_a_resume_or_a_corpu
     before = listing(out)
     flags = ["--task-a", str(csv_path), "--task-b", "none", "--epochs", "2", "--batch-size", "8",
              "--dtype", "fp32", "--save-every", "1", "--out", str(out)]
-    real_step = train_mod.train_step
+    from test_train import crash_before_step
 
-    def crash_at_step_3(run, batch):
-        if run.progress.step == 2:
-            raise RuntimeError("the machine went away")
-        return real_step(run, batch)
-
-    monkeypatch.setattr(train_mod, "train_step", crash_at_step_3)
+    real_step = crash_before_step(monkeypatch, 3, "the machine went away")
     with pytest.raises(RuntimeError, match="went away"):
         train_mod.main(flags)
     only_added(before, listing(out), may_add)

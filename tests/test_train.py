@@ -25,6 +25,20 @@ TOPIC = [0, 1, 2, 3, 0, 1, 2, 3]
 SENTIMENT = [1, 0, 0, 0, 1, 0, 1, 1]
 
 
+
+def crash_before_step(monkeypatch, step: int, message: str = "simulated crash"):
+    """train.train_step raises instead of taking step `step` (counted from 1), as a machine that goes
+    away does; returns the real train_step, to put back before the resume."""
+    real_step = train_mod.train_step
+
+    def crash(run, batch):
+        if run.progress.step == step - 1:
+            raise RuntimeError(message)
+        return real_step(run, batch)
+
+    monkeypatch.setattr(train_mod, "train_step", crash)
+    return real_step
+
 @pytest.fixture(scope="module")
 def tokenizer():
     return Tokenizer(fetch() / "tokenizer.json")  # the real tokenizer (fetch is a no-op when present)
