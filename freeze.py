@@ -159,9 +159,15 @@ def train_mode(model: MultiTaskModel) -> None:
             part.eval()
 
 
+def parts(model: MultiTaskModel) -> list[tuple[str, list[nn.Parameter]]]:
+    """The backbone's unfreezing units, then each head: the rows of summary() and brief()."""
+    heads = [(f"head.{task}", list(head.parameters())) for task, head in model.heads.items()]
+    return backbone_groups(model) + heads
+
+
 def brief(model: MultiTaskModel) -> str:
     """One line: what trains and what is frozen, by group (summary() is the table)."""
-    rows = backbone_groups(model) + [(f"head.{t}", list(h.parameters())) for t, h in model.heads.items()]
+    rows = parts(model)
     trains = [name for name, params in rows if any(p.requires_grad for p in params)]
     frozen = [name for name, params in rows if not any(p.requires_grad for p in params)]
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -187,8 +193,7 @@ def runs_of(names: list[str]) -> str:
 
 def summary(model: MultiTaskModel) -> str:
     """A table of trainable and frozen parameters per group."""
-    rows = backbone_groups(model)
-    rows += [(f"head.{task}", list(head.parameters())) for task, head in model.heads.items()]
+    rows = parts(model)
     lines = [f"{'group':14} {'trainable':>12} {'frozen':>12}"]
     total_t = total_f = 0
     for name, params in rows:

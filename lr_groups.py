@@ -97,17 +97,13 @@ def build(model: MultiTaskModel, spec: str, base_lr: float, head_lr: float | Non
     return list(groups.values())
 
 
-def trained_lrs(groups: list[dict]) -> list[float]:
-    """The learning rates of the groups that hold a trainable parameter (what a frozen group has is moot)."""
-    return [g["lr"] for g in groups if any(p.requires_grad for p in g["params"])]
-
-
 def brief(groups: list[dict]) -> str:
     """One line: the peak learning rate of each part that trains (table() has every group)."""
     parts: dict[str, list[float]] = {}
     for g in groups:
         if any(p.requires_grad for p in g["params"]):
-            parts.setdefault("heads" if g["name"].startswith("head.") else "backbone", []).append(g["lr"])
+            part = "heads" if g["name"].startswith("head.") else "backbone"
+            parts.setdefault(part, []).append(g["lr"])
     said = [f"{part} {min(lrs):.2e}" + (f" to {max(lrs):.2e}" if max(lrs) > min(lrs) else "")
             for part, lrs in parts.items()]
     return "peak learning rates: " + ("; ".join(said) or "none (nothing trains)")

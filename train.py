@@ -237,8 +237,9 @@ def evaluate_and_save(run: Run, epoch: int, val_sets: dict, train_s: float, mete
             progress.stale += 1
             verdict = f", {progress.stale} without a better one" if run.cfg.patience else ""
         scores = " ".join(f"{k}={v}" for k, v in record.items() if k.startswith("val_"))
-        if not (end_of_epoch and quiet_epoch(run, epoch)) or finished(run):
-            print(f"{when}: {scores}{verdict} (at {record['elapsed_s']} s)", file=sys.stderr, flush=True)
+        if not (end_of_epoch and meter.quiet(epoch, run.cfg.epochs)) or finished(run):
+            print(f"{when}: {scores}{verdict} (at {record['elapsed_s']} s)", file=sys.stderr,
+                  flush=True)
     meter.validation_s += time.time() - began
     meter.validations += 1
     if end_of_epoch:
@@ -270,7 +271,6 @@ def train_epoch(run: Run, epoch: int, val_sets: dict, signals: SignalGuard, mete
     way. Returns the seconds it took."""
     cfg, progress = run.cfg, run.progress
     epoch_start = time.time()
-    heads_only = not any(p.requires_grad for p in run.model.backbone.parameters())  # an epoch is short
     for pool_idx, rows in run.sampler:
         batch = make_batch(run, pool_idx, rows)
         per_task = train_step(run, batch)
@@ -280,7 +280,7 @@ def train_epoch(run: Run, epoch: int, val_sets: dict, signals: SignalGuard, mete
         step = progress.step
         if run.unfreezer and step % run.unfreezer.every_steps == 0:
             unfreeze_next(run)
-        if (step % cfg.log_every == 0 and not heads_only) or step == run.total_steps:
+        if (step % cfg.log_every == 0 and not meter.per_epoch) or step == run.total_steps:
             meter.log_line(run, epoch)
         if cfg.save_every and step % cfg.save_every == 0:
             run_folder.save_last(run)
@@ -291,17 +291,9 @@ def train_epoch(run: Run, epoch: int, val_sets: dict, signals: SignalGuard, mete
         if finished(run):
             break
         run_folder.stop_if_signalled(run, signals)
-    if heads_only and progress.step != run.total_steps and not quiet_epoch(run, epoch):
-        meter.log_line(run, epoch)  # a line an epoch, not a step
+    if meter.per_epoch and progress.step != run.total_steps and not meter.quiet(epoch, cfg.epochs):
+        meter.log_line(run, epoch)  # heads only: a line an epoch, not a step
     return time.time() - epoch_start
-
-
-def quiet_epoch(run: Run, epoch: int) -> bool:
-    """Heads on a frozen backbone: an epoch takes a moment and a run may have hundreds, so only the
-    first three epochs and every tenth of the run are logged (and the last, however the run ends)."""
-    if any(p.requires_grad for p in run.model.backbone.parameters()):
-        return False
-    return epoch >= 3 and (epoch + 1) % max(1, run.cfg.epochs // 10) != 0
 
 
 def unfreeze_next(run: Run) -> None:
@@ -325,7 +317,9 @@ def train(cfg: TrainConfig, model: MultiTaskModel, tokenizer, train_sets: dict, 
     if not trainable:
         print("nothing is trainable (freeze=all): one evaluation, no training", file=sys.stderr)
         last_epoch = progress.epoch + 1
-    meter = Meter(started=time.time(), start_step=progress.step,
+    frozen_backbone = not any(p.requires_grad for p in model.backbone.parameters())
+    heads_only = frozen_backbone and run.unfreezer is None  # nothing will thaw
+    meter = Meter(started=time.time(), start_step=progress.step, per_epoch=heads_only,
                   val_rows=sum(len(ds) for ds in val_sets.values()))
     with SignalGuard() as signals:
         for epoch in range(progress.epoch, last_epoch):

@@ -93,6 +93,7 @@ class Meter:
     started: float
     start_step: int
     val_rows: int = 0                           # examples one validation scores (its cost, before one ran)
+    per_epoch: bool = False                     # heads only, nothing to thaw: log epochs, not steps
     tokens: int = 0                             # real tokens trained on by this process (all ranks)
     window: dict = field(default_factory=dict)  # per task: the losses since the last log line
     validation_s: float = 0.0                   # seconds spent validating (and saving the best)
@@ -111,7 +112,8 @@ class Meter:
         losses.jsonl."""
         step, elapsed = run.progress.step, time.time() - self.started
         means = {f"loss_{t}": round(sum(v) / len(v), 4) for t, v in self.window.items() if v}
-        trains = [g for g in run.optimizer.param_groups if any(p.requires_grad for p in g["params"])]
+        groups = run.optimizer.param_groups
+        trains = [g for g in groups if any(p.requires_grad for p in g["params"])]
         backbone = [g["lr"] for g in trains if not g.get("name", "").startswith("head.")]
         heads = [g["lr"] for g in trains if g.get("name", "").startswith("head.")]
         lrs = {"lr": max(backbone or heads or [0.0])}
@@ -122,9 +124,15 @@ class Meter:
         shown = " ".join(f"{k}={v:.3f}" for k, v in means.items())
         shown += "".join(f" {k}={v:.2e}" for k, v in lrs.items())
         bound = "<= " if run.cfg.patience else ""  # early stopping may end the run sooner
+        eta_min = self.eta(run, epoch) / 60
         print(f"epoch {epoch + 1} step {step}/{run.total_steps} {shown} "
-              f"{self.tokens / max(elapsed, 1e-9):.0f} tok/s eta {bound}{self.eta(run, epoch) / 60:.1f} min",
+              f"{self.tokens / max(elapsed, 1e-9):.0f} tok/s eta {bound}{eta_min:.1f} min",
               file=sys.stderr, flush=True)
+
+    def quiet(self, epoch: int, epochs: int) -> bool:
+        """Heads only (per_epoch): an epoch takes a moment and a run may have hundreds, so only
+        the first three epochs and every tenth of the run are logged (the callers log the last)."""
+        return self.per_epoch and epoch >= 3 and (epoch + 1) % max(1, epochs // 10) != 0
 
     def eta(self, run: Run, epoch: int) -> float:
         """Seconds left: the steps left at this run's time per step (validation excluded), plus the

@@ -70,29 +70,33 @@ def reset(names: list[str]) -> int:
 PASSED = ".passed"  # in YOURS: one line a passed exercise, NAME and the sha256 of the file that passed
 
 
-def remember(exercise: Exercise, path: Path, passed: bool) -> None:
-    """Record (or forget) that this version of your file passed its check, for `list`."""
+def passed_lines() -> list[str]:
+    record = YOURS / PASSED
+    return record.read_text().splitlines() if record.is_file() else []
+
+
+def passed_line(exercise: Exercise, path: Path) -> str:
+    """The record of this exercise's file as it is now: its name and the sha256 of its bytes."""
     import hashlib
 
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    record = YOURS / PASSED
-    kept = [line for line in (record.read_text().splitlines() if record.is_file() else [])
-            if line.split(" ")[0] != exercise.name]
-    record.write_text("".join(f"{line}\n" for line in kept + ([f"{exercise.name} {digest}"] if passed else [])))
+    return f"{exercise.name} {hashlib.sha256(path.read_bytes()).hexdigest()}"
+
+
+def remember(exercise: Exercise, path: Path, passed: bool) -> None:
+    """Record (or forget) that this version of your file passed its check, for `list`."""
+    kept = [line for line in passed_lines() if line.split(" ")[0] != exercise.name]
+    lines = kept + ([passed_line(exercise, path)] if passed else [])
+    (YOURS / PASSED).write_text("".join(f"{line}\n" for line in lines))
 
 
 def state_of(exercise: Exercise) -> str:
     """not started, stub, edited, or passed (this very file passed its check; edited since: edited)."""
-    import hashlib
-
     mine = YOURS / f"{exercise.name}.py"
     if not mine.exists():
         return "not started"
     if mine.read_bytes() == (STUBS / mine.name).read_bytes():
         return "stub"
-    record = YOURS / PASSED
-    passed = record.read_text().splitlines() if record.is_file() else []
-    return "passed" if f"{exercise.name} {hashlib.sha256(mine.read_bytes()).hexdigest()}" in passed else "edited"
+    return "passed" if passed_line(exercise, mine) in passed_lines() else "edited"
 
 
 def listing() -> int:
