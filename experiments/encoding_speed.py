@@ -21,6 +21,9 @@ RUNS = {
     "bench_compare_family26.json": "AMD EPYC family 26 (Zen 5): full-width AVX-512, VNNI, BF16",
     "bench_compare_family25.json": "AMD EPYC family 25 with AVX-512 (Zen 4): half-width AVX-512, VNNI, BF16",
     "bench_compare_avx2.json": "AMD EPYC, AVX2 only (no AVX-512, no VNNI, no bf16)",
+    # since #53: ours-cpu-auto is the candidate speed.tune measured fastest on that machine
+    "bench_compare_family25_tuned.json": "AMD EPYC family 25 with AVX-512 (Zen 4), dtype auto measured (#53)",
+    "bench_compare_avx2_load.json": "AMD EPYC, AVX2 only, dtype auto measured and the int8 load lighter (#53)",
 }
 FP32_PEERS = ("onnx-cpu-fp32", "onnx-cpu-O3", "openvino-cpu-f32")
 
