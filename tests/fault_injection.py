@@ -8,7 +8,7 @@ Each trial runs tests/kill_worker.py in a fresh folder: it trains the tiny model
 after every step), or with --corpus embeds 3,000 lines with the tiny encoder (375 chunks, a record after
 each). The driver kills it with SIGKILL at a random instant after it has started (uniform over the
 first half of the time an uninterrupted run takes), starts it again, and so on until a run finishes by
-itself. Then it compares the final weights, or the final .npy row for row, with those of an
+itself or the kills asked for are spent (the last run is then left to finish). Then it compares the final weights, or the final .npy row for row, with those of an
 uninterrupted run, bit for bit (same machine, same threads). tests/test_reliability.py runs a short
 form of each in CI.
 """
@@ -71,14 +71,18 @@ def saved(out: Path, corpus: Path | None) -> int:
     return progress["step"] if progress else 0
 
 
-def trial(out: Path, rng: random.Random, max_delay: float, corpus: Path | None) -> dict:
-    """Kill runs in `out` until one finishes; -> kills, and the step (or chunk count) each resume started from."""
+def trial(out: Path, rng: random.Random, max_delay: float, corpus: Path | None, most: int) -> dict:
+    """Kill runs in `out` until one finishes, at most `most` times (then the last run is left to finish);
+    -> kills, and the step (or chunk count) each resume started from."""
     kills, steps, outcome = 0, [], None
     while outcome is None:
         proc = start(out, corpus)
         if proc.stdout.readline().strip() != "started":  # it finished (or refused) before starting
             proc.wait()
             outcome = proc.returncode
+            break
+        if kills == most:
+            outcome = proc.wait()
             break
         time.sleep(rng.uniform(0, max_delay / 2))  # within the first half: more kills a trial
         if proc.poll() is None:
@@ -109,7 +113,7 @@ def run(kills: int, seed: int = 0, corpus: bool = False) -> dict:
         done, trials, temp_left = 0, 0, 0
         while done < kills:
             out = Path(tmp) / f"trial-{trials}"
-            result = trial(out, rng, max_delay, source)
+            result = trial(out, rng, max_delay, source, most=kills - done)
             got = final(out, source)
             for name, value in expected.items():
                 if not torch.equal(got[name], value):
