@@ -166,7 +166,8 @@ def own_test_sets(folder: Path, split: str, data_dir: str | None) -> list[tuple[
         if "test_rows" in spec:
             path = folder / spec["test_rows"]
             if "pair_loss" in spec:
-                cases.append((task, replace(data.read_pairs(path, (-math.inf, math.inf)), split="test")))
+                pairs = data.read_pairs(path, (-math.inf, math.inf))
+                cases.append((task, replace(pairs, split="test")))
             else:
                 rows = data.read_user_rows(path, "text", "label")
                 cases.append((task, data.user_dataset(path, rows, spec["label_names"], "test")))

@@ -8,9 +8,9 @@ Each trial runs tests/kill_worker.py in a fresh folder: it trains the tiny model
 after every step), or with --corpus embeds 3,000 lines with the tiny encoder (375 chunks, a record after
 each). The driver kills it with SIGKILL at a random instant after it has started (uniform over the
 first half of the time an uninterrupted run takes), starts it again, and so on until a run finishes by
-itself or the kills asked for are spent (the last run is then left to finish). Then it compares the final weights, or the final .npy row for row, with those of an
-uninterrupted run, bit for bit (same machine, same threads). tests/test_reliability.py runs a short
-form of each in CI.
+itself or the kills asked for are spent (the last run is then left to finish). Then it compares the
+final weights, or the final .npy row for row, with those of an uninterrupted run, bit for bit (same
+machine, same threads). tests/test_reliability.py runs a short form of each in CI.
 """
 from __future__ import annotations
 
